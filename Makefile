@@ -1,0 +1,37 @@
+# One-command set-up: each target installs what it needs into .venv (offline-safe: PyPI only, no model downloads).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | md5sum | cut -c1-8)
+
+.PHONY: install test demo style quality bench clean
+
+$(STAMP): setup.cfg constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps insightface==2.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	$(BIN)/ruff check src training tests examples benchmarks
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/emojidiff generate
+
+style: $(STAMP)
+	$(BIN)/ruff check --fix src training tests examples benchmarks
+	$(BIN)/ruff format src training tests examples benchmarks
+
+quality: $(STAMP)
+	$(BIN)/ruff check src training tests examples benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_attention.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,134 @@
+"""Tiny SDXL-shaped components built from the real classes (no Hub access), as in diffusers' own SDXL tests."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+from emojidiff_pipeline import EmojiDiffAdapter
+
+
+def byte_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer built in memory: tokenizes any string, no files."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]  # GPT-2 byte-to-unicode map
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    merges = [("a", "b")]
+    vocab["ab"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Components of a tiny StableDiffusionXLPipeline plus a tiny CLIP vision encoder (32x32 input)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing="leading"
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=128,
+    )
+    torch.manual_seed(seed)
+    tokenizer = byte_tokenizer()
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, image_size=32,
+        patch_size=8, projection_dim=32,
+    )  # fmt: skip
+    image_encoder = CLIPVisionModelWithProjection(vision_config)
+    feature_extractor = CLIPImageProcessor(
+        crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}, do_center_crop=True, do_resize=True
+    )
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": byte_tokenizer(),
+        "image_encoder": image_encoder,
+        "feature_extractor": feature_extractor,
+    }
+
+
+def tiny_adapter(unet, seed: int = 0, randomize: bool = True, **kwargs) -> EmojiDiffAdapter:
+    """An adapter for the tiny UNet; with `randomize`, null tokens and projections are perturbed so that an
+    untrained adapter visibly changes outputs and the null/conditional halves differ."""
+    torch.manual_seed(seed)
+    kwargs.setdefault("identity_embed_dim", 512)
+    kwargs.setdefault("num_identity_tokens", 4)
+    kwargs.setdefault("image_embed_dim", 32)
+    kwargs.setdefault("num_expression_tokens", 8)
+    kwargs.setdefault("resampler_dim", 32)
+    kwargs.setdefault("resampler_depth", 2)
+    kwargs.setdefault("resampler_heads", 4)
+    adapter = EmojiDiffAdapter.from_unet(unet, **kwargs)
+    if randomize:
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+    return adapter
+
+
+def random_identity(batch: int = 1, n_ref: int = 1, seed: int = 0) -> torch.Tensor:
+    """Normed random 'face embeddings' (batch, n_ref, 512)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(batch, n_ref, 512, generator=g), dim=-1)
+
+
+def random_template(seed: int = 0, size: int = 48):
+    """A random RGB uint8 'aligned face crop' (size, size, 3)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
