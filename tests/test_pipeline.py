@@ -59,28 +59,31 @@ def test_no_adapter_inputs_equals_sdxl(pipe, base_pipe):
 
 
 def test_expression_branch_reaches_only_its_layers(pipe, monkeypatch):
-    seen = {}
-    original = EmojiDiffAttnProcessor._adapter_attention
-
-    def spy(query, cache, scale, conditioning):
-        seen.setdefault(cache.num_identity_tokens, set()).add(cache.key.shape[2])
-        return original(query, cache, scale, conditioning)
-
-    called = []
+    calls = []
+    original_sdpa = torch.nn.functional.scaled_dot_product_attention
     original_call = EmojiDiffAttnProcessor.__call__
+    current = {}
+
+    def spy_sdpa(query, key, value, *args, **kwargs):
+        if current:
+            calls.append((current["layer"], key.shape[2]))
+        return original_sdpa(query, key, value, *args, **kwargs)
 
     def spy_call(self, attn, hidden_states, *args, emojidiff=None, **kwargs):
-        if emojidiff is not None and self.layer_name in emojidiff.layers:
-            called.append(self.layer_name)
-        return original_call(self, attn, hidden_states, *args, emojidiff=emojidiff, **kwargs)
+        current["layer"] = self.layer_name
+        try:
+            return original_call(self, attn, hidden_states, *args, emojidiff=emojidiff, **kwargs)
+        finally:
+            current.clear()
 
-    monkeypatch.setattr(EmojiDiffAttnProcessor, "_adapter_attention", staticmethod(spy))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy_sdpa)
     monkeypatch.setattr(EmojiDiffAttnProcessor, "__call__", spy_call)
     run(pipe, identity_scale=0.0, expression_image=random_template(), identity_embeds=random_identity())
+    adapter_calls = {(layer, n) for layer, n in calls if n != 77}  # 77 = text tokens
+    n_exp = pipe.emoji_adapter.config.num_expression_tokens
     expression_layers = set(pipe.emoji_adapter.expression_layer_names)
-    assert set(called) == expression_layers
-    assert expression_layers != set(pipe.emoji_adapter.identity_layer_names)
-    assert seen == {0: {pipe.emoji_adapter.config.num_expression_tokens}}  # only expression segments
+    assert adapter_calls == {(layer, n_exp) for layer in expression_layers}
+    assert expression_layers < set(pipe.emoji_adapter.identity_layer_names)
 
 
 def test_processors_cover_every_layer_and_unload_restores():
@@ -137,12 +140,11 @@ def test_guidance_batch_layout_uses_null_tokens_for_negative_half(pipe):
     adapter = pipe.emoji_adapter
     ids = random_identity(batch=2, seed=7)
     exp = torch.randn(2, 17, adapter.config.image_embed_dim, generator=torch.Generator().manual_seed(0))
-    cond = pipe.prepare_conditioning(2, 1, True, ids, exp, 1.0, 1.0, None, torch.device("cpu"))
-    name = adapter.expression_layer_names[0]  # layer with both branches
+    cond = pipe.prepare_conditioning(2, 1, True, ids, exp, 1.0, 0.5, None, torch.device("cpu"))
+    name = adapter.expression_layer_names[0]  # a layer with both branches
     cache = cond.layers[name]
-    n_id = adapter.config.num_identity_tokens
-    assert cache.key.shape[0] == 4 and cache.num_identity_tokens == n_id
-    heads = cache.key.shape[1]
+    assert cache.identity_key.shape[0] == cache.expression_key.shape[0] == 4
+    heads = cache.identity_key.shape[1]
 
     def heads_view(x):
         return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
@@ -150,15 +152,17 @@ def test_guidance_batch_layout_uses_null_tokens_for_negative_half(pipe):
     key = name.replace(".", "__")
     with torch.no_grad():
         null_id = heads_view(adapter.identity_kv[key]["to_k"](adapter.identity_null_tokens[None]))
-        null_exp = heads_view(adapter.expression_kv[key]["to_k"](adapter.expression_null_tokens[None]))
+        null_exp_v = heads_view(adapter.expression_kv[key]["to_v"](adapter.expression_null_tokens[None]))
         out = adapter(ids, exp)
     for i in range(2):  # negative half: null tokens for both branches
-        torch.testing.assert_close(cache.key[i, :, :n_id], null_id[0])
-        torch.testing.assert_close(cache.key[i, :, n_id:], null_exp[0])
-    torch.testing.assert_close(cache.key[2:, :, :n_id], heads_view(out.identity_kv[name][0]))
-    torch.testing.assert_close(cache.key[2:, :, n_id:], heads_view(out.expression_kv[name][0]))
-    # without guidance the batch is not doubled
-    assert pipe.prepare_conditioning(2, 3, False, ids, exp, 1.0, 1.0, None, "cpu").layers[name].key.shape[0] == 6
+        torch.testing.assert_close(cache.identity_key[i], null_id[0])
+        torch.testing.assert_close(cache.expression_value[i], 0.5 * null_exp_v[0])  # scale folded into values
+    torch.testing.assert_close(cache.identity_key[2:], heads_view(out.identity_kv[name][0]))
+    torch.testing.assert_close(cache.expression_value[2:], 0.5 * heads_view(out.expression_kv[name][1]))
+    # without guidance the batch is not doubled; prompt-major with num_images_per_prompt copies
+    plain = pipe.prepare_conditioning(2, 3, False, ids, exp, 1.0, 1.0, None, "cpu").layers[name]
+    assert plain.identity_key.shape[0] == 6
+    torch.testing.assert_close(plain.identity_key[3:], heads_view(out.identity_kv[name][0])[1:].expand(3, -1, -1, -1))
 
 
 def test_per_block_scale_dict_and_expression_mask(pipe):

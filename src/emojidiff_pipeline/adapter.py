@@ -216,6 +216,23 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             nn.Module.to(adapter, device=unet.device, dtype=unet.dtype)  # ModelMixin.to warns on any dtype
         return adapter
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmojiDiffAdapter":
+        """Load from a local folder or Hub id (``subfolder=`` works); safetensors only, never pickle."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("`use_safetensors=False` is not supported: EmojiDiff adapters load from safetensors only.")
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError as err:
+            raise OSError(
+                f"Could not load an EmojiDiffAdapter from `pretrained_model_name_or_path`="
+                f"{str(pretrained_model_name_or_path)!r}"
+                + (f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else "")
+                + f": {err} The folder needs config.json and diffusion_pytorch_model.safetensors; a file that "
+                "cannot be read is corrupt or truncated."
+            ) from err
+
     @property
     def identity_layer_names(self) -> list[str]:
         return list(self.config.identity_layers)

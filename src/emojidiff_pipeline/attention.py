@@ -1,10 +1,10 @@
 """Attention processors: decoupled identity / expression attention for adapted layers, a passthrough elsewhere.
 
 Adapter tokens do not change across denoising steps, so their per-layer keys/values are computed once per call
-(:meth:`EmojiDiffConditioning.build`) and reach the processors through ``cross_attention_kwargs["emojidiff"]``, an
-explicit channel: they are never concatenated onto the text tokens. Per step, an adapted layer adds one small
-matmul against the cached keys (identity and expression segments side by side), a softmax per segment and one
-matmul with the cached values, reusing the text branch's query:
+(:meth:`EmojiDiffConditioning.build`, branch scales folded into the values) and reach the processors through
+``cross_attention_kwargs["emojidiff"]``, an explicit channel: they are never concatenated onto the text tokens.
+Per step, an adapted layer adds one fused SDPA call per active branch over a handful of cached tokens, reusing
+the text branch's query:
 
     out = softmax(q k_txt^T) v_txt + s_id softmax(q k_id^T) v_id + s_exp m softmax(q k_exp^T) v_exp
 
@@ -14,8 +14,8 @@ where m is the optional face-region mask over query positions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +28,13 @@ CONDITIONING_KWARG = "emojidiff"
 
 @dataclass
 class LayerCache:
-    """Cached adapter keys/values of one layer: (B, heads, n_id + n_exp, head_dim) each."""
+    """Cached adapter keys/values of one layer, (B, heads, n, head_dim) each; values are pre-multiplied by the
+    branch's scale so the step loop does no scaling. A branch whose scale is 0 is None."""
 
-    key: torch.Tensor
-    value: torch.Tensor
-    num_identity_tokens: int  # first segment; the rest is expression
-    identity_scale: float
-    expression_scale: float
+    identity_key: torch.Tensor | None
+    identity_value: torch.Tensor | None
+    expression_key: torch.Tensor | None
+    expression_value: torch.Tensor | None
 
 
 @dataclass
@@ -54,7 +54,7 @@ class EmojiDiffConditioning:
         expression_scale: Mapping[str, float],
         expression_mask: torch.Tensor | None = None,
     ) -> "EmojiDiffConditioning":
-        """Concatenate each layer's identity and expression key/values, dropping branches whose scale is 0.
+        """Reshape each layer's key/values to heads and fold in the branch scales, dropping branches at scale 0.
 
         Args:
             adapter_output: :class:`~emojidiff_pipeline.adapter.AdapterOutput` (key/values (B, N, hidden)).
@@ -62,32 +62,23 @@ class EmojiDiffConditioning:
             identity_scale / expression_scale: processor name -> scale for that layer.
             expression_mask: optional (B, 1, h, w) mask at latent resolution, 1 where expression attention applies.
         """
+
+        def heads(name, kv, scale):
+            if kv is None or scale == 0.0:
+                return None, None
+            k, v = kv
+            b, n, hidden = k.shape
+            h = layer_infos[name].heads
+            k = k.view(b, n, h, hidden // h).transpose(1, 2)  # (B, heads, n, head_dim)
+            v = (v * scale).view(b, n, h, hidden // h).transpose(1, 2)
+            return k, v
+
         caches = {}
-        names = list(adapter_output.identity_kv) + [
-            n for n in adapter_output.expression_kv if n not in adapter_output.identity_kv
-        ]
-        for name in names:
-            keys, values, n_id = [], [], 0
-            s_id, s_exp = identity_scale.get(name, 0.0), expression_scale.get(name, 0.0)
-            if name in adapter_output.identity_kv and s_id != 0.0:
-                k, v = adapter_output.identity_kv[name]
-                keys.append(k), values.append(v)
-                n_id = k.shape[1]
-            if name in adapter_output.expression_kv and s_exp != 0.0:
-                k, v = adapter_output.expression_kv[name]
-                keys.append(k), values.append(v)
-            if not keys:
-                continue
-            heads = layer_infos[name].heads
-            key, value = torch.cat(keys, dim=1), torch.cat(values, dim=1)  # (B, n, hidden)
-            b, n, hidden = key.shape
-            caches[name] = LayerCache(
-                key=key.view(b, n, heads, hidden // heads).transpose(1, 2),  # (B, heads, n, head_dim)
-                value=value.view(b, n, heads, hidden // heads).transpose(1, 2),
-                num_identity_tokens=n_id,
-                identity_scale=float(s_id),
-                expression_scale=float(s_exp),
-            )
+        for name in dict.fromkeys([*adapter_output.identity_kv, *adapter_output.expression_kv]):
+            id_k, id_v = heads(name, adapter_output.identity_kv.get(name), identity_scale.get(name, 0.0))
+            exp_k, exp_v = heads(name, adapter_output.expression_kv.get(name), expression_scale.get(name, 0.0))
+            if id_k is not None or exp_k is not None:
+                caches[name] = LayerCache(id_k, id_v, exp_k, exp_v)
         return cls(caches, expression_mask)
 
     def mask_for(self, num_queries: int) -> torch.Tensor:
@@ -162,13 +153,18 @@ class EmojiDiffAttnProcessor:
         )  # (B, heads, L, head_dim)
 
         cache = emojidiff.layers.get(self.layer_name) if emojidiff is not None else None
-        if cache is not None:
-            if cache.key.shape[0] != batch_size:
-                raise ValueError(
-                    f"EmojiDiff conditioning has batch {cache.key.shape[0]} but layer {self.layer_name!r} runs with "
-                    f"batch {batch_size}; build it for the UNet's batch (doubled under classifier-free guidance)."
+        if cache is not None:  # decoupled branches, reusing the text branch's query; (B, heads, L, head_dim)
+            if cache.identity_key is not None:
+                hidden_states = hidden_states + F.scaled_dot_product_attention(
+                    query, self._batch(cache.identity_key, batch_size), cache.identity_value, scale=attn.scale
                 )
-            hidden_states = hidden_states + self._adapter_attention(query, cache, attn.scale, emojidiff)
+            if cache.expression_key is not None:
+                expression = F.scaled_dot_product_attention(
+                    query, self._batch(cache.expression_key, batch_size), cache.expression_value, scale=attn.scale
+                )
+                if emojidiff.expression_mask is not None:
+                    expression = expression * emojidiff.mask_for(query.shape[2]).to(expression.dtype)
+                hidden_states = hidden_states + expression
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -180,25 +176,13 @@ class EmojiDiffAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    @staticmethod
-    def _adapter_attention(
-        query: torch.Tensor, cache: LayerCache, scale: float, conditioning: EmojiDiffConditioning
-    ) -> torch.Tensor:
-        """Both adapter branches in one pass: (B, heads, L, d) -> (B, heads, L, d)."""
-        n_id = cache.num_identity_tokens
-        scores = torch.matmul(query, cache.key.transpose(-1, -2)) * scale  # (B, heads, L, n_id + n_exp)
-        n = scores.shape[-1]
-        if n_id == n:  # identity only
-            probs = scores.softmax(dim=-1) * cache.identity_scale
-        else:
-            exp_probs = scores[..., n_id:].softmax(dim=-1) * cache.expression_scale
-            if conditioning.expression_mask is not None:
-                exp_probs = exp_probs * conditioning.mask_for(query.shape[2]).to(exp_probs.dtype)
-            if n_id:
-                probs = torch.cat([scores[..., :n_id].softmax(dim=-1) * cache.identity_scale, exp_probs], dim=-1)
-            else:
-                probs = exp_probs
-        return torch.matmul(probs, cache.value)  # (B, heads, L, head_dim)
+    def _batch(self, key: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if key.shape[0] != batch_size:
+            raise ValueError(
+                f"EmojiDiff conditioning has batch {key.shape[0]} but layer {self.layer_name!r} runs with batch "
+                f"{batch_size}; build it for the UNet's batch (doubled under classifier-free guidance)."
+            )
+        return key
 
 
 class EmojiDiffPassthroughProcessor:

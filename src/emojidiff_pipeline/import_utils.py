@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache
 
 _INSTALL = {
     "insightface": 'pip install "emojidiff_pipeline[face]" && pip install --no-deps insightface==2.1',
@@ -14,7 +14,7 @@ _INSTALL = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_available(module: str) -> bool:
     """True when `module` can be imported (cached)."""
     return importlib.util.find_spec(module) is not None

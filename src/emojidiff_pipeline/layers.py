@@ -19,8 +19,9 @@ Spec forms accepted by :func:`select_layers` (the same forms are accepted for pe
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch.nn as nn
 
@@ -184,7 +185,7 @@ def select_layers(unet_or_layers: nn.Module | Mapping[str, LayerInfo], spec: Lay
     name or block does not exist. ``"none"`` is the only spec allowed to select nothing.
     """
     layers = unet_or_layers if isinstance(unet_or_layers, Mapping) else unet_layers(unet_or_layers)
-    if isinstance(spec, str) and not spec.startswith("re:") and spec not in layers:
+    if isinstance(spec, str) and not spec.startswith("re:") and "." not in spec:
         if spec not in PRESETS:
             raise ValueError(
                 f"`{arg_name}`={spec!r} is neither a preset {list(PRESETS)}, a processor name of this UNet, nor a "

@@ -1,7 +1,8 @@
 """EmojiDiffPipeline: StableDiffusionXLPipeline + the E-Adapter (identity reference + RGB expression template)."""
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image

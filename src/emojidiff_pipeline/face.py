@@ -1,0 +1,585 @@
+"""Face front-end: detection, 5-point alignment, identity embeddings and the expression crop + mask.
+
+Built on insightface (``FaceAnalysis``, ``model_zoo.get_model``, ``face_align.norm_crop``), which is imported
+lazily: importing this module needs only numpy and Pillow. Model packs are never downloaded; a missing pack
+raises an error that says where its files go.
+
+Image convention: every public function takes RGB (``PIL.Image`` or ``np.ndarray`` [H, W, 3] uint8) and converts to
+BGR internally for insightface.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FaceAnalyzer", "align_face", "face_mask", "to_rgb_array"]
+
+FACE_INSTALL_COMMAND = 'pip install "emojidiff_pipeline[face]"'
+INSIGHTFACE_INSTALL_COMMAND = "pip install --no-deps insightface==2.1"
+
+# Files of insightface's published model packs (non-commercial research licence), for error messages.
+KNOWN_MODEL_PACKS = {
+    "buffalo_l": ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"),
+    "buffalo_m": ("1k3d68.onnx", "2d106det.onnx", "det_2.5g.onnx", "genderage.onnx", "w600k_r50.onnx"),
+    "buffalo_s": ("1k3d68.onnx", "2d106det.onnx", "det_500m.onnx", "genderage.onnx", "w600k_mbf.onnx"),
+    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
+    "antelopev2": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx"),
+}
+
+FACE_POLICIES = ("largest",)
+_REQUIRED_TASKS = ("detection", "recognition")
+
+
+def _import_insightface() -> Any:
+    """Import insightface (and its cv2 / onnxruntime needs) or raise an ImportError with the pip command."""
+    try:
+        import cv2  # noqa: F401
+        import insightface
+        import insightface.app
+        import insightface.model_zoo
+        import insightface.utils.face_align
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise ImportError(
+            f"The face front-end needs insightface, onnxruntime and opencv, but `{missing}` could not be imported. "
+            f"Install them with `{FACE_INSTALL_COMMAND}`; insightface itself must be installed with "
+            f"`{INSIGHTFACE_INSTALL_COMMAND}` (it declares the GUI opencv-python, which clashes with "
+            "opencv-python-headless)."
+        ) from err
+    return insightface
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images, alignment, mask
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def to_rgb_array(image: PIL.Image.Image | np.ndarray, input_name: str) -> np.ndarray:
+    """Return `image` as a contiguous RGB array [H, W, 3] uint8.
+
+    Accepts a ``PIL.Image`` (any mode, converted to RGB) or an ``np.ndarray`` [H, W, 3] uint8 RGB. Anything else
+    raises a ValueError naming `input_name` and what was received.
+    """
+    if isinstance(image, PIL.Image.Image):
+        if image.mode != "RGB":
+            logger.debug("Converting `%s` from PIL mode %s to RGB.", input_name, image.mode)
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(
+                f"`{input_name}` must be an RGB image array of shape (H, W, 3), but got an array of shape "
+                f"{tuple(array.shape)}."
+            )
+        if array.dtype != np.uint8:
+            raise ValueError(
+                f"`{input_name}` must be a uint8 RGB array with values in [0, 255], but got dtype {array.dtype}; "
+                "convert it first, e.g. `(x * 255).round().clip(0, 255).astype(np.uint8)` for floats in [0, 1]."
+            )
+    else:
+        raise ValueError(  # noqa: TRY004
+            f"`{input_name}` must be a PIL.Image or an np.ndarray of shape (H, W, 3) and dtype uint8 (RGB), but got "
+            f"{type(image).__module__}.{type(image).__qualname__}."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"`{input_name}` is empty: shape {tuple(array.shape)}.")
+    return np.ascontiguousarray(array)
+
+
+def _check_crop_size(size: Any, name: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ValueError(f"`{name}` must be a positive int, but got {size!r}.")
+    if size % 112 != 0 and size % 128 != 0:
+        raise ValueError(
+            f"`{name}` must be a multiple of 112 or 128 (insightface's alignment templates), e.g. 112 or 224, but "
+            f"got {size}."
+        )
+    return int(size)
+
+
+def _check_kps(kps: Any, name: str = "kps") -> np.ndarray:
+    kps = np.asarray(kps, dtype=np.float32)
+    if kps.shape != (5, 2):
+        raise ValueError(
+            f"`{name}` must be 5 landmarks of shape (5, 2) (left eye, right eye, nose, left and right mouth "
+            f"corners), but got shape {kps.shape}."
+        )
+    if not np.all(np.isfinite(kps)):
+        raise ValueError(f"`{name}` contains non-finite values: {kps.tolist()}.")
+    if float(np.ptp(kps, axis=0).max()) < 1e-3:
+        raise ValueError(f"`{name}` are degenerate (all 5 points coincide): {kps.tolist()}.")
+    return kps
+
+
+def arcface_template(size: int = 112) -> np.ndarray:
+    """insightface's 5-point ArcFace template (5, 2) for an aligned crop of `size` (as in ``estimate_norm``)."""
+    size = _check_crop_size(size)
+    # Same values as insightface.utils.face_align.arcface_dst, kept here so the mask needs no insightface import.
+    dst = np.array(
+        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+        dtype=np.float32,
+    )
+    if size % 112 == 0:
+        return dst * (size / 112.0)
+    ratio = size / 128.0
+    dst = dst * ratio
+    dst[:, 0] += 8.0 * ratio
+    return dst
+
+
+def align_face(image_rgb: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
+    """5-point similarity alignment (insightface ``norm_crop``): RGB [H, W, 3] uint8 -> RGB [size, size, 3] uint8.
+
+    `kps` (5, 2) are in image pixel coordinates, insightface order; they land on the ArcFace template of `size`.
+    """
+    image_rgb = to_rgb_array(image_rgb, "image_rgb")
+    kps = _check_kps(kps)
+    size = _check_crop_size(size)
+    _import_insightface()
+    from insightface.utils import face_align
+
+    return face_align.norm_crop(image_rgb, landmark=kps, image_size=size)  # channel-agnostic warp: RGB stays RGB
+
+
+def face_mask(size: int) -> np.ndarray:
+    """Soft face-region mask [size, size] float32 in [0, 1], in aligned-crop coordinates.
+
+    An ellipse derived from the aligned 5 points (the ArcFace template): it spans about one eye distance either
+    side of the face's centre line, from the brows (above the eyes by 0.55x the eye-to-mouth distance) to the chin
+    (below the mouth by the same), with a smoothstep edge over the outer 25% of its radius.
+    """
+    size = _check_crop_size(size)
+    dst = arcface_template(size).astype(np.float64)
+    eyes, mouth = dst[:2].mean(0), dst[3:].mean(0)
+    eye_mouth = mouth[1] - eyes[1]
+    top, bottom = eyes[1] - 0.55 * eye_mouth, mouth[1] + 0.55 * eye_mouth
+    cx, cy = dst[:, 0].mean(), (top + bottom) / 2
+    ax, ay = 1.05 * (dst[1, 0] - dst[0, 0]), (bottom - top) / 2
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    radius = np.sqrt(((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2)  # 1 on the ellipse
+    edge = 0.25
+    t = np.clip((1.0 - radius) / edge, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FaceAnalyzer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_det_size(det_size: Any) -> tuple[int, int]:
+    if (
+        not isinstance(det_size, (tuple, list))
+        or len(det_size) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in det_size)
+    ):
+        raise ValueError(f"`det_size` must be a pair of ints (width, height), but got {det_size!r}.")
+    if any(v <= 0 or v % 32 != 0 for v in det_size):
+        raise ValueError(f"`det_size` values must be positive multiples of 32, but got {tuple(det_size)}.")
+    return int(det_size[0]), int(det_size[1])
+
+
+def _check_face_policy(face_policy: Any) -> str | int:
+    if isinstance(face_policy, str):
+        if face_policy not in FACE_POLICIES:
+            raise ValueError(
+                f"`face_policy` must be one of {list(FACE_POLICIES)} or a non-negative int index into the "
+                f"largest-first faces, but got {face_policy!r}."
+            )
+        return face_policy
+    if isinstance(face_policy, bool) or not isinstance(face_policy, (int, np.integer)) or face_policy < 0:
+        raise ValueError(
+            f"`face_policy` must be 'largest' or a non-negative int index into the largest-first faces, but got "
+            f"{face_policy!r}."
+        )
+    return int(face_policy)
+
+
+def _format_size(size: tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def _bbox_area(face: Any) -> float:
+    x1, y1, x2, y2 = np.asarray(face.bbox, dtype=np.float64)[:4]
+    return float(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+class FaceAnalyzer:
+    """Face detection, 5-point alignment and identity embeddings on an insightface model pack.
+
+    Loads ``<root>/models/<name>/*.onnx`` through insightface's ``FaceAnalysis`` (detection + recognition only)
+    and never downloads anything. Use :meth:`from_models` to build from explicit parts (an SCRFD onnx, an ArcFace
+    onnx, or a known-keypoint callable).
+
+    Args:
+        name: model pack name (a folder under ``<root>/models``), or a path to a pack folder.
+        root: insightface root folder.
+        providers: onnxruntime execution providers.
+        det_size: detection input size (width, height), positive multiples of 32.
+        min_det_size: smallest detection side tried when retrying at halved sizes (no face found).
+        det_thresh: detection score threshold in (0, 1).
+        face_policy: which face to use when several are found: ``"largest"`` or an int index into the
+            largest-first list.
+    """
+
+    def __init__(
+        self,
+        name: str = "buffalo_l",
+        root: str | os.PathLike = "~/.insightface",
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        det_size: tuple[int, int] = (640, 640),
+        min_det_size: int = 160,
+        det_thresh: float = 0.5,
+        face_policy: str | int = "largest",
+    ):
+        self._configure(det_size, min_det_size, det_thresh, face_policy)
+        providers = self._check_providers(providers)
+        if not isinstance(name, (str, os.PathLike)) or not str(name):
+            raise ValueError(f"`name` must be a model pack name such as 'buffalo_l', but got {name!r}.")
+        if not isinstance(root, (str, os.PathLike)):
+            raise ValueError(f"`root` must be a folder path, but got {root!r}.")  # noqa: TRY004
+        model_dir = self._find_model_dir(str(name), root)  # raises before insightface could try a download
+
+        _import_insightface()
+        from insightface.app import FaceAnalysis
+
+        try:
+            # A folder path as `name` makes FaceAnalysis load it directly (no download path is taken).
+            app = FaceAnalysis(
+                name=str(model_dir), root=str(root), allowed_modules=list(_REQUIRED_TASKS), providers=providers
+            )
+        except AssertionError:
+            app = None  # insightface asserts that it found a detector; reported below with the file list
+        except Exception as err:
+            raise RuntimeError(f"insightface could not load the model pack in {model_dir}: {err}") from err
+        found = {} if app is None else dict(app.models)
+        missing = ["detection"] if app is None else [task for task in _REQUIRED_TASKS if task not in found]
+        if missing:
+            files = sorted(p.name for p in model_dir.glob("*.onnx"))
+            routed = ", ".join(f"{Path(m.model_file).name} -> {task}" for task, m in found.items()) or "nothing"
+            raise FileNotFoundError(
+                f"The model pack in {model_dir} has no {' and no '.join(missing)} model (files: {files}; "
+                f"insightface recognised: {routed}). {self._pack_help(str(name))}"
+            )
+        self.model_dir: Path | None = model_dir
+        self._setup(found["detection"], found["recognition"])
+
+    @classmethod
+    def from_models(
+        cls,
+        detector: str | os.PathLike | Any | Callable[[np.ndarray], list],
+        recognizer: str | os.PathLike | Any | None,
+        *,
+        det_size: tuple[int, int] = (640, 640),
+        min_det_size: int = 160,
+        det_thresh: float = 0.5,
+        face_policy: str | int = "largest",
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> FaceAnalyzer:
+        """Build from explicit parts.
+
+        Args:
+            detector: a path to an SCRFD onnx, an insightface detection model object (``SCRFD``), or a
+                known-keypoint callable ``detector(image_rgb [H, W, 3] uint8) -> [(bbox (4,), kps (5, 2), score)]``
+                (its faces are used as returned: no threshold, no retry).
+            recognizer: a path to an ArcFace-shaped onnx (routed by ``insightface.model_zoo.get_model``), an
+                insightface ``ArcFaceONNX`` object, or None (then :meth:`identity_embedding` raises).
+        """
+        analyzer = cls.__new__(cls)
+        analyzer._configure(det_size, min_det_size, det_thresh, face_policy)
+        providers = analyzer._check_providers(providers)
+        analyzer.model_dir = None
+
+        if _is_path(detector):
+            detector = analyzer._load_onnx(detector, "detector", "detection", providers)
+        elif hasattr(detector, "detect"):
+            _import_insightface()
+        elif callable(detector):
+            _import_insightface()  # Face objects and alignment need it
+        else:
+            raise ValueError(
+                "`detector` must be a path to an SCRFD .onnx, an insightface detection model or a callable "
+                f"image_rgb -> [(bbox, kps, score)], but got {type(detector).__qualname__}."
+            )
+
+        if _is_path(recognizer):
+            recognizer = analyzer._load_onnx(recognizer, "recognizer", "recognition", providers)
+        elif recognizer is not None and not (hasattr(recognizer, "get") and hasattr(recognizer, "input_size")):
+            raise ValueError(
+                "`recognizer` must be a path to an ArcFace-shaped .onnx, an insightface ArcFaceONNX object or None, "
+                f"but got {type(recognizer).__qualname__}."
+            )
+        analyzer._setup(detector, recognizer)
+        return analyzer
+
+    # -- construction helpers --------------------------------------------------------------------------------
+
+    def _configure(self, det_size: Any, min_det_size: Any, det_thresh: Any, face_policy: Any) -> None:
+        self.det_size = _check_det_size(det_size)
+        if isinstance(min_det_size, bool) or not isinstance(min_det_size, (int, np.integer)) or min_det_size <= 0:
+            raise ValueError(f"`min_det_size` must be a positive int, but got {min_det_size!r}.")
+        if min_det_size > min(self.det_size):
+            raise ValueError(
+                f"`min_det_size` ({min_det_size}) must not exceed the smaller side of `det_size` {self.det_size}."
+            )
+        self.min_det_size = int(min_det_size)
+        if isinstance(det_thresh, bool) or not isinstance(det_thresh, (int, float)) or not 0.0 < det_thresh < 1.0:
+            raise ValueError(f"`det_thresh` must be a float in (0, 1), but got {det_thresh!r}.")
+        self.det_thresh = float(det_thresh)
+        self.face_policy = _check_face_policy(face_policy)
+
+    @staticmethod
+    def _check_providers(providers: Any) -> list:
+        if isinstance(providers, str) or not isinstance(providers, Sequence) or len(providers) == 0:
+            raise ValueError(
+                "`providers` must be a non-empty sequence of onnxruntime execution providers, e.g. "
+                f"('CPUExecutionProvider',), but got {providers!r}."
+            )
+        return list(providers)
+
+    @staticmethod
+    def _pack_help(name: str) -> str:
+        files = KNOWN_MODEL_PACKS.get(name)
+        listing = f"for {name}: {', '.join(files)}; " if files else ""
+        return (
+            f"Put the pack's .onnx files there ({listing}at least an SCRFD detection model and an ArcFace "
+            "recognition model). Nothing is downloaded automatically: get the pack from insightface's model zoo "
+            "(licensed for non-commercial research only) and unzip it into that folder, pass `root=`, or build "
+            "the analyzer with `FaceAnalyzer.from_models(detector=..., recognizer=...)`."
+        )
+
+    @classmethod
+    def _find_model_dir(cls, name: str, root: str | os.PathLike) -> Path:
+        as_path = Path(name).expanduser()
+        if as_path.is_absolute() or os.sep in name or name.startswith("~"):
+            model_dir = as_path
+        else:
+            model_dir = Path(root).expanduser() / "models" / name
+        if not model_dir.is_dir():
+            reason = "the folder does not exist"
+        elif not any(model_dir.glob("*.onnx")) and not (model_dir / "manifest.json").is_file():
+            reason = "the folder has no .onnx files"
+        else:
+            return model_dir.resolve()
+        raise FileNotFoundError(
+            f"insightface model pack `{name}` not found: looked in {model_dir} ({reason}). {cls._pack_help(name)}"
+        )
+
+    @staticmethod
+    def _load_onnx(path: str | os.PathLike, arg: str, task: str, providers: list) -> Any:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"`{arg}` file not found: {path}. Nothing is downloaded automatically.")
+        _import_insightface()
+        from insightface import model_zoo
+
+        try:
+            model = model_zoo.get_model(str(path), providers=providers)
+        except Exception as err:
+            raise ValueError(f"`{arg}`: insightface could not load {path}: {err}") from err
+        routed = getattr(model, "taskname", None)
+        if routed != task:
+            if task == "detection":
+                expected = "an SCRFD detector (>= 5 outputs)"
+            else:
+                expected = "an ArcFace recognizer (square input >= 112, divisible by 16; one output)"
+            raise ValueError(
+                f"`{arg}` {path} is not {expected}: insightface routed it to "
+                f"{type(model).__name__ if model is not None else 'nothing'} (task {routed!r})."
+            )
+        return model
+
+    def _setup(self, detector: Any, recognizer: Any) -> None:
+        self.detector = detector
+        self.recognizer = recognizer
+        self._known_keypoints = callable(detector) and not hasattr(detector, "detect")
+        if not self._known_keypoints:
+            detector.prepare(0, input_size=self.det_size, det_thresh=self.det_thresh)
+        if recognizer is not None:
+            recognizer.prepare(0)
+        self._det_sizes = self._detection_sizes()
+
+    def _detection_sizes(self) -> list[tuple[int, int]]:
+        """det_size, then halved sizes (multiples of 32) while the smaller side stays >= min_det_size."""
+        if self._known_keypoints:
+            return []
+        fixed = getattr(self.detector, "static_input_size", None)
+        if fixed is None and not hasattr(self.detector, "static_input_size"):
+            shape = list(getattr(self.detector, "input_shape", None) or [])[2:4]
+            if len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape):
+                fixed = (shape[1], shape[0])
+        if fixed is not None:
+            fixed = (int(fixed[0]), int(fixed[1]))
+            if fixed != self.det_size:
+                logger.info(
+                    "The detector has a fixed input size %s; `det_size`=%s and smaller retries are not used.",
+                    fixed,
+                    self.det_size,
+                )
+            return [fixed]
+        sizes = [self.det_size]
+        while True:
+            w, h = ((v // 2) // 32 * 32 for v in sizes[-1])
+            if min(w, h) < self.min_det_size or w <= 0 or h <= 0:
+                return sizes
+            sizes.append((w, h))
+
+    def _tried(self) -> str:
+        if self._known_keypoints:
+            return "the known-keypoint detector returned no face"
+        return f"tried det sizes {', '.join(_format_size(s) for s in self._det_sizes)}"
+
+    # -- detection -------------------------------------------------------------------------------------------
+
+    def _detect_rgb(self, image_rgb: np.ndarray) -> list:
+        from insightface.app.common import Face
+
+        faces = []
+        if self._known_keypoints:
+            for bbox, kps, score in self._call_known_keypoints(image_rgb):
+                faces.append(Face(bbox=bbox, kps=kps, det_score=score))
+        else:
+            image_bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
+            for size in self._det_sizes:
+                bboxes, kpss = self.detector.detect(image_bgr, input_size=size, max_num=0)
+                logger.debug("Detection at %s found %d face(s).", _format_size(size), len(bboxes))
+                if len(bboxes) == 0:
+                    continue
+                if kpss is None:
+                    raise ValueError(
+                        "The face detector returned no 5-point keypoints (needed for alignment); use an SCRFD model "
+                        "with keypoint outputs (9 or 15 outputs), e.g. det_10g.onnx."
+                    )
+                for i in range(len(bboxes)):
+                    faces.append(
+                        Face(
+                            bbox=np.asarray(bboxes[i, :4], dtype=np.float32),
+                            kps=np.asarray(kpss[i], dtype=np.float32),
+                            det_score=float(bboxes[i, 4]),
+                        )
+                    )
+                break
+        faces.sort(key=_bbox_area, reverse=True)
+        return faces
+
+    def _call_known_keypoints(self, image_rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        result = self.detector(image_rgb)
+        if not isinstance(result, (list, tuple)):
+            raise ValueError(  # noqa: TRY004
+                f"The `detector` callable must return a list of (bbox, kps, score), but returned "
+                f"{type(result).__qualname__}."
+            )
+        out = []
+        for i, item in enumerate(result):
+            if not isinstance(item, (list, tuple)) or len(item) != 3:
+                raise ValueError(
+                    f"The `detector` callable must return (bbox, kps, score) tuples, but item {i} is {item!r}."
+                )
+            bbox = np.asarray(item[0], dtype=np.float32)
+            if bbox.shape != (4,) or not np.all(np.isfinite(bbox)):
+                raise ValueError(
+                    f"The `detector` callable returned a bbox of shape {bbox.shape} for face {i}; expected finite "
+                    "(x1, y1, x2, y2)."
+                )
+            kps = _check_kps(item[1], name=f"kps (face {i} from the `detector` callable)")
+            out.append((bbox, kps, float(item[2])))
+        return out
+
+    def detect(self, image: PIL.Image.Image | np.ndarray, input_name: str = "image") -> list:
+        """Detect faces in an RGB image; insightface ``Face`` objects (bbox (4,), kps (5, 2), det_score), largest
+        first. Retries at halved detection sizes down to `min_det_size` before giving up; [] if none."""
+        image_rgb = to_rgb_array(image, input_name)
+        _import_insightface()
+        return self._detect_rgb(image_rgb)
+
+    def select(self, faces: list, input_name: str) -> Any:
+        """Apply the face policy to detected faces (largest first); raise if there is none to take."""
+        if len(faces) == 0:
+            raise ValueError(
+                f"No face found in `{input_name}` ({self._tried()}). Pass an image with a clearly visible face."
+            )
+        faces = sorted(faces, key=_bbox_area, reverse=True)
+        if self.face_policy == "largest":
+            index, how = 0, "the largest"
+        else:
+            index, how = self.face_policy, f"index {self.face_policy} (largest first)"
+            if index >= len(faces):
+                raise ValueError(
+                    f"`face_policy`={index} but only {len(faces)} face(s) were found in `{input_name}`; use an index "
+                    f"below {len(faces)} or face_policy='largest'."
+                )
+        if len(faces) > 1:
+            logger.warning(
+                "Found %d faces in `%s`; using %s (face_policy=%r), bbox %s.",
+                len(faces),
+                input_name,
+                how,
+                self.face_policy,
+                np.round(np.asarray(faces[index].bbox, dtype=np.float64), 1).tolist(),
+            )
+        return faces[index]
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+
+    def identity_embedding(
+        self, image: PIL.Image.Image | np.ndarray, input_name: str = "identity_image"
+    ) -> np.ndarray:
+        """ArcFace identity embedding of the selected face: (512,) float32, L2-normalised."""
+        if self.recognizer is None:
+            raise ValueError(
+                f"Cannot compute the identity embedding of `{input_name}`: this FaceAnalyzer has no recognizer. "
+                "Build it with `FaceAnalyzer.from_models(detector, recognizer=<ArcFace .onnx>)` or from a model pack "
+                "with a recognition model, or pass precomputed identity embeddings instead."
+            )
+        image_rgb = to_rgb_array(image, input_name)
+        _import_insightface()
+        face = self.select(self._detect_rgb(image_rgb), input_name)
+        embedding = self.recognizer.get(np.ascontiguousarray(image_rgb[:, :, ::-1]), face)  # insightface wants BGR
+        embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(embedding))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ValueError(f"The recognizer returned a zero or non-finite embedding for `{input_name}`.")
+        return (embedding / norm).astype(np.float32)
+
+    def expression_crop(
+        self, image: PIL.Image.Image | np.ndarray, input_name: str = "expression_image", size: int = 224
+    ) -> tuple[PIL.Image.Image, np.ndarray]:
+        """Aligned face crop of the selected face and its soft face mask.
+
+        Returns ``(crop, mask)``: crop a ``PIL.Image`` RGB of `size` x `size` (5-point similarity alignment onto
+        the ArcFace template; `size` a multiple of 112 or 128, e.g. 112 or 224), mask ``np.ndarray`` [size, size]
+        float32 in [0, 1] (:func:`face_mask`).
+        """
+        size = _check_crop_size(size)
+        image_rgb = to_rgb_array(image, input_name)
+        _import_insightface()
+        face = self.select(self._detect_rgb(image_rgb), input_name)
+        crop = align_face(image_rgb, face.kps, size)
+        return PIL.Image.fromarray(crop), face_mask(size)
+
+    def __repr__(self) -> str:
+        if self._known_keypoints:
+            detector = "known-keypoint callable"
+        else:
+            detector = Path(getattr(self.detector, "model_file", None) or type(self.detector).__name__).name
+        recognizer = None if self.recognizer is None else Path(getattr(self.recognizer, "model_file", "?")).name
+        return (
+            f"{type(self).__name__}(detector={detector!r}, recognizer={recognizer!r}, det_size={self.det_size}, "
+            f"min_det_size={self.min_det_size}, det_thresh={self.det_thresh}, face_policy={self.face_policy!r})"
+        )
