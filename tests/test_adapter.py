@@ -12,7 +12,7 @@ from tiny_models import random_identity, tiny_adapter, tiny_components
 from emojidiff_pipeline import EmojiDiffAdapter
 from emojidiff_pipeline.layers import select_layers
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data"  # copies of ../shared/reference/
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,16 @@ def test_adapter_refuses_another_unet(unet):
     attn.to_k = torch.nn.Linear(64, 16, bias=False)
     with pytest.raises(ValueError, match=f"{name}.*hidden size 64.*but 16"):
         adapter.check_unet(wider)
+
+
+def test_adapter_on_real_sd15_config():
+    accelerate = pytest.importorskip("accelerate")
+    config = json.loads((REFERENCE / "sd_1.5_unet_config.json").read_text())
+    with accelerate.init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+        adapter = EmojiDiffAdapter.from_unet(unet)
+    assert list(unet.attn_processors) == (REFERENCE / "sd_1.5_attn_processor_names.txt").read_text().split()
+    assert len(adapter.identity_layer_names) == 16 and adapter.config.cross_attention_dim == 768
+    # SD1.5's first up block with attention is up_blocks.1; its second attention module is left out
+    assert len(adapter.expression_layer_names) == 8
+    assert not any(n.startswith("up_blocks.1.attentions.1.") for n in adapter.expression_layer_names)
