@@ -1,12 +1,25 @@
 """emojidiff_pipeline: EmojiDiff (identity-preserving portraits with expression copied from an RGB template) for
-diffusers SDXL pipelines."""
+diffusers SDXL pipelines.
 
-from .adapter import EmojiDiffAdapter
-from .attention import EmojiDiffAttnProcessor, EmojiDiffConditioning, EmojiDiffPassthroughProcessor
-from .layers import select_layers, unet_layers
-from .pipeline import EmojiDiffPipeline
+Public names are imported lazily, so `import emojidiff_pipeline.synthetic` (numpy + Pillow) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "EmojiDiffAdapter": ".adapter",
+    "EmojiDiffAttnProcessor": ".attention",
+    "EmojiDiffConditioning": ".attention",
+    "EmojiDiffPassthroughProcessor": ".attention",
+    "EmojiDiffPipeline": ".pipeline",
+    "select_layers": ".layers",
+    "unet_layers": ".layers",
+}
 
 __all__ = [
     "EmojiDiffAdapter",
@@ -17,3 +30,17 @@ __all__ = [
     "select_layers",
     "unet_layers",
 ]
+
+if TYPE_CHECKING:
+    from .adapter import EmojiDiffAdapter
+    from .attention import EmojiDiffAttnProcessor, EmojiDiffConditioning, EmojiDiffPassthroughProcessor
+    from .layers import select_layers, unet_layers
+    from .pipeline import EmojiDiffPipeline
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,36 @@
+"""The synthetic proving ground (DESIGN.md): procedurally rendered emoji portraits with known factors.
+
+Importing this package needs numpy and Pillow only (no torch).
+"""
+
+from .renderer import (
+    BACKGROUND_COLORS,
+    EXPRESSION_FIELDS,
+    EXPRESSION_PRESETS,
+    HAIR_STYLES,
+    IDENTITY_FIELDS,
+    POSE_RANGES,
+    STYLE_CHOICES,
+    Expression,
+    Identity,
+    Pose,
+    RenderResult,
+    Style,
+    render,
+)
+
+__all__ = [
+    "BACKGROUND_COLORS",
+    "EXPRESSION_FIELDS",
+    "EXPRESSION_PRESETS",
+    "HAIR_STYLES",
+    "IDENTITY_FIELDS",
+    "POSE_RANGES",
+    "STYLE_CHOICES",
+    "Expression",
+    "Identity",
+    "Pose",
+    "RenderResult",
+    "Style",
+    "render",
+]
