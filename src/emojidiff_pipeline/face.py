@@ -537,10 +537,22 @@ class FaceAnalyzer:
 
     # -- outputs ---------------------------------------------------------------------------------------------
 
+    def _face(self, image_rgb: np.ndarray, input_name: str, kps: Any = None) -> Any:
+        """The face to use: detected and selected by the policy, or built from known keypoints (5, 2)."""
+        if kps is None:
+            return self.select(self._detect_rgb(image_rgb), input_name)
+        from insightface.app.common import Face
+
+        kps = _check_kps(kps, name=f"kps of `{input_name}`")
+        bbox = np.concatenate([kps.min(axis=0), kps.max(axis=0)]).astype(np.float32)
+        return Face(bbox=bbox, kps=kps, det_score=1.0)
+
     def identity_embedding(
-        self, image: PIL.Image.Image | np.ndarray, input_name: str = "identity_image"
+        self, image: PIL.Image.Image | np.ndarray, input_name: str = "identity_image", kps: Any = None
     ) -> np.ndarray:
-        """ArcFace identity embedding of the selected face: (512,) float32, L2-normalised."""
+        """ArcFace identity embedding of the selected face: (512,) float32, L2-normalised.
+
+        `kps` (5, 2): known keypoints (e.g. from a detector run ahead of time); detection is then skipped."""
         if self.recognizer is None:
             raise ValueError(
                 f"Cannot compute the identity embedding of `{input_name}`: this FaceAnalyzer has no recognizer. "
@@ -549,7 +561,7 @@ class FaceAnalyzer:
             )
         image_rgb = to_rgb_array(image, input_name)
         _import_insightface()
-        face = self.select(self._detect_rgb(image_rgb), input_name)
+        face = self._face(image_rgb, input_name, kps)
         embedding = self.recognizer.get(np.ascontiguousarray(image_rgb[:, :, ::-1]), face)  # insightface wants BGR
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
         norm = float(np.linalg.norm(embedding))
@@ -558,18 +570,22 @@ class FaceAnalyzer:
         return (embedding / norm).astype(np.float32)
 
     def expression_crop(
-        self, image: PIL.Image.Image | np.ndarray, input_name: str = "expression_image", size: int = 224
+        self,
+        image: PIL.Image.Image | np.ndarray,
+        input_name: str = "expression_image",
+        size: int = 224,
+        kps: Any = None,
     ) -> tuple[PIL.Image.Image, np.ndarray]:
         """Aligned face crop of the selected face and its soft face mask.
 
         Returns ``(crop, mask)``: crop a ``PIL.Image`` RGB of `size` x `size` (5-point similarity alignment onto
         the ArcFace template; `size` a multiple of 112 or 128, e.g. 112 or 224), mask ``np.ndarray`` [size, size]
-        float32 in [0, 1] (:func:`face_mask`).
+        float32 in [0, 1] (:func:`face_mask`). `kps` (5, 2): known keypoints; detection is then skipped.
         """
         size = _check_crop_size(size)
         image_rgb = to_rgb_array(image, input_name)
         _import_insightface()
-        face = self.select(self._detect_rgb(image_rgb), input_name)
+        face = self._face(image_rgb, input_name, kps)
         crop = align_face(image_rgb, face.kps, size)
         return PIL.Image.fromarray(crop), face_mask(size)
 
@@ -583,3 +599,16 @@ class FaceAnalyzer:
             f"{type(self).__name__}(detector={detector!r}, recognizer={recognizer!r}, det_size={self.det_size}, "
             f"min_det_size={self.min_det_size}, det_thresh={self.det_thresh}, face_policy={self.face_policy!r})"
         )
+
+
+def masked_template(crop: PIL.Image.Image, mask: np.ndarray, fill: float = 127.5) -> PIL.Image.Image:
+    """Keep the face region of an aligned template crop and fill the rest with grey: the expression branch's input.
+
+    crop: RGB (S, S); mask: (S, S) in [0, 1]. Used by the pipeline and by training, so both see the same input.
+    """
+    arr = np.asarray(crop.convert("RGB"), dtype=np.float32)
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.shape != arr.shape[:2]:
+        raise ValueError(f"`mask` has shape {mask.shape} but the crop is {arr.shape[:2]}.")
+    out = arr * mask[..., None] + fill * (1.0 - mask[..., None])
+    return PIL.Image.fromarray(out.round().clip(0, 255).astype(np.uint8))

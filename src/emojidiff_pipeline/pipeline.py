@@ -173,10 +173,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         for i, img in enumerate(templates):
             name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
             if self.face_analyzer is not None:
-                crop, mask = self.face_analyzer.expression_crop(img, input_name=name)
-                arr = np.asarray(crop, dtype=np.float32)
-                arr = arr * mask[..., None] + 127.5 * (1.0 - mask[..., None])  # grey outside the face region
-                img = PIL.Image.fromarray(arr.round().clip(0, 255).astype(np.uint8))
+                from .face import masked_template  # grey outside the face region
+
+                img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name))
             prepared.append(self._to_pil(img, name))
         return self.feature_extractor(images=prepared, return_tensors="pt").pixel_values
 

@@ -1,0 +1,1 @@
+"""Shared training code for the stage scripts in training/ (needs the `train` extra: accelerate, peft)."""

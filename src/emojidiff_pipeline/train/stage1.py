@@ -1,0 +1,317 @@
+"""Stage 1 (decoupled training): train only the E-Adapter with the diffusion loss on triplets.
+
+Frozen parts (VAE, text encoders, image encoder, recognizer) run once, in :func:`prepare_cache`; the loop then
+touches only the UNet (frozen) and the adapter. Randomness is a pure function of (seed, step, process), and the
+data order of (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run's losses exactly.
+Checkpoints hold safetensors only (adapter folder + optimizer tensors) and a JSON file; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..adapter import EmojiDiffAdapter
+from ..attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
+from ..layers import unet_layers
+from .triplets import Triplet
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+def _cache_key(triplets: list[Triplet], resolution: int, extra: str) -> str:
+    h = hashlib.sha256(f"{resolution}|{extra}".encode())
+    for t in triplets:
+        h.update(json.dumps(t.to_json(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int, batch_size: int = 16) -> dict:
+    """Encode everything frozen once.
+
+    Returns tensors: ``latents`` (N, 4, h, w) scaled VAE means of the targets; ``identity`` (N, 1, 512) normed mean
+    reference embedding; ``template_index`` (N,) into ``templates`` (T, P, E) image-encoder patch tokens of the
+    masked, aligned templates; ``prompt_index`` (N,) into ``prompt_embeds`` (Q, 77, C) and ``pooled`` (Q, C2);
+    ``add_time_ids`` (1, 6).
+    """
+    from ..face import masked_template
+
+    device = pipe._execution_device
+    vae, image_encoder = pipe.vae, pipe.image_encoder
+    if image_encoder is None or pipe.feature_extractor is None:
+        raise ValueError("The pipeline has no `image_encoder`/`feature_extractor`; stage 1 needs both.")
+
+    def load(path, size=None):
+        img = PIL.Image.open(path).convert("RGB")
+        return img.resize((size, size), PIL.Image.BICUBIC) if size and img.size != (size, size) else img
+
+    # targets -> latents
+    latents = []
+    for i in range(0, len(triplets), batch_size):
+        imgs = [np.asarray(load(t.target, resolution), dtype=np.float32) / 127.5 - 1.0 for t in triplets[i : i + batch_size]]
+        x = torch.as_tensor(np.stack(imgs)).permute(0, 3, 1, 2).to(device, vae.dtype)
+        latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+    latents = torch.cat(latents).float().cpu()
+
+    # references -> one normed mean embedding per triplet (what the identity projection computes from several)
+    identity = []
+    for n, t in enumerate(triplets):
+        embs = [
+            face_analyzer.identity_embedding(load(p), input_name=f"references[{j}] of triplet {n}",
+                                             kps=None if t.reference_kps is None else t.reference_kps[j])
+            for j, p in enumerate(t.references)
+        ]  # fmt: skip
+        identity.append(F.normalize(torch.as_tensor(np.mean(embs, axis=0)), dim=-1))
+    identity = torch.stack(identity)[:, None].float()
+
+    # unique templates -> masked aligned crops -> patch tokens
+    template_keys = [(t.template, json.dumps(t.template_kps)) for t in triplets]
+    unique_templates = list(dict.fromkeys(template_keys))
+    template_pos = {k: i for i, k in enumerate(unique_templates)}
+    tokens = []
+    for i in range(0, len(unique_templates), batch_size):
+        crops = []
+        for path, kps in unique_templates[i : i + batch_size]:
+            crop, mask = face_analyzer.expression_crop(load(path), input_name=f"template {path}", kps=json.loads(kps))
+            crops.append(masked_template(crop, mask))
+        pixels = pipe.feature_extractor(images=crops, return_tensors="pt").pixel_values.to(device, image_encoder.dtype)
+        tokens.append(image_encoder(pixels, output_hidden_states=True).hidden_states[-2].float().cpu())
+    templates = torch.cat(tokens)
+
+    # unique prompts -> text embeddings
+    prompts = list(dict.fromkeys(t.prompt for t in triplets))
+    prompt_pos = {p: i for i, p in enumerate(prompts)}
+    embeds, pooled = [], []
+    for i in range(0, len(prompts), batch_size):
+        pe, _, pp, _ = pipe.encode_prompt(prompts[i : i + batch_size], device=device, do_classifier_free_guidance=False)
+        embeds.append(pe.float().cpu())
+        pooled.append(pp.float().cpu())
+    text_dim = pipe.text_encoder_2.config.projection_dim
+    add_time_ids = pipe._get_add_time_ids(
+        (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32, text_encoder_projection_dim=text_dim
+    )
+    return {
+        "latents": latents,
+        "identity": identity,
+        "templates": templates,
+        "template_index": torch.tensor([template_pos[k] for k in template_keys]),
+        "prompt_embeds": torch.cat(embeds),
+        "pooled": torch.cat(pooled),
+        "prompt_index": torch.tensor([prompt_pos[t.prompt] for t in triplets]),
+        "add_time_ids": add_time_ids,
+    }
+
+
+def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path) -> dict:
+    """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it."""
+    key = _cache_key(triplets, resolution, getattr(pipe, "name_or_path", "") or "")
+    path = cache_dir / f"cache-{key}.safetensors"
+    if accelerator.is_main_process and not path.exists():
+        logger.info("Encoding %d triplets once (VAE, recognizer, image encoder, text encoders)...", len(triplets))
+        cache = prepare_cache(pipe, face_analyzer, triplets, resolution)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in cache.items()}, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+    accelerator.wait_for_everyone()
+    return load_file(path)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Write ``folder`` atomically: adapter/ (a loadable adapter folder), optimizer.safetensors, state.json."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    adapter.save_pretrained(tmp / "adapter")
+    state = optimizer.state_dict()
+    tensors = {f"{idx}.{k}": v.detach().cpu().contiguous() for idx, s in state["state"].items() for k, v in s.items()}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.optim.Optimizer) -> int:
+    """Restore adapter weights and optimizer state from `folder`; returns the step it was saved at."""
+    weights = load_file(folder / "adapter" / "diffusion_pytorch_model.safetensors")
+    adapter.load_state_dict(weights)
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(folder / "optimizer.safetensors")
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def find_checkpoint(output_dir: Path, which: str) -> Path:
+    if which != "latest":
+        path = Path(which)
+        if not (path / "state.json").is_file():
+            raise FileNotFoundError(f"`resume_from_checkpoint`={which!r} is not a checkpoint folder (no state.json).")
+        return path
+    found = sorted(output_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    if not found:
+        raise FileNotFoundError(f"`resume_from_checkpoint`='latest' but {output_dir} holds no checkpoint-* folder.")
+    return found[-1]
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+@dataclass
+class Stage1Config:
+    max_steps: int
+    batch_size: int  # per process
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    identity_drop: float = 0.05
+    expression_drop: float = 0.05
+    text_drop: float = 0.05
+    seed: int = 0
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+
+
+def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> torch.Tensor:
+    """Rows of the global batch at `step`: epoch-wise permutations seeded by (seed, epoch), read as a stream."""
+    start = step * global_batch
+    rows = []
+    for pos in range(start, start + global_batch):
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        rows.append(perm[offset])
+    return torch.stack(rows)
+
+
+def diffusion_target(scheduler, latents, noise, timesteps):
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"Unsupported `prediction_type` {scheduler.config.prediction_type!r} (epsilon or v_prediction).")
+
+
+def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, output_dir: Path,
+                 resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
+    """Run the loop; returns this run's per-step losses (mean over processes). Writes loss_log.jsonl,
+    checkpoint-<step>/ folders and the final adapter/ folder under `output_dir`."""
+    from tqdm.auto import tqdm
+
+    unet, scheduler = pipe.unet, pipe.scheduler
+    unet.requires_grad_(False)
+    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
+        if module is not None:
+            module.requires_grad_(False)
+    adapter.check_unet(unet)
+    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
+    layers = unet_layers(unet)
+    id_scale = dict.fromkeys(adapter.identity_layer_names, 1.0)
+    exp_scale = dict.fromkeys(adapter.expression_layer_names, 1.0)
+
+    adapter.train()
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    start_step = 0
+    log_path = output_dir / "loss_log.jsonl"
+    if resume_from_checkpoint:
+        folder = find_checkpoint(output_dir, resume_from_checkpoint)
+        start_step = load_checkpoint(folder, adapter, optimizer)
+        logger.info("Resumed from %s at step %d.", folder, start_step)
+        if accelerator.is_main_process and log_path.exists():  # drop log lines written after that checkpoint
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] < start_step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+    elif accelerator.is_main_process and log_path.exists():
+        log_path.unlink()
+    model, optimizer = accelerator.prepare(adapter, optimizer)
+    unet.to(accelerator.device)
+
+    n = cache["latents"].shape[0]
+    per_process = config.batch_size
+    global_batch = per_process * accelerator.num_processes
+    if accelerator.is_main_process:
+        info = {"num_processes": accelerator.num_processes, "global_batch": global_batch, "num_triplets": n,
+                "start_step": start_step, "config": config.__dict__}  # fmt: skip
+        (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+    null_text = torch.zeros_like(cache["prompt_embeds"][:1])
+    null_pooled = torch.zeros_like(cache["pooled"][:1])
+    losses = []
+    progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
+                    disable=not accelerator.is_local_main_process, desc="stage 1")  # fmt: skip
+    for step in progress:
+        # randomness is drawn for the whole global batch and sliced, so N processes x B == 1 process x N*B
+        g = _step_generator(config.seed, step)
+        mine = slice(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
+        rows = _batch_indices(n, step, global_batch, config.seed)[mine]
+        latents = cache["latents"][rows]
+        b = latents.shape[0]
+        noise = torch.randn((global_batch, *latents.shape[1:]), generator=g)[mine]
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (global_batch,), generator=g)[mine]
+        keep_id = (torch.rand(global_batch, generator=g) >= config.identity_drop)[mine]
+        keep_exp = (torch.rand(global_batch, generator=g) >= config.expression_drop)[mine]
+        keep_text = (torch.rand(global_batch, generator=g) >= config.text_drop)[mine].view(b, 1, 1)
+        text = torch.where(keep_text, cache["prompt_embeds"][cache["prompt_index"][rows]], null_text)
+        pooled = torch.where(keep_text[:, 0], cache["pooled"][cache["prompt_index"][rows]], null_pooled)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
+
+        device = accelerator.device
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        out = model(
+            identity_embeds=cache["identity"][rows].to(device),
+            expression_image_embeds=cache["templates"][cache["template_index"][rows]].to(device),
+            identity_keep=keep_id.to(device),
+            expression_keep=keep_exp.to(device),
+        )
+        conditioning = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
+        pred = unet(
+            noisy.to(device), timesteps.to(device), text.to(device),
+            added_cond_kwargs={"text_embeds": pooled.to(device), "time_ids": cache["add_time_ids"].expand(b, -1).to(device)},
+            cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
+        ).sample  # fmt: skip
+        loss = F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, timesteps).to(device).float())
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"Loss became {mean_loss} at step {step}; lower `learning_rate`.")
+        losses.append(mean_loss)
+        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        done = step + 1
+        if accelerator.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "loss": mean_loss}) + "\n")
+            if done % config.checkpointing_steps == 0 or done == config.max_steps:
+                save_checkpoint(output_dir / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, done)
+                _prune(output_dir, config.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir / "adapter")
+    accelerator.wait_for_everyone()
+    return losses
+
+
+def _prune(output_dir: Path, limit: int | None) -> None:
+    if not limit:
+        return
+    found = sorted(output_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    for old in found[:-limit]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""Stage-1 training script at tiny scale: checkpoints, exact resume, triplet manifests, 2-process CPU run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from face_standins import make_arcface_standin
+from tiny_models import tiny_components
+
+from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
+from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+from emojidiff_pipeline.train.triplets import read_triplets, same_identity_triplets
+
+pytest.importorskip("accelerate")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import train_decoupled  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage1")
+    EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
+    make_arcface_standin(root / "arcface.onnx", seed=1)
+    records = []
+    for identity in range(3):
+        for j in range(3):
+            rng = np.random.default_rng([identity, j])
+            r = render(Identity.from_seed(identity), Expression.random(rng), Style.random(rng), Pose.random(rng))
+            path = Path("images") / f"id{identity}" / f"{j}.png"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray(r.image).save(root / path)
+            records.append({"path": str(path), "identity": f"id{identity}", "caption": "flat emoji portrait",
+                            "kps": r.keypoints.tolist()})  # fmt: skip
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def args_for(world, out, *extra):
+    return train_decoupled.parse_args([
+        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
+        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
+        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--resampler_depth", "1",
+        "--num_expression_tokens", "4", *extra,
+    ])  # fmt: skip
+
+
+def test_same_identity_triplets(world):
+    records = [json.loads(x) for x in (world / "train.jsonl").read_text().splitlines()]
+    triplets = same_identity_triplets(records, world, num_references=2)
+    assert len(triplets) == 9
+    for t in triplets:
+        assert t.template == t.target and t.target not in t.references and len(t.references) == 2
+        assert {Path(p).parent.name for p in t.references} == {Path(t.target).parent.name}
+        assert t.template_kps is not None and len(t.reference_kps) == 2
+
+
+def test_train_checkpoints_and_exact_resume(world, tmp_path):
+    full = train_decoupled.main(args_for(world, tmp_path / "full", "--max_steps", "4"))
+    assert len(full) == 4 and all(np.isfinite(full))
+    for step in (2, 4):
+        adapter = EmojiDiffAdapter.from_pretrained(tmp_path / "full" / f"checkpoint-{step}" / "adapter")
+        assert adapter.config.num_expression_tokens == 4
+    final = EmojiDiffAdapter.from_pretrained(tmp_path / "full" / "adapter")
+    start = EmojiDiffAdapter.from_pretrained(tmp_path / "full" / "checkpoint-2" / "adapter")
+    assert any((a - b).abs().max() > 0 for a, b in zip(final.state_dict().values(), start.state_dict().values()))
+
+    first = train_decoupled.main(args_for(world, tmp_path / "split", "--max_steps", "2"))
+    resumed = train_decoupled.main(
+        args_for(world, tmp_path / "split", "--max_steps", "4", "--resume_from_checkpoint", "latest")
+    )
+    assert first + resumed == full  # bit-identical losses
+    log = [json.loads(x) for x in (tmp_path / "split" / "loss_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [0, 1, 2, 3] and [x["loss"] for x in log] == full
+
+
+def test_bad_manifest_and_args(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"template": "x.png", "references": [], "target": "y.png", "prompt": "p"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: `references` must be a non-empty list"):
+        read_triplets(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
+        read_triplets(bad)
+    with pytest.raises(SystemExit):
+        args_for(world, tmp_path, "--max_steps", "2", "--identity_drop", "1.5")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        train_decoupled.main(args_for(world, tmp_path / "none", "--max_steps", "2", "--resume_from_checkpoint", "latest"))
+
+
+def test_two_process_cpu_run(world, tmp_path):
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(REPO / "training" / "train_decoupled.py"),
+        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
+        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(tmp_path / "ddp"), "--resolution", "64",
+        "--batch_size", "1", "--max_steps", "2", "--checkpointing_steps", "2", "--resampler_depth", "1",
+        "--learning_rate", "1e-3", "--num_expression_tokens", "4",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    EmojiDiffAdapter.from_pretrained(tmp_path / "ddp" / "adapter")
+    log = [json.loads(x) for x in (tmp_path / "ddp" / "loss_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [0, 1]
+    assert json.loads((tmp_path / "ddp" / "run_info.json").read_text())["num_processes"] == 2
+    # two processes with batch 1 train like one process with batch 2
+    single = train_decoupled.main(args_for(world, tmp_path / "single", "--max_steps", "2", "--batch_size", "2"))
+    np.testing.assert_allclose([x["loss"] for x in log], single, rtol=1e-4)
