@@ -148,8 +148,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         ]
         return torch.as_tensor(np.asarray(embeds, dtype=np.float32))  # (B or 1, n_ref, D)
 
-    def _template_pixels(self, expression_image, batch_size: int) -> torch.Tensor:
-        """Expression template(s) -> image-encoder pixel values (B or 1, 3, H, W), face-aligned and masked."""
+    def _template_crops(self, expression_image, batch_size: int) -> list[PIL.Image.Image]:
+        """Expression template(s) -> face crops for the image encoder: aligned and masked with a face analyzer,
+        taken as they are (already aligned) without one. One crop, or one per prompt."""
         if _is_image(expression_image):
             templates = [expression_image]
         elif isinstance(expression_image, (list, tuple)) and expression_image and all(map(_is_image, expression_image)):
@@ -164,20 +165,15 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                 "`expression_image` must be an image (PIL or HxWx3 array) or a list of one per prompt; got "
                 f"{type(expression_image).__name__}."
             )
-        if self.image_encoder is None or self.feature_extractor is None:
-            raise ValueError(
-                "`expression_image` needs the pipeline's `image_encoder` and `feature_extractor`, which are not set; "
-                "load a pipeline folder that has them or pass them to `EmojiDiffPipeline.from_pipe(...)`."
-            )
-        prepared = []
+        crops = []
         for i, img in enumerate(templates):
             name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
             if self.face_analyzer is not None:
                 from .face import masked_template  # grey outside the face region
 
                 img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name))
-            prepared.append(self._to_pil(img, name))
-        return self.feature_extractor(images=prepared, return_tensors="pt").pixel_values
+            crops.append(self._to_pil(img, name))
+        return crops
 
     @staticmethod
     def _to_pil(img, name: str) -> PIL.Image.Image:
@@ -188,11 +184,25 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             raise ValueError(f"`{name}` must be RGB uint8 HxWx3, got shape {arr.shape} dtype {arr.dtype}.")
         return PIL.Image.fromarray(arr)
 
-    def encode_expression(self, expression_image, batch_size: int, device=None) -> torch.Tensor:
-        """Expression template(s) -> image-encoder patch tokens (B or 1, P, E) (penultimate hidden states)."""
+    def encode_template_crops(self, crops: Sequence[PIL.Image.Image], device=None) -> torch.Tensor:
+        """Aligned (and masked) template crops -> image-encoder patch tokens (N, P, E), penultimate hidden states.
+
+        Shared by the pipeline call and the training scripts, so both feed the encoder the same input."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            raise ValueError(
+                "`expression_image` needs the pipeline's `image_encoder` and `feature_extractor`, which are not set; "
+                "load a pipeline folder that has them or pass them to `EmojiDiffPipeline.from_pipe(...)`."
+            )
         device = device or self._execution_device
-        pixels = self._template_pixels(expression_image, batch_size).to(device=device, dtype=self.image_encoder.dtype)
+        pixels = self.feature_extractor(images=list(crops), return_tensors="pt").pixel_values
+        pixels = pixels.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+
+    def encode_expression(self, expression_image, batch_size: int, device=None) -> torch.Tensor:
+        """Expression template(s) -> image-encoder patch tokens (B or 1, P, E)."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            self.encode_template_crops([], device)  # raises the explanation
+        return self.encode_template_crops(self._template_crops(expression_image, batch_size), device)
 
     # ------------------------------------------------------------------ checks
     @staticmethod

@@ -51,8 +51,8 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     from ..face import masked_template
 
     device = pipe._execution_device
-    vae, image_encoder = pipe.vae, pipe.image_encoder
-    if image_encoder is None or pipe.feature_extractor is None:
+    vae = pipe.vae
+    if pipe.image_encoder is None or pipe.feature_extractor is None:
         raise ValueError("The pipeline has no `image_encoder`/`feature_extractor`; stage 1 needs both.")
 
     def load(path, size=None):
@@ -88,8 +88,7 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
         for path, kps in unique_templates[i : i + batch_size]:
             crop, mask = face_analyzer.expression_crop(load(path), input_name=f"template {path}", kps=json.loads(kps))
             crops.append(masked_template(crop, mask))
-        pixels = pipe.feature_extractor(images=crops, return_tensors="pt").pixel_values.to(device, image_encoder.dtype)
-        tokens.append(image_encoder(pixels, output_hidden_states=True).hidden_states[-2].float().cpu())
+        tokens.append(pipe.encode_template_crops(crops, device).float().cpu())
     templates = torch.cat(tokens)
 
     # unique prompts -> text embeddings
@@ -315,3 +314,10 @@ def _prune(output_dir: Path, limit: int | None) -> None:
     found = sorted(output_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
     for old in found[:-limit]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
+               config: Stage1Config, resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
+    """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`."""
+    cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache")
+    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint)

@@ -1,0 +1,325 @@
+"""ID-irrelevant Data Iteration (IDI): manufacture cross-identity expression pairs.
+
+One round (METHOD.md, "Stage 1"): for a template T of person A and reference(s) R of person B (A != B), generate
+with the current adapter (expression from T, identity from R); alter the identity toward B with a swapper that
+keeps the expression; keep the result only if its expression matches T, its identity matches B and it does not
+resemble A; write (T, R, result, prompt) triplets. Filters use train-side instruments only.
+
+Output is sharded: shard k holds pairs [k*S, (k+1)*S); its images are written first, then its manifest lines and
+stats atomically (temp file + rename). A restarted round skips finished shards and redoes unfinished ones, so a
+SIGKILL loses no finished pair and duplicates none. Generation is a pure function of (seed, pair index), so a redone
+shard writes the same bytes. Shards are split across accelerate processes (shard k -> process k % N).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .triplets import Triplet, read_triplets, write_triplets
+
+logger = logging.getLogger(__name__)
+
+ExpressionScorer = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]  # (images, kps) -> (N, K)
+
+
+def load_callable(spec: str, arg_name: str):
+    """``"package.module:factory"`` -> ``factory()``: how scripts take pluggable instruments."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"`{arg_name}` must look like 'package.module:factory', got {spec!r}.")
+    module_name, attr = spec.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`{arg_name}`={spec!r} could not be imported: {err}") from err
+    return factory()
+
+
+# --------------------------------------------------------------------------------------------- pairs
+@dataclass(frozen=True)
+class Pair:
+    """Template photo of identity A, reference photos of identity B (A != B), and the prompt to generate with."""
+
+    index: int
+    template: dict
+    references: tuple
+    prompt: str
+
+
+def plan_pairs(records: Sequence[dict], num_pairs: int, num_references: int = 2, seed: int = 0) -> list[Pair]:
+    """Deterministic cross-identity pairs from a photo collection (records: path, identity, caption[, kps]).
+
+    The prompt is the first reference's caption (B's appearance and style; A's caption would describe A).
+    """
+    by_identity: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_identity[r["identity"]].append(r)
+    identities = sorted(by_identity)
+    if len(identities) < 2:
+        raise ValueError(f"IDI needs photos of at least 2 identities, got {len(identities)}.")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for index in range(num_pairs):
+        a, b = rng.choice(len(identities), size=2, replace=False)
+        photos_a, photos_b = by_identity[identities[a]], by_identity[identities[b]]
+        template = photos_a[rng.integers(len(photos_a))]
+        refs = [photos_b[i] for i in rng.permutation(len(photos_b))[:num_references]]
+        pairs.append(Pair(index, template, tuple(refs), refs[0]["caption"]))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------- swappers
+class Swapper(Protocol):
+    def __call__(self, image: np.ndarray, kps: np.ndarray, identity_embedding: np.ndarray, seed: int) -> np.ndarray:
+        """Alter the face in `image` (uint8 HxWx3, its face at `kps` (5, 2)) toward the identity of the normed
+        embedding (512,); return uint8 HxWx3 with the expression kept."""
+
+
+class INSwapperBackend:
+    """insightface's INSwapper (``inswapper_128.onnx``, a model file you provide; no download)."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        from ..face import _import_insightface
+
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"`swapper_model`={str(model_path)!r} does not exist (inswapper_128.onnx).")
+        _import_insightface()
+        from insightface.model_zoo import get_model
+
+        self.model = get_model(str(path))
+        if type(self.model).__name__ != "INSwapper":
+            raise ValueError(
+                f"`swapper_model`={str(model_path)!r} is not an INSwapper model (insightface routed it to "
+                f"{type(self.model).__name__})."
+            )
+
+    def __call__(self, image, kps, identity_embedding, seed):
+        from insightface.app.common import Face
+
+        target = Face(kps=np.asarray(kps, np.float32), bbox=np.r_[np.min(kps, 0), np.max(kps, 0)].astype(np.float32))
+        source = Face(embedding=np.asarray(identity_embedding, np.float32))  # normed_embedding derives from it
+        out_bgr = self.model.get(np.ascontiguousarray(image[:, :, ::-1]), target, source, paste_back=True)
+        return np.ascontiguousarray(out_bgr[:, :, ::-1])
+
+
+class DiffusionReIDBackend:
+    """Re-identification with no extra model: image-to-image from the image itself with the identity branch only
+    (expression branch off, low strength so the expression survives), pasted back inside the face mask."""
+
+    def __init__(self, pipe, strength: float = 0.5, num_inference_steps: int = 20, guidance_scale: float = 5.0,
+                 mask_size: int = 112):  # fmt: skip
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"`reid_strength` must be in (0, 1], got {strength}.")
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        components = {k: v for k, v in pipe.components.items() if k != "emoji_adapter"}
+        self.img2img = StableDiffusionXLImg2ImgPipeline(**components)
+        self.pipe, self.strength, self.steps, self.guidance, self.mask_size = (
+            pipe, strength, num_inference_steps, guidance_scale, mask_size
+        )
+        self.prompt = ""
+
+    def __call__(self, image, kps, identity_embedding, seed):
+        import cv2
+
+        from ..attention import CONDITIONING_KWARG
+        from ..face import arcface_template, face_mask
+
+        do_cfg = self.guidance > 1
+        embeds = torch.as_tensor(np.asarray(identity_embedding, np.float32))[None, None]
+        conditioning = self.pipe.prepare_conditioning(
+            1, 1, do_cfg, embeds, None, 1.0, 0.0, None, self.pipe._execution_device
+        )
+        out = self.img2img(
+            self.prompt, image=PIL.Image.fromarray(image), strength=self.strength, num_inference_steps=self.steps,
+            guidance_scale=self.guidance, generator=torch.Generator().manual_seed(seed), output_type="np",
+            cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
+        ).images[0]  # fmt: skip
+        generated = (out * 255).round().clip(0, 255).astype(np.uint8)
+        # face mask in image coordinates: the aligned-space mask warped back through the 5-point similarity
+        matrix, _ = cv2.estimateAffinePartial2D(arcface_template(self.mask_size), np.asarray(kps, np.float32))
+        h, w = image.shape[:2]
+        mask = cv2.warpAffine(face_mask(self.mask_size), matrix, (w, h))[..., None]
+        return (mask * generated + (1 - mask) * image).round().clip(0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- filters
+@dataclass
+class FilterConfig:
+    max_expression_error: float = 0.08  # mean |E(result) - E(template)| over the expression factors
+    min_identity_similarity: float = 0.5  # cos(F(result), F(references of B))
+    max_template_similarity: float = 0.3  # cos(F(result), F(template of A))
+
+
+@dataclass
+class Scores:
+    expression_error: float
+    identity_similarity: float
+    template_similarity: float
+
+
+def rejection_reasons(scores: Scores, config: FilterConfig) -> list[str]:
+    reasons = []
+    if scores.expression_error > config.max_expression_error:
+        reasons.append("expression")
+    if scores.identity_similarity < config.min_identity_similarity:
+        reasons.append("identity_to_reference")
+    if scores.template_similarity > config.max_template_similarity:
+        reasons.append("template_identity_leak")
+    return reasons
+
+
+# --------------------------------------------------------------------------------------------- a round
+@dataclass
+class RoundConfig:
+    num_pairs: int
+    shard_size: int = 64
+    num_references: int = 2
+    seed: int = 0
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    resolution: int | None = None
+
+
+class IDIRound:
+    """Generate -> swap -> filter -> write, for one round, into `out_dir` (resumable, sharded).
+
+    Args:
+        pipe: an EmojiDiffPipeline with the current adapter.
+        face_analyzer: finds keypoints in generated images and computes identity embeddings (train-side).
+        expression_scorer: (images, kps) -> (N, K) expression factors (train-side instrument).
+        swapper: a :class:`Swapper`.
+    """
+
+    def __init__(self, pipe, face_analyzer, expression_scorer: ExpressionScorer, swapper: Swapper,
+                 filters: FilterConfig, config: RoundConfig, collection_root: str | os.PathLike):  # fmt: skip
+        self.pipe, self.face, self.expression, self.swapper = pipe, face_analyzer, expression_scorer, swapper
+        self.filters, self.config, self.root = filters, config, Path(collection_root)
+
+    def _image(self, record) -> np.ndarray:
+        return np.asarray(PIL.Image.open(self.root / record["path"]).convert("RGB"))
+
+    def _process_pair(self, pair: Pair, images_dir: Path) -> tuple[Triplet | None, dict]:
+        seed = self.config.seed * 1_000_003 + pair.index
+        template = self._image(pair.template)
+        refs = [self._image(r) for r in pair.references]
+        ref_embeds = [self.face.identity_embedding(img, f"reference of pair {pair.index}", kps=r.get("kps"))
+                      for img, r in zip(refs, pair.references)]  # fmt: skip
+        ref_embed = np.mean(ref_embeds, axis=0)
+        ref_embed /= np.linalg.norm(ref_embed)
+        template_embed = self.face.identity_embedding(template, f"template of pair {pair.index}", kps=pair.template.get("kps"))
+        size = self.config.resolution
+        generated = self.pipe(
+            pair.prompt, identity_embeds=torch.as_tensor(ref_embed)[None, None],
+            expression_embeds=self._template_tokens(template, pair.template.get("kps")),
+            num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
+            height=size, width=size, generator=torch.Generator().manual_seed(seed), output_type="np",
+        ).images[0]  # fmt: skip
+        generated = (generated * 255).round().clip(0, 255).astype(np.uint8)
+        faces = self.face.detect(generated, f"generated image of pair {pair.index}")
+        if not faces:
+            return None, {"index": pair.index, "rejected": ["no_face"]}
+        kps = self.face.select(faces, f"generated image of pair {pair.index}").kps
+        result = self.swapper(generated, kps, ref_embed, seed)
+        faces = self.face.detect(result, f"swapped image of pair {pair.index}")
+        if not faces:
+            return None, {"index": pair.index, "rejected": ["no_face"]}
+        kps = self.face.select(faces, f"swapped image of pair {pair.index}").kps
+        result_embed = self.face.identity_embedding(result, "result", kps=kps)
+        exp_result, exp_template = self.expression([result, template], [kps, np.asarray(pair.template["kps"])
+                                                                         if "kps" in pair.template else None])
+        scores = Scores(
+            expression_error=float(np.abs(exp_result - exp_template).mean()),
+            identity_similarity=float(result_embed @ ref_embed),
+            template_similarity=float(result_embed @ template_embed),
+        )
+        reasons = rejection_reasons(scores, self.filters)
+        stats = {"index": pair.index, "rejected": reasons, **asdict(scores)}
+        if reasons:
+            return None, stats
+        path = images_dir / f"{pair.index:07d}.png"
+        PIL.Image.fromarray(result).save(path)
+        triplet = Triplet(
+            template=str(self.root / pair.template["path"]),
+            references=[str(self.root / r["path"]) for r in pair.references],
+            target=str(path), prompt=pair.prompt,
+            template_kps=pair.template.get("kps"),
+            reference_kps=[r["kps"] for r in pair.references] if all("kps" in r for r in pair.references) else None,
+            extra={"template_identity": pair.template["identity"], "target_identity": pair.references[0]["identity"],
+                   "pair": pair.index, **asdict(scores)},
+        )  # fmt: skip
+        return triplet, stats
+
+    def _template_tokens(self, template: np.ndarray, kps) -> torch.Tensor:
+        """Image-encoder tokens (1, P, E) of the aligned, masked template (the pipeline's own encoding path)."""
+        from ..face import masked_template
+
+        crop, mask = self.face.expression_crop(template, "template", kps=kps)
+        return self.pipe.encode_template_crops([masked_template(crop, mask)])
+
+    def run(self, records: Sequence[dict], out_dir: str | os.PathLike, process_index: int = 0,
+            num_processes: int = 1) -> list[int]:  # fmt: skip
+        """Process this process's unfinished shards; returns the shard ids it finished now."""
+        out_dir = Path(out_dir)
+        pairs = plan_pairs(records, self.config.num_pairs, self.config.num_references, self.config.seed)
+        shards = [pairs[i : i + self.config.shard_size] for i in range(0, len(pairs), self.config.shard_size)]
+        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+        done_now = []
+        for shard_id, shard in enumerate(shards):
+            if shard_id % num_processes != process_index or (out_dir / "shards" / f"{shard_id:05d}.jsonl").exists():
+                continue
+            images_dir = out_dir / "images" / f"{shard_id:05d}"
+            images_dir.mkdir(parents=True, exist_ok=True)
+            triplets, stats = [], []
+            for pair in shard:
+                triplet, pair_stats = self._process_pair(pair, images_dir)
+                stats.append(pair_stats)
+                if triplet is not None:
+                    triplets.append(triplet)
+            tmp = out_dir / "shards" / f"{shard_id:05d}.stats.json.tmp"
+            tmp.write_text(json.dumps(stats))
+            os.replace(tmp, out_dir / "shards" / f"{shard_id:05d}.stats.json")
+            write_triplets(triplets, out_dir / "shards" / f"{shard_id:05d}.jsonl")  # atomic; marks the shard done
+            logger.info("IDI shard %d: kept %d of %d pairs.", shard_id, len(triplets), len(shard))
+            done_now.append(shard_id)
+        return done_now
+
+    def num_shards(self) -> int:
+        return -(-self.config.num_pairs // self.config.shard_size)
+
+
+def assemble_round(out_dir: str | os.PathLike, num_shards: int) -> dict:
+    """Join finished shards (in order) into ``triplets.jsonl`` and ``round_stats.json``, atomically."""
+    out_dir = Path(out_dir)
+    missing = [k for k in range(num_shards) if not (out_dir / "shards" / f"{k:05d}.jsonl").exists()]
+    if missing:
+        raise RuntimeError(f"IDI round in {out_dir} is not finished: shards {missing[:10]} are missing.")
+    triplets, stats = [], []
+    for k in range(num_shards):
+        shard = out_dir / "shards" / f"{k:05d}.jsonl"
+        if shard.read_text().strip():
+            triplets.extend(read_triplets(shard))
+        stats.extend(json.loads((out_dir / "shards" / f"{k:05d}.stats.json").read_text()))
+    write_triplets(triplets, out_dir / "triplets.jsonl")
+    reasons: dict[str, int] = defaultdict(int)
+    for s in stats:
+        for r in s["rejected"]:
+            reasons[r] += 1
+    summary = {"pairs": len(stats), "accepted": len(triplets), "yield": len(triplets) / max(1, len(stats)),
+               "rejected_by": dict(sorted(reasons.items()))}  # fmt: skip
+    tmp = out_dir / "round_stats.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out_dir / "round_stats.json")
+    return summary

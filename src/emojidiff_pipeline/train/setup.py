@@ -1,0 +1,115 @@
+"""Set-up shared by the stage scripts: the face analyzer they name, and a new or loaded adapter."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..adapter import EmojiDiffAdapter
+
+
+def add_face_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("face front-end (train-side instruments)")
+    g.add_argument("--recognizer", default=None, help="ArcFace-style ONNX for identity embeddings")
+    g.add_argument("--face_pack", default=None, help="insightface model pack name (detection + recognition)")
+    g.add_argument("--face_root", default="~/.insightface")
+    g.add_argument("--detector", default=None, help="'module:factory' returning a keypoint detector callable")
+
+
+def build_face_analyzer(args: argparse.Namespace, need_detector: bool = False):
+    """FaceAnalyzer from --face_pack, or from --detector / known keypoints + --recognizer."""
+    from ..face import FaceAnalyzer
+    from .idi import load_callable
+
+    if args.recognizer is None and args.face_pack is None:
+        raise ValueError("Identity embeddings need `--recognizer` (ONNX) or `--face_pack` (an insightface pack).")
+    if args.face_pack:
+        analyzer = FaceAnalyzer(args.face_pack, root=args.face_root)
+        if args.recognizer:
+            analyzer.recognizer = FaceAnalyzer.from_models(lambda image: [], args.recognizer).recognizer
+        return analyzer
+    if args.detector:
+        return FaceAnalyzer.from_models(load_callable(args.detector, "detector"), recognizer=args.recognizer)
+    if need_detector:
+        raise ValueError("Generated images need a face detector: pass `--face_pack` or `--detector`.")
+    return FaceAnalyzer.from_models(lambda image: [], recognizer=args.recognizer)  # keypoints come from manifests
+
+
+def add_adapter_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("adapter")
+    g.add_argument("--adapter", default=None, help="start from this adapter folder (default: new from the UNet)")
+    g.add_argument("--identity_layers", default="all", help="layer spec for a new adapter (preset, name or re:)")
+    g.add_argument("--expression_layers", default="expression_sensitive", help="layer spec for a new adapter")
+    g.add_argument("--num_identity_tokens", type=int, default=4)
+    g.add_argument("--num_expression_tokens", type=int, default=16)
+    g.add_argument("--resampler_dim", type=int, default=None, help="default: the image encoder's width")
+    g.add_argument("--resampler_depth", type=int, default=4)
+    g.add_argument("--resampler_heads", type=int, default=None, help="default: resampler_dim // 64 (at least 1)")
+
+
+def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = None) -> EmojiDiffAdapter:
+    """Load `adapter_path` (or --adapter), else a new adapter from the UNet seeded with --seed."""
+    path = adapter_path or args.adapter
+    if path:
+        return EmojiDiffAdapter.from_pretrained(path)
+    if pipe.image_encoder is None:
+        raise ValueError("The pipeline has no `image_encoder`; the expression branch needs one.")
+    torch.manual_seed(args.seed)
+    width = pipe.image_encoder.config.hidden_size
+    dim = args.resampler_dim or width
+    return EmojiDiffAdapter.from_unet(
+        pipe.unet,
+        identity_layers=args.identity_layers,
+        expression_layers=args.expression_layers,
+        num_identity_tokens=args.num_identity_tokens,
+        num_expression_tokens=args.num_expression_tokens,
+        image_embed_dim=width,
+        resampler_dim=dim,
+        resampler_depth=args.resampler_depth,
+        resampler_heads=args.resampler_heads or max(1, dim // 64),
+    )
+
+
+def add_stage1_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("stage-1 training")
+    g.add_argument("--resolution", type=int, default=1024)
+    g.add_argument("--batch_size", type=int, default=4, help="per process")
+    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--identity_drop", type=float, default=0.05)
+    g.add_argument("--expression_drop", type=float, default=0.05)
+    g.add_argument("--text_drop", type=float, default=0.05)
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=3)
+    g.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    g.add_argument("--seed", type=int, default=0)
+
+
+def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("identity_drop", "expression_drop", "text_drop"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    for name in ("batch_size", "checkpointing_steps", "resolution"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.recognizer is None and args.face_pack is None:
+        parser.error("identity embeddings need --recognizer (ONNX) or --face_pack (an insightface model pack)")
+
+
+def stage1_config(args: argparse.Namespace, max_steps: int):
+    from .stage1 import Stage1Config
+
+    return Stage1Config(
+        max_steps=max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        lr_warmup_steps=args.lr_warmup_steps, identity_drop=args.identity_drop, expression_drop=args.expression_drop,
+        text_drop=args.text_drop, seed=args.seed, checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+    )  # fmt: skip
+
+
+def make_accelerator(args: argparse.Namespace):
+    from accelerate import Accelerator
+
+    # on a machine without CUDA, processes started by `accelerate launch --multi_gpu` / torchrun use gloo on CPU
+    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
