@@ -34,3 +34,7 @@ __all__ = [
     "Style",
     "render",
 ]
+
+from .load import World, load_world  # noqa: E402  (numpy only; heavy parts load on use)
+
+__all__ += ["World", "load_world"]

@@ -1,0 +1,139 @@
+"""The shipped synthetic world, offline: pipeline folder, face front-ends and instruments.
+
+``load_world()`` is what the README's main command and the result scripts use; the ``*_detector`` /
+``*_expression_scorer`` factories are the ``module:factory`` hooks the stage scripts take
+(``--detector emojidiff_pipeline.synthetic.load:train_detector``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BASE_DIR = ASSETS / "base"  # the tiny SDXL-shaped base pipeline (StableDiffusionXLPipeline folder)
+EMOJIDIFF_DIR = ASSETS / "emojidiff"  # base + trained adapter (EmojiDiffPipeline folder), the embedded default
+SIDES = ("train", "eval")
+
+
+def _check_side(side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"`side` must be one of {SIDES}, got {side!r}.")
+    return side
+
+
+def _require(path: Path, what: str, command: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"The synthetic world's {what} is not shipped in this checkout ({path}); build it with `{command}`.")
+    return path
+
+
+def detector(side: str = "train"):
+    """The world's keypoint detector of `side`: a FaceAnalyzer known-keypoint callable (image -> faces)."""
+    from .keypoints import load_keypoint_detector
+
+    return load_keypoint_detector(_check_side(side))
+
+
+def train_detector():
+    return detector("train")
+
+
+def eval_detector():
+    return detector("eval")
+
+
+def face_analyzer(side: str = "train"):
+    """FaceAnalyzer for this world: its keypoint detector + its ArcFace-shaped recognizer, through insightface."""
+    from ..face import FaceAnalyzer
+    from .instruments import identity_onnx_path
+
+    return FaceAnalyzer.from_models(detector=detector(side), recognizer=identity_onnx_path(_check_side(side)))
+
+
+def expression_scorer(side: str = "train") -> Callable[[Sequence[np.ndarray], Sequence[Any]], np.ndarray]:
+    """(images uint8 (H, W, 3) each, keypoints (5, 2) or None each) -> (N, 11) expression factors.
+
+    Images without keypoints go through the world's detector of the same side."""
+    from .instruments import estimate_expressions, load_expression_estimator
+
+    estimator = load_expression_estimator(_check_side(side))
+    find = detector(side)
+
+    def score(images, keypoints):
+        images = [np.asarray(im) for im in images]
+        kps = []
+        for i, (im, k) in enumerate(zip(images, keypoints)):
+            if k is None:
+                faces = find(im)
+                if not faces:
+                    raise ValueError(f"No face found in image {i} for expression scoring.")
+                k = faces[0][1]
+            kps.append(np.asarray(k, np.float32))
+        return estimate_expressions(estimator, np.stack(images), np.stack(kps))
+
+    return score
+
+
+def train_expression_scorer():
+    return expression_scorer("train")
+
+
+def eval_expression_scorer():
+    return expression_scorer("eval")
+
+
+@dataclass
+class World:
+    """Handles to the shipped world. Heavy parts load on first use."""
+
+    base_dir: Path = BASE_DIR
+    emojidiff_dir: Path = EMOJIDIFF_DIR
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def pipeline(self, with_adapter: bool = True, **kwargs):
+        """EmojiDiffPipeline of the embedded default (with its adapter) or of the bare base model."""
+        from ..pipeline import EmojiDiffPipeline
+
+        if with_adapter:
+            folder = _require(self.emojidiff_dir, "trained EmojiDiff pipeline", "python training/results.py")
+        else:
+            folder = _require(self.base_dir, "base model", "python training/train_base.py")
+        return EmojiDiffPipeline.from_pretrained(folder, **kwargs)
+
+    @cached_property
+    def train_face(self):
+        """Face front-end for training and filtering (train-side detector and recognizer)."""
+        return face_analyzer("train")
+
+    @cached_property
+    def eval_face(self):
+        """Face front-end for evaluation only (eval-side detector and recognizer)."""
+        return face_analyzer("eval")
+
+    def instrument(self, name: str):
+        """'identity_train', 'identity_eval', 'expression_train', 'expression_eval' or 'style' (torch modules)."""
+        from . import instruments
+
+        loaders = {
+            "identity_train": lambda: instruments.load_identity_encoder("train"),
+            "identity_eval": lambda: instruments.load_identity_encoder("eval"),
+            "expression_train": lambda: instruments.load_expression_estimator("train"),
+            "expression_eval": lambda: instruments.load_expression_estimator("eval"),
+            "style": instruments.load_style_classifier,
+        }
+        if name not in loaders:
+            raise ValueError(f"`name` must be one of {sorted(loaders)}, got {name!r}.")
+        if name not in self._cache:
+            self._cache[name] = loaders[name]()
+        return self._cache[name]
+
+
+def load_world() -> World:
+    """The synthetic world shipped in this package (no network): see :class:`World`."""
+    return World()

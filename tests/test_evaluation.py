@@ -1,0 +1,54 @@
+"""Evaluation metrics behave as defined on images whose answer is known."""
+
+import json
+
+import numpy as np
+import pytest
+from face_standins import make_arcface_standin
+from idi_standins import colour_scorer, fixed_detector
+
+from emojidiff_pipeline.evaluation import Case, Instruments, same_person_similarity, score_row, write_report
+from emojidiff_pipeline.face import FaceAnalyzer
+from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    onnx = make_arcface_standin(tmp_path_factory.mktemp("eval") / "arcface.onnx", seed=3)
+    face = FaceAnalyzer.from_models(fixed_detector(), recognizer=onnx)
+    people = {}
+    for i in range(4):
+        style = Style(rendering="flat", palette="natural", background=["blue", "pink", "teal", "gray"][i], pattern="plain")
+        people[f"p{i}"] = render(Identity.from_seed(100 + i), Expression(smile=0.2 * i), style, Pose())
+    cases = [Case(people["p0"].image, people[t].image, "prompt", "p0", t, {"background": "yellow"},
+                  {"background": ["blue", "pink", "teal", "gray"][int(t[1])]}) for t in ("p1", "p2", "p3")]  # fmt: skip
+    style_fn = lambda images: {"background": ["teal" if im[0, 0, 2] > 150 else "other" for im in images]}  # noqa: E731
+    return face, cases, people, Instruments(face, colour_scorer(), style_fn)
+
+
+def test_copying_the_reference_scores_perfect_identity(setup):
+    face, cases, people, inst = setup
+    row = score_row([c.reference for c in cases], cases, inst)
+    assert row["identity_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert row["no_face_rate"] == 0.0 and row["num_cases"] == 3
+
+
+def test_copying_the_template_leaks_identity_and_matches_expression(setup):
+    face, cases, people, inst = setup
+    copied = score_row([c.template for c in cases], cases, inst)
+    reference = score_row([c.reference for c in cases], cases, inst)
+    assert copied["expression_error"] == pytest.approx(0.0, abs=1e-6)
+    assert copied["identity_leakage"] > reference["identity_leakage"] + 0.1
+    # the teal template's style shows up where the prompt asked for yellow: 1 of 3 cases leaks
+    assert copied["style_leakage"] == pytest.approx(1 / 3)
+
+
+def test_no_face_is_counted_and_report_is_written(setup, tmp_path):
+    face, cases, people, inst = setup
+    blank = FaceAnalyzer.from_models(lambda image: [], recognizer=face.recognizer)
+    row = score_row([c.reference for c in cases], cases, Instruments(blank, colour_scorer()))
+    assert row["no_face_rate"] == 1.0 and np.isnan(row["identity_similarity"])
+    pairs = [(people["p0"].image, people["p0"].image, None, None)]
+    assert same_person_similarity(pairs, face) == pytest.approx(1.0, abs=1e-5)
+    md = write_report({"copy": score_row([c.reference for c in cases], cases, inst)}, {"note": 1}, tmp_path, "cmd", "T")
+    assert "| copy |" in md.read_text() and json.loads((tmp_path / "results.json").read_text())["command"] == "cmd"

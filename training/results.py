@@ -1,0 +1,122 @@
+"""The results table of the synthetic world, end to end, resumable: every step is skipped once its output exists.
+
+    python training/results.py --collection data/collection --work runs/results --steps 3000 --idi_rounds 2
+
+Steps (each a call into the stage scripts, with the train-side instruments of the world):
+ 1. stage 1 on same-identity pairs (round 0);
+ 2. IDI rounds from that adapter (diffusion re-identification backend), each retraining stage 1;
+ 3. stage 1 on oracle cross-identity pairs rendered directly (upper bound);
+ 4. stage 1 on the final IDI data with the expression branch in all cross-attention layers (preset comparison);
+ 5. evaluation of every row with eval-side instruments -> docs/results/;
+ 6. export of the final adapter with the base model as the embedded default (EmojiDiffPipeline folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import evaluate  # noqa: E402
+import idi  # noqa: E402
+import train_decoupled  # noqa: E402
+
+logger = logging.getLogger("results")
+DETECTOR = "emojidiff_pipeline.synthetic.load:train_detector"
+SCORER = "emojidiff_pipeline.synthetic.load:train_expression_scorer"
+
+
+def parse_args(input_args=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--collection", default="data/collection")
+    p.add_argument("--work", default="runs/results")
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--steps", type=int, default=3000, help="stage-1 steps per training run")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--learning_rate", type=float, default=3e-4)
+    p.add_argument("--idi_rounds", type=int, default=2)
+    p.add_argument("--pairs_per_round", type=int, default=1500)
+    p.add_argument("--oracle_triplets", type=int, default=8000)
+    p.add_argument("--eval_identities", type=int, default=16)
+    p.add_argument("--eval_templates", type=int, default=8)
+    p.add_argument("--inference_steps", type=int, default=20)
+    p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(input_args)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.synthetic.instruments import identity_onnx_path
+    from emojidiff_pipeline.synthetic.load import BASE_DIR, EMOJIDIFF_DIR
+    from emojidiff_pipeline.synthetic.oracle import build_oracle_triplets
+    from emojidiff_pipeline.train.triplets import read_triplets, write_triplets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    work, collection = Path(args.work), Path(args.collection)
+    train_manifest = collection / "train.jsonl"
+    common = [
+        "--pretrained_model", str(BASE_DIR), "--recognizer", str(identity_onnx_path("train")), "--resolution", "64",
+        "--batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+        "--checkpointing_steps", "250", "--seed", str(args.seed),
+    ]  # fmt: skip
+
+    def stage1(out: Path, *extra: str) -> str:
+        if not (out / "adapter" / "config.json").exists():
+            resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
+            train_decoupled.main(train_decoupled.parse_args(
+                [*common, "--output_dir", str(out), "--max_steps", str(args.steps), *resume, *extra]))  # fmt: skip
+        return str(out / "adapter")
+
+    same = stage1(work / "same_identity", "--same_identity_from", str(train_manifest))
+    idi.main(idi.parse_args([
+        *common, "--collection", str(train_manifest), "--output_dir", str(work / "idi"), "--adapter", same,
+        "--detector", DETECTOR, "--expression_estimator", SCORER, "--rounds", str(args.idi_rounds),
+        "--pairs_per_round", str(args.pairs_per_round), "--steps_per_round", str(args.steps),
+        "--num_inference_steps", str(args.inference_steps),
+    ]))  # fmt: skip
+    idi_adapters = [str(work / "idi" / f"round-{r}" / "stage1" / "adapter") for r in range(args.idi_rounds)]
+    if not (work / "oracle_data" / "triplets.jsonl").exists():
+        build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
+    oracle = stage1(work / "oracle", "--triplets", str(work / "oracle_data" / "triplets.jsonl"))
+    final_data = work / "idi" / f"round-{args.idi_rounds - 1}" / "all_triplets.jsonl"
+    if not final_data.exists():  # every accepted IDI triplet, as the last round trained on
+        write_triplets([t for r in range(args.idi_rounds)
+                        if (work / "idi" / f"round-{r}" / "data" / "triplets.jsonl").stat().st_size
+                        for t in read_triplets(work / "idi" / f"round-{r}" / "data" / "triplets.jsonl")], final_data)  # fmt: skip
+    all_layers = stage1(work / "idi_all_layers", "--triplets", str(final_data), "--expression_layers", "all")
+
+    final = idi_adapters[-1]
+    rows = ["base=base", f"identity_only={final}@id_only", f"stage1_same_identity={same}"]
+    rows += [f"stage1_idi_round_{r}={a}" for r, a in enumerate(idi_adapters)]
+    rows += [f"stage1_oracle={oracle}", f"idi_all_layers={all_layers}", f"idi_expression_preset={final}"]
+    results = evaluate.main(evaluate.parse_args(
+        [a for row in rows for a in ("--row", row)] + ["--out", args.out, "--num_identities", str(args.eval_identities),
+         "--num_templates", str(args.eval_templates), "--steps", str(args.inference_steps)]))  # fmt: skip
+    export(final, Path(args.export) if args.export else EMOJIDIFF_DIR)
+    command = "python training/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    (Path(args.out) / "pipeline.json").write_text(json.dumps({"command": command, "final_adapter": final}, indent=1))
+    return results
+
+
+def export(adapter_dir: str, folder: Path) -> None:
+    """Base model + adapter -> an EmojiDiffPipeline folder in fp16 (the embedded default)."""
+    import torch
+
+    from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
+    from emojidiff_pipeline.synthetic.load import BASE_DIR
+
+    pipe = EmojiDiffPipeline.from_pretrained(BASE_DIR)
+    pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(adapter_dir))
+    pipe.to(torch.float16)
+    pipe.save_pretrained(folder)
+    logger.info("Exported the embedded default to %s", folder)
+
+
+if __name__ == "__main__":
+    main(parse_args())
