@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -284,7 +285,9 @@ class IDIRound:
             images_dir.mkdir(parents=True, exist_ok=True)
             triplets, stats = [], []
             for pair in shard:
+                start = time.perf_counter()
                 triplet, pair_stats = self._process_pair(pair, images_dir)
+                pair_stats["seconds"] = round(time.perf_counter() - start, 4)  # for the throughput log only
                 stats.append(pair_stats)
                 if triplet is not None:
                     triplets.append(triplet)
@@ -317,8 +320,10 @@ def assemble_round(out_dir: str | os.PathLike, num_shards: int) -> dict:
     for s in stats:
         for r in s["rejected"]:
             reasons[r] += 1
+    seconds = sum(s.get("seconds", 0.0) for s in stats)  # summed over processes: compute time, not wall-clock
     summary = {"pairs": len(stats), "accepted": len(triplets), "yield": len(triplets) / max(1, len(stats)),
-               "rejected_by": dict(sorted(reasons.items()))}  # fmt: skip
+               "rejected_by": dict(sorted(reasons.items())), "compute_seconds": round(seconds, 1),
+               "accepted_per_compute_minute": round(60 * len(triplets) / seconds, 2) if seconds else None}  # fmt: skip
     tmp = out_dir / "round_stats.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out_dir / "round_stats.json")
