@@ -20,11 +20,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
 logger = logging.getLogger("evaluate")
-STYLE_PROMPT_HEADS = ("rendering", "palette", "background", "pattern")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -52,47 +50,6 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
-def synthetic_cases(num_identities: int, num_templates: int, seed: int):
-    """Cases over held-out identities: references neutral, templates of other held-out people, prompt styles that
-    differ from the template's on every head. Also same-person render pairs (different expressions)."""
-    from emojidiff_pipeline.evaluation import Case
-    from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
-    from emojidiff_pipeline.synthetic.collection import make_caption
-    from emojidiff_pipeline.synthetic.renderer import STYLE_CHOICES
-    from emojidiff_pipeline.synthetic.world import DEFAULT_NUM_IDENTITIES, is_held_out
-
-    held_out = [i for i in range(DEFAULT_NUM_IDENTITIES) if is_held_out(i)]
-    rng = np.random.default_rng([seed, 7])
-    chosen = rng.permutation(held_out)[: num_identities + num_templates]
-    ref_ids, tpl_ids = chosen[:num_identities], chosen[num_identities:]
-    references, templates, pairs = {}, [], []
-    for i in ref_ids:
-        style = Style.random(rng)
-        r = render(Identity.from_seed(int(i)), Expression(), style, Pose())
-        references[int(i)] = r
-        other = render(Identity.from_seed(int(i)), Expression.random(rng), style, Pose())
-        pairs.append((r.image, other.image, r.keypoints, other.keypoints))
-    for i in tpl_ids:
-        style = Style.random(rng)
-        templates.append((int(i), style, render(Identity.from_seed(int(i)), Expression.random(rng), style,
-                                                Pose.random(rng))))  # fmt: skip
-    cases = []
-    for t_id, style, tpl in templates:
-        tpl_style = {h: getattr(style, h) for h in STYLE_PROMPT_HEADS}
-        for r_id, ref in references.items():
-            t_rng = np.random.default_rng([seed, r_id, t_id, 3])
-            # a prompt style that differs from the template's on every head
-            prompt_style = Style(**{h: _other(STYLE_CHOICES[h], tpl_style[h], t_rng) for h in STYLE_PROMPT_HEADS})
-            caption = make_caption(Identity.from_seed(r_id), Expression(), prompt_style, t_rng)
-            cases.append(Case(ref.image, tpl.image, caption, f"id{r_id}", f"id{t_id}",
-                              {h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS}, tpl_style,
-                              ref.keypoints, tpl.keypoints))  # fmt: skip
-    return cases, pairs
-
-
-def _other(choices, value, rng):
-    options = [c for c in choices if c != value]
-    return options[int(rng.integers(len(options)))]
 
 
 def generate_row(pipe, spec: str, cases, face, args) -> list[np.ndarray]:
@@ -121,32 +78,18 @@ def generate_row(pipe, spec: str, cases, face, args) -> list[np.ndarray]:
     return images
 
 
-def save_grid(images, cases, path: Path, n: int) -> None:
-    """Rows: references (first column), columns: templates (first row), cells: generated images."""
-    refs = list(dict.fromkeys(c.reference_person for c in cases))[:n]
-    tpls = list(dict.fromkeys(c.template_person for c in cases))[:n]
-    size = images[0].shape[0]
-    grid = np.full(((len(refs) + 1) * size, (len(tpls) + 1) * size, 3), 255, np.uint8)
-    for img, c in zip(images, cases):
-        if c.reference_person in refs and c.template_person in tpls:
-            r, t = refs.index(c.reference_person) + 1, tpls.index(c.template_person) + 1
-            grid[r * size : (r + 1) * size, t * size : (t + 1) * size] = img
-            grid[r * size : (r + 1) * size, :size] = np.asarray(PIL.Image.fromarray(c.reference).resize((size, size)))
-            grid[:size, t * size : (t + 1) * size] = np.asarray(PIL.Image.fromarray(c.template).resize((size, size)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PIL.Image.fromarray(grid).save(path)
-
 
 def main(args: argparse.Namespace) -> dict:
     from emojidiff_pipeline import EmojiDiffPipeline
     from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
+    from emojidiff_pipeline.synthetic.cases import held_out_cases, save_grid
     from emojidiff_pipeline.synthetic.instruments import classify_styles
     from emojidiff_pipeline.synthetic.load import BASE_DIR, expression_scorer, load_world
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     world = load_world()
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
-    cases, pairs = synthetic_cases(args.num_identities, args.num_templates, args.seed)
+    cases, pairs = held_out_cases(args.num_identities, args.num_templates, args.seed)
     style = world.instrument("style")
     inst = Instruments(
         face=world.eval_face,

@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--expression", default=None, help="expression template photo")
     gen.add_argument("--prompt", default="a portrait photo", help="text prompt")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=30)
+    gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--guidance_scale", type=float, default=5.0)
     gen.add_argument("--identity_scale", type=float, default=1.0)
     gen.add_argument("--expression_scale", type=float, default=1.0)
@@ -27,19 +27,57 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--face_root", default="~/.insightface", help="folder holding models/<face_model>/")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--output", default="outputs/emojidiff.png")
+    gen.add_argument("--grid_identities", type=int, default=4, help="synthetic demo: held-out identities (rows)")
+    gen.add_argument("--grid_templates", type=int, default=6, help="synthetic demo: expression templates (columns)")
     return parser
 
 
-def generate(args: argparse.Namespace) -> int:
-    if args.model is None:
+def demo(args: argparse.Namespace) -> int:
+    """The embedded synthetic world: held-out identities x held-out expression templates, as one grid."""
+    import numpy as np
+    import torch
+
+    from .synthetic.cases import held_out_cases, save_grid
+    from .synthetic.load import EMOJIDIFF_DIR, load_world
+
+    if not (EMOJIDIFF_DIR / "model_index.json").exists():
         print(
-            "The embedded synthetic EmojiDiff model is not shipped yet (it comes with the synthetic-world issue).\n"
-            "Run the pipeline on your own weights instead:\n"
+            "The embedded synthetic EmojiDiff model is not in this checkout yet (build it with "
+            "`python training/results.py`).\nRun the pipeline on your own weights instead:\n"
             "  emojidiff generate --model <emojidiff pipeline folder or Hub id> --identity me.jpg "
             "--expression grin.jpg --prompt 'a portrait photo'\n"
             "See README.md, 'Use it on your SDXL weights'."
         )
         return 0
+    world = load_world()
+    pipe = world.pipeline(torch_dtype=torch.float32)
+    pipe.set_face_analyzer(world.train_face)
+    cases, _ = held_out_cases(args.grid_identities, args.grid_templates, args.seed)
+    images = []
+    for start in range(0, len(cases), 12):
+        chunk = cases[start : start + 12]
+        out = pipe(
+            [c.prompt for c in chunk],
+            identity_image=[[c.reference] for c in chunk],
+            expression_image=[c.template for c in chunk],
+            identity_scale=args.identity_scale,
+            expression_scale=args.expression_scale,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=[torch.Generator().manual_seed(args.seed * 10_000 + start + k) for k in range(len(chunk))],
+            output_type="np",
+        ).images
+        images.extend((out * 255).round().clip(0, 255).astype(np.uint8))
+    path = save_grid(images, cases, args.output, max(args.grid_identities, args.grid_templates))
+    print(f"wrote {Path(path).resolve()} (first column: identity references; first row: expression templates)")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    if args.model is None:
+        if args.identity or args.expression:
+            raise SystemExit("--identity / --expression need --model (the synthetic demo picks its own faces).")
+        return demo(args)
     if args.steps < 1:
         raise SystemExit(f"--steps must be >= 1, got {args.steps}")
     import PIL.Image

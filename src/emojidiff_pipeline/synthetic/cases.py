@@ -1,0 +1,73 @@
+"""Evaluation and demo cases of the synthetic world: held-out references x held-out expression templates.
+
+The renderer may be used here: this is evaluation (and the demo), never training data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+STYLE_PROMPT_HEADS = ("rendering", "palette", "background", "pattern")
+
+
+def held_out_cases(num_identities: int, num_templates: int, seed: int):
+    """Cases over held-out identities: references neutral, templates of other held-out people, prompt styles that
+    differ from the template's on every head. Also same-person render pairs (different expressions)."""
+    from ..evaluation import Case
+    from .collection import make_caption
+    from .renderer import STYLE_CHOICES, Expression, Identity, Pose, Style, render
+    from .world import DEFAULT_NUM_IDENTITIES, is_held_out
+
+    held_out = [i for i in range(DEFAULT_NUM_IDENTITIES) if is_held_out(i)]
+    rng = np.random.default_rng([seed, 7])
+    chosen = rng.permutation(held_out)[: num_identities + num_templates]
+    ref_ids, tpl_ids = chosen[:num_identities], chosen[num_identities:]
+    references, templates, pairs = {}, [], []
+    for i in ref_ids:
+        style = Style.random(rng)
+        r = render(Identity.from_seed(int(i)), Expression(), style, Pose())
+        references[int(i)] = r
+        other = render(Identity.from_seed(int(i)), Expression.random(rng), style, Pose())
+        pairs.append((r.image, other.image, r.keypoints, other.keypoints))
+    for i in tpl_ids:
+        style = Style.random(rng)
+        templates.append((int(i), style, render(Identity.from_seed(int(i)), Expression.random(rng), style,
+                                                Pose.random(rng))))  # fmt: skip
+    cases = []
+    for t_id, style, tpl in templates:
+        tpl_style = {h: getattr(style, h) for h in STYLE_PROMPT_HEADS}
+        for r_id, ref in references.items():
+            t_rng = np.random.default_rng([seed, r_id, t_id, 3])
+            # a prompt style that differs from the template's on every head
+            prompt_style = Style(**{h: _other(STYLE_CHOICES[h], tpl_style[h], t_rng) for h in STYLE_PROMPT_HEADS})
+            caption = make_caption(Identity.from_seed(r_id), Expression(), prompt_style, t_rng)
+            cases.append(Case(ref.image, tpl.image, caption, f"id{r_id}", f"id{t_id}",
+                              {h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS}, tpl_style,
+                              ref.keypoints, tpl.keypoints))  # fmt: skip
+    return cases, pairs
+
+
+def _other(choices, value, rng):
+    options = [c for c in choices if c != value]
+    return options[int(rng.integers(len(options)))]
+
+
+def save_grid(images, cases, path: str | Path, n: int) -> Path:
+    """Rows: references (first column), columns: templates (first row), cells: generated images."""
+    refs = list(dict.fromkeys(c.reference_person for c in cases))[:n]
+    tpls = list(dict.fromkeys(c.template_person for c in cases))[:n]
+    size = images[0].shape[0]
+    grid = np.full(((len(refs) + 1) * size, (len(tpls) + 1) * size, 3), 255, np.uint8)
+    for img, c in zip(images, cases):
+        if c.reference_person in refs and c.template_person in tpls:
+            r, t = refs.index(c.reference_person) + 1, tpls.index(c.template_person) + 1
+            grid[r * size : (r + 1) * size, t * size : (t + 1) * size] = img
+            grid[r * size : (r + 1) * size, :size] = np.asarray(Image.fromarray(c.reference).resize((size, size)))
+            grid[:size, t * size : (t + 1) * size] = np.asarray(Image.fromarray(c.template).resize((size, size)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
