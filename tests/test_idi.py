@@ -13,10 +13,9 @@ import PIL.Image
 import pytest
 from face_standins import make_arcface_standin
 from idi_standins import CENTRED_KPS, make_inswapper_standin
-from tiny_models import tiny_adapter, tiny_components
+from tiny_models import tiny_adapter, tiny_components, write_tiny_collection
 
 from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
-from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
 from emojidiff_pipeline.train.idi import DiffusionReIDBackend, INSwapperBackend, plan_pairs
 
 pytest.importorskip("accelerate")
@@ -34,17 +33,7 @@ def world(tmp_path_factory):
     EmojiDiffPipeline(**components).save_pretrained(root / "base")
     tiny_adapter(components["unet"], num_expression_tokens=4, resampler_depth=1).save_pretrained(root / "adapter0")
     make_arcface_standin(root / "arcface.onnx", seed=2)
-    records = []
-    for identity in range(4):
-        for j in range(2):
-            rng = np.random.default_rng([identity, j])
-            r = render(Identity.from_seed(identity), Expression.random(rng), Style.random(rng), Pose.random(rng))
-            path = Path("collection") / "images" / f"id{identity}" / f"{j}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            PIL.Image.fromarray(r.image).save(root / path)
-            records.append({"path": str(path.relative_to("collection")), "identity": f"id{identity}",
-                            "caption": "flat emoji portrait", "kps": r.keypoints.tolist()})  # fmt: skip
-    (root / "collection" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_tiny_collection(root / "collection", num_identities=4, photos_per_identity=2)
     return root
 
 

@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 from face_standins import make_arcface_standin
-from tiny_models import tiny_components
+from tiny_models import tiny_components, write_tiny_collection
 
 from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
-from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
 from emojidiff_pipeline.train.triplets import read_triplets, same_identity_triplets
 
 pytest.importorskip("accelerate")
@@ -27,17 +25,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage1")
     EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
     make_arcface_standin(root / "arcface.onnx", seed=1)
-    records = []
-    for identity in range(3):
-        for j in range(3):
-            rng = np.random.default_rng([identity, j])
-            r = render(Identity.from_seed(identity), Expression.random(rng), Style.random(rng), Pose.random(rng))
-            path = Path("images") / f"id{identity}" / f"{j}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            PIL.Image.fromarray(r.image).save(root / path)
-            records.append({"path": str(path), "identity": f"id{identity}", "caption": "flat emoji portrait",
-                            "kps": r.keypoints.tolist()})  # fmt: skip
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_tiny_collection(root, num_identities=3, photos_per_identity=3)
     return root
 
 

@@ -132,3 +132,29 @@ def random_template(seed: int = 0, size: int = 48):
     import numpy as np
 
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def write_tiny_collection(root, num_identities: int, photos_per_identity: int):
+    """A photo collection in the real format (images + train.jsonl with path, identity, caption, kps) under
+    `root`, rendered from the synthetic world; returns the manifest path."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import PIL.Image
+
+    from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+
+    root = Path(root)
+    records = []
+    for identity in range(num_identities):
+        for j in range(photos_per_identity):
+            rng = np.random.default_rng([identity, j, 1])
+            r = render(Identity.from_seed(identity), Expression.random(rng), Style.random(rng), Pose.random(rng))
+            path = Path("images") / f"id{identity}" / f"{j}.png"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray(r.image).save(root / path)
+            records.append({"path": str(path), "identity": f"id{identity}", "caption": "flat emoji portrait",
+                            "kps": r.keypoints.tolist()})  # fmt: skip
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root / "train.jsonl"
