@@ -112,7 +112,7 @@ def _check_side(side: Any) -> str:
 
 
 def side_seed_base(side: str) -> int:
-    """First identity seed of a side's training identities (``world.TRAIN_SIDE_SEED_BASE`` / ``EVAL_SIDE_SEED_BASE``)."""
+    """First seed of a side's training identities (``world.TRAIN_SIDE_SEED_BASE`` or ``EVAL_SIDE_SEED_BASE``)."""
     return TRAIN_SIDE_SEED_BASE if _check_side(side) == "train" else EVAL_SIDE_SEED_BASE
 
 
@@ -534,7 +534,7 @@ def load_identity_encoder(side: str = "train", asset_dir: str | os.PathLike | No
 
 
 def identity_onnx_path(side: str = "train", asset_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the shipped ArcFace-shaped ONNX recognizer of `side`, for ``FaceAnalyzer.from_models(recognizer=...)``."""
+    """Path of the shipped ArcFace-shaped ONNX recognizer of `side` (for ``FaceAnalyzer.from_models(recognizer=)``)."""
     _check_side(side)
     path = instrument_path(f"identity_{side}.onnx", asset_dir)
     if not path.is_file():
