@@ -20,7 +20,6 @@ import logging
 import os
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -142,14 +141,23 @@ def stage_config(args: argparse.Namespace, stage: str) -> bm.StageConfig:
     )
 
 
-def _auto_threads(stop: threading.Event) -> None:
-    """Use every core while the machine is otherwise idle, one thread while other jobs load it (oversubscribed
-    OpenMP threads spin at barriers and run several times slower than one thread)."""
-    cores = os.cpu_count() or 1
-    while not stop.wait(30.0):
+class AutoThreads:
+    """A step callback: all cores while the machine is otherwise idle, one thread while other jobs load it
+    (oversubscribed OpenMP threads spin at barriers and run several times slower than one thread). Checked every
+    30 s; ``torch.set_num_threads`` acts on the calling thread, so this runs in the training loop's thread."""
+
+    def __init__(self, interval_s: float = 30.0):
+        self.interval_s, self.last = interval_s, 0.0
+        self.cores = os.cpu_count() or 1
+
+    def __call__(self, step: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            return
+        self.last = now
         mine = torch.get_num_threads()
         others = os.getloadavg()[0] - mine
-        want = cores if others < 0.5 else 1
+        want = self.cores if others < 0.5 else 1
         if want != mine:
             torch.set_num_threads(want)
             logger.info("load %.1f: now %d torch threads", os.getloadavg()[0], want)
@@ -165,7 +173,9 @@ def _record_time(run_dir: Path, stage: str, seconds: float, steps_done: int) -> 
     path.write_text(json.dumps(timings, indent=1))
 
 
-def _run_stage(args: argparse.Namespace, stage: str, config: bm.BaseModelConfig, data_holder: dict) -> None:
+def _run_stage(
+    args: argparse.Namespace, stage: str, config: bm.BaseModelConfig, data_holder: dict, callback: AutoThreads | None
+) -> None:
     stage_dir = args.out / stage
     cfg = stage_config(args, stage)
     if (stage_dir / "final").is_dir():
@@ -187,25 +197,26 @@ def _run_stage(args: argparse.Namespace, stage: str, config: bm.BaseModelConfig,
     logger.info("Stage %s: %s", stage, dataclasses.asdict(cfg))
     t0 = time.time()
     if stage == "vae":
-        losses = bm.train_vae(data, config, cfg, stage_dir, resume=args.resume)
+        losses = bm.train_vae(data, config, cfg, stage_dir, resume=args.resume, step_callback=callback)
     elif stage == "unet":
         vae_dir = args.out / "vae" / "final"
         if not vae_dir.is_dir():
             raise FileNotFoundError(f"The UNet stage needs a trained VAE at {vae_dir}: run `--stage vae` first.")
         latents = bm.load_or_encode_latents(vae_dir, data, args.out / "cache")
-        losses = bm.train_unet(data, latents, vae_dir, config, cfg, stage_dir, resume=args.resume)
+        losses = bm.train_unet(
+            data, latents, vae_dir, config, cfg, stage_dir, resume=args.resume, step_callback=callback
+        )
     else:
-        losses = bm.train_image_encoder(data, config, cfg, stage_dir, resume=args.resume)
+        losses = bm.train_image_encoder(data, config, cfg, stage_dir, resume=args.resume, step_callback=callback)
     _record_time(args.out, stage, time.time() - t0, len(losses))
 
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    stop = threading.Event()
     threads_before = torch.get_num_threads()
+    callback = None
     if args.num_threads == "auto":
-        torch.set_num_threads(1 if os.getloadavg()[0] > 0.5 else (os.cpu_count() or 1))
-        threading.Thread(target=_auto_threads, args=(stop,), daemon=True).start()
+        callback = AutoThreads()
     else:
         torch.set_num_threads(args.num_threads)
     try:
@@ -218,13 +229,12 @@ def main(args: argparse.Namespace) -> None:
         stages = bm.STAGES if args.stage == "all" else (() if args.stage == "export" else (args.stage,))
         data_holder: dict = {}
         for stage in stages:
-            _run_stage(args, stage, config, data_holder)
+            _run_stage(args, stage, config, data_holder, callback)
         if args.stage in ("all", "export"):
             dtype = torch.float16 if args.export_dtype == "float16" else torch.float32
             bm.export_pipeline(args.out, args.export_dir, dtype=dtype)
             logger.info("Exported the pipeline to %s (%.1f MB).", args.export_dir, bm.folder_size_mb(args.export_dir))
     finally:
-        stop.set()
         torch.set_num_threads(threads_before)
 
 

@@ -14,7 +14,8 @@ Same component classes, block types and block order as SDXL, so block-level atte
 - ``image_encoder`` / ``feature_extractor``: :class:`~transformers.CLIPVisionModelWithProjection` and its
   :class:`~transformers.CLIPImageProcessor`, a general image encoder for the expression branch trained by
   instance contrast (SimCLR, Chen et al. 2020) on collection photos, never on instrument labels or ground truth.
-- ``scheduler``: :class:`~diffusers.EulerDiscreteScheduler` (SDXL's scaled-linear betas, trailing spacing).
+- ``scheduler``: :class:`~diffusers.EulerDiscreteScheduler` (SDXL's scaled-linear betas, v-prediction, trailing
+  spacing).
 
 Training (``training/train_base.py``) runs three stages that read the collection only (never the renderer): the
 VAE, then the text encoders + UNet on cached latents, then the image encoder. Randomness is a pure function of
@@ -36,7 +37,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
     "STAGES",
     "UP_BLOCK_TYPES",
     "BaseModelConfig",
+    "EMA",
     "CollectionData",
     "StageConfig",
     "assemble_pipeline",
@@ -83,9 +85,13 @@ __all__ = [
     "build_tokenizer",
     "build_unet",
     "build_vae",
+    "diffusion_target",
     "encode_prompt_tokens",
     "export_pipeline",
+    "face_weight_map",
     "load_collection_split",
+    "make_views",
+    "nt_xent",
     "train_image_encoder",
     "train_unet",
     "train_vae",
@@ -806,14 +812,18 @@ def _loop(
     step_fn: Callable[[int], dict[str, float]],
     save_fn: Callable[[int], None],
     validate_fn: Callable[[int], None] | None = None,
+    step_callback: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Run steps [start_step, max_steps): log losses to loss_log.jsonl, checkpoint, validate. Returns the losses."""
+    """Run steps [start_step, max_steps): log losses to loss_log.jsonl, checkpoint, validate. Returns the losses.
+    `step_callback(step)` runs before each step in this thread (e.g. to adapt ``torch.set_num_threads``)."""
     losses: list[float] = []
     window: list[float] = []
     t0 = time.time()
     log_path = stage_dir / "loss_log.jsonl"
     with open(log_path, "a") as log:
         for step in range(start_step, cfg.max_steps):
+            if step_callback is not None:
+                step_callback(step)
             out = step_fn(step)
             loss = out["loss"]
             if not math.isfinite(loss):
@@ -915,7 +925,12 @@ def vae_loss(
 
 
 def train_vae(
-    data: CollectionData, config: BaseModelConfig, cfg: StageConfig, stage_dir: Path, resume: bool = False
+    data: CollectionData,
+    config: BaseModelConfig,
+    cfg: StageConfig,
+    stage_dir: Path,
+    resume: bool = False,
+    step_callback: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train the VAE on the collection's images (random horizontal flips, face-weighted loss from the collection's
     keypoints); writes checkpoints and ``final/``."""
@@ -949,7 +964,7 @@ def train_vae(
             stage_dir / f"checkpoint-{done}", {"vae": vae}, optimizer, done, {"resume_key": cfg.resume_key()}
         )
 
-    losses = _loop("vae", stage_dir, cfg, start, step_fn, save_fn)
+    losses = _loop("vae", stage_dir, cfg, start, step_fn, save_fn, step_callback=step_callback)
     vae.eval()
     scaling = latent_scaling_factor(vae, data)
     vae.register_to_config(scaling_factor=scaling)
@@ -1087,6 +1102,7 @@ def train_unet(
     cfg: StageConfig,
     stage_dir: Path,
     resume: bool = False,
+    step_callback: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train the two text encoders and the UNet jointly with the epsilon loss on cached latents (caption dropout to
     the zero prompt for classifier-free guidance, optional Min-SNR weighting and EMA); writes checkpoints and
@@ -1160,10 +1176,10 @@ def train_unet(
     def validate_fn(done: int) -> None:
         sample_grid(stage_dir / "samples" / f"step-{done:06d}.png", vae_dir, tokenizer, modules, ema, config)
 
-    losses = _loop("unet", stage_dir, cfg, start, step_fn, save_fn, validate_fn)
+    losses = _loop("unet", stage_dir, cfg, start, step_fn, save_fn, validate_fn, step_callback)
     final = stage_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
-    with ema.applied() if ema is not None else _nullcontext():
+    with ema.applied() if ema is not None else nullcontext():
         for name, m in modules.items():
             m.eval()
             m.save_pretrained(final / name)
@@ -1171,11 +1187,6 @@ def train_unet(
     if cfg.validation_steps:
         sample_grid(stage_dir / "samples" / "final.png", vae_dir, tokenizer, modules, None, config, final_dir=final)
     return losses
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 @torch.no_grad()
@@ -1200,7 +1211,7 @@ def sample_grid(
             "unet": UNet2DConditionModel.from_pretrained(final_dir / "unet"),
         }
     training = {k: m.training for k, m in modules.items()}
-    with ema.applied() if ema is not None else _nullcontext():
+    with ema.applied() if ema is not None else nullcontext():
         for m in modules.values():
             m.eval()
         pipe = assemble_pipeline(
@@ -1325,7 +1336,12 @@ def normalize_for_encoder(views: torch.Tensor, feature_extractor: CLIPImageProce
 
 
 def train_image_encoder(
-    data: CollectionData, config: BaseModelConfig, cfg: StageConfig, stage_dir: Path, resume: bool = False
+    data: CollectionData,
+    config: BaseModelConfig,
+    cfg: StageConfig,
+    stage_dir: Path,
+    resume: bool = False,
+    step_callback: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train the CLIP vision encoder by instance contrast between two random views of each collection photo
     (:func:`make_views`, :func:`nt_xent`); writes checkpoints and ``final/`` (image_encoder, feature_extractor)."""
@@ -1366,7 +1382,7 @@ def train_image_encoder(
             {"resume_key": cfg.resume_key()},
         )
 
-    losses = _loop("image_encoder", stage_dir, cfg, start, step_fn, save_fn)
+    losses = _loop("image_encoder", stage_dir, cfg, start, step_fn, save_fn, step_callback=step_callback)
     final = stage_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     encoder.eval().save_pretrained(final / "image_encoder")
