@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from face_standins import make_arcface_standin
 from tiny_models import tiny_components, write_tiny_collection
 
@@ -100,3 +101,28 @@ def test_two_process_cpu_run(world, tmp_path):
     # two processes with batch 1 train like one process with batch 2
     single = train_decoupled.main(args_for(world, tmp_path / "single", "--max_steps", "2", "--batch_size", "2"))
     np.testing.assert_allclose([x["loss"] for x in log], single, rtol=1e-4)
+
+
+def test_v_prediction_euler_base_trains_on_ddpm_noise(tmp_path):
+    """A base that ships an Euler v-prediction sampler (like the synthetic world's) trains with DDPM-scaled noise."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    from emojidiff_pipeline.train.stage1 import diffusion_target, training_noise_scheduler
+
+    components = tiny_components()
+    components["scheduler"] = EulerDiscreteScheduler.from_config(
+        components["scheduler"].config, prediction_type="v_prediction", timestep_spacing="trailing"
+    )
+    scheduler = training_noise_scheduler(components["scheduler"])
+    assert isinstance(scheduler, DDPMScheduler) and scheduler.config.prediction_type == "v_prediction"
+    x0, noise, t = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), torch.tensor([0, 999])
+    a = scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+    assert torch.allclose(scheduler.add_noise(x0, noise, t), a.sqrt() * x0)  # not x0 + sigma * noise
+    assert torch.allclose(diffusion_target(scheduler, x0, noise, t), -(1 - a).sqrt() * x0)
+
+    root = tmp_path / "world"
+    EmojiDiffPipeline(**components).save_pretrained(root / "base")
+    make_arcface_standin(root / "arcface.onnx", seed=1)
+    write_tiny_collection(root, num_identities=2, photos_per_identity=3)
+    losses = train_decoupled.main(args_for(root, tmp_path / "out", "--max_steps", "2"))
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -21,6 +21,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
 from ..adapter import EmojiDiffAdapter
@@ -200,7 +201,15 @@ def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> torch.Ten
     return torch.stack(rows)
 
 
+def training_noise_scheduler(sampler) -> DDPMScheduler:
+    """The DDPM forward process with the pipeline scheduler's betas and prediction type, whatever sampler the pipeline
+    ships with (diffusers' SDXL training scripts do the same): an Euler sampler's ``add_noise`` gives the unscaled
+    ``x0 + sigma * noise`` and its ``get_velocity`` refuses integer timesteps."""
+    return DDPMScheduler.from_config(sampler.config)
+
+
 def diffusion_target(scheduler, latents, noise, timesteps):
+    """What the UNet regresses at integer `timesteps` [B]: the noise, or v = sqrt(a) * noise - sqrt(1 - a) * x0."""
     if scheduler.config.prediction_type == "epsilon":
         return noise
     if scheduler.config.prediction_type == "v_prediction":
@@ -214,7 +223,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     checkpoint-<step>/ folders and the final adapter/ folder under `output_dir`."""
     from tqdm.auto import tqdm
 
-    unet, scheduler = pipe.unet, pipe.scheduler
+    unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
     unet.requires_grad_(False)
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
         if module is not None:
