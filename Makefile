@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | md5sum | cut -c1-8)
 
-.PHONY: install test demo style quality bench clean
+.PHONY: install test demo world results style quality bench clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/emojidiff generate
+
+# Rebuild the whole synthetic world from scratch (collection, keypoint detectors, instruments, base model and their
+# reports). Every step resumes where it stopped when run again. Wall-clock per step: docs/collection.md,
+# docs/keypoints.md, docs/instruments.md, docs/base_model.md.
+world: $(STAMP)
+	$(BIN)/python training/build_collection.py --out data/collection
+	$(BIN)/python training/render_sheet.py --output docs/renderer_sheet.png
+	$(BIN)/python training/train_keypoints.py
+	$(BIN)/python training/train_instruments.py
+	$(BIN)/python training/train_base.py --collection data/collection --out runs/base --stage all --resume
+	$(BIN)/python training/evaluate_base.py
+
+# The method's results table and the embedded default (docs/results/, synthetic/assets/emojidiff); needs `make world`.
+results: $(STAMP)
+	$(BIN)/python training/results.py --collection data/collection --work runs/results
 
 style: $(STAMP)
 	$(BIN)/ruff check --fix src training tests examples benchmarks

@@ -31,8 +31,8 @@ logger = logging.getLogger("train_base")
 
 # per-stage defaults: (max_steps, batch_size, learning_rate, lr_warmup_steps)
 STAGE_DEFAULTS = {
-    "vae": (2000, 16, 8e-4, 100),
-    "unet": (2400, 64, 5e-4, 200),
+    "vae": (3000, 16, 8e-4, 100),
+    "unet": (3000, 64, 5e-4, 200),
     "image_encoder": (600, 64, 5e-4, 60),
 }
 
