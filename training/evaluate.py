@@ -6,9 +6,30 @@ prompts asking for a style other than the template's, all styles.
     python training/evaluate.py --out docs/results --row base=base --row identity_only=<adapter>@id_only \
         --row stage1_same_identity=<adapter> [--num_identities 16 --num_templates 8]
 
+User data (selected by ``--references``), e.g. on SDXL with insightface instruments you provide:
+
+    python training/evaluate.py --out runs/eval --row base=base --row emojidiff=<adapter> \
+        --pretrained_model <sdxl_base> --references refs/ --templates templates/ \
+        --face_pack antelopev2 --eval_face_pack buffalo_l --eval_expression_estimator my.module:load_scorer \
+        [--eval_recognizer other_arcface.onnx --prompt "a watercolor portrait" --resolution 1024 --batch_size 4]
+
+- ``--references``: one subfolder per person with >= 1 image (png/jpg/jpeg/webp); the first image (sorted) is the
+  reference, the first two (when there are two) give the same-person similarity (the identity ceiling).
+- ``--templates``: expression templates; a template's person is its subfolder's name, or for an image directly
+  in the folder its file stem. Cases: every reference person x every template of another person, prompts
+  (``--prompt``, repeatable, default "a portrait photo") taken in turn.
+- the pipeline's own face front-end (crops and embeds the inputs): ``--face_pack`` (+ ``--face_root``, optional
+  ``--recognizer`` ONNX), or ``--detector module:factory`` with ``--recognizer``.
+- eval-side instruments, which must play no part in training: ``--eval_face_pack`` (+ ``--eval_face_root``,
+  optional ``--eval_recognizer`` ONNX used with that pack's detector) and ``--eval_expression_estimator
+  module:factory``, where ``factory()`` returns ``scorer(images: list[uint8 HxWx3], kps: list[(5, 2) | None]) ->
+  (N, K)``. There are no style labels, so style leakage and style following are not measured (NaN, "n/a").
+- ``--pretrained_model``: the base pipeline the adapter was trained on, with its ``image_encoder`` and
+  ``feature_extractor`` (as for the training scripts); generation at ``--resolution`` (default 1024) on
+  ``--device`` (default cuda when available, fp16 there).
+
 Row specs: ``base`` (no adapter), ``<adapter folder>`` (both branches), ``<adapter folder>@id_only``
-(expression scale 0). On SDXL pass ``--pretrained_model`` and eval-side insightface instruments with
-``--eval_face_pack`` / ``--eval_expression_estimator module:factory``, and ``--references`` / ``--templates`` folders.
+(expression scale 0).
 """
 
 from __future__ import annotations
@@ -22,7 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emojidiff_pipeline.train import setup
+
 logger = logging.getLogger("evaluate")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+USER_TITLE = "EmojiDiff on user references and templates"
+STYLE_COLUMNS = ("style_leakage", "style_following")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -38,6 +65,17 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", type=int, default=6, help="identities and templates shown in each row's grid")
+    u = p.add_argument_group("user data (instead of the synthetic world)")
+    u.add_argument("--references", default=None, help="folder with one subfolder of images per person")
+    u.add_argument("--templates", default=None, help="folder of expression templates (subfolder or stem = person)")
+    u.add_argument("--prompt", action="append", default=None, help="repeatable (default: 'a portrait photo')")
+    u.add_argument("--resolution", type=int, default=None, help="generated height and width (default 1024)")
+    u.add_argument("--device", default=None, help="default: cuda when available (fp16), else cpu")
+    u.add_argument("--eval_face_pack", default=None, help="eval-side insightface pack (detection + recognition)")
+    u.add_argument("--eval_face_root", default="~/.insightface")
+    u.add_argument("--eval_recognizer", default=None, help="eval-side ArcFace-style ONNX (with the eval detector)")
+    u.add_argument("--eval_expression_estimator", default=None, help="'module:factory' -> scorer(images, kps)")
+    setup.add_face_args(p)  # the pipeline's own face front-end (user data only)
     args = p.parse_args(input_args)
     for spec in args.row:
         if "=" not in spec:
@@ -47,13 +85,38 @@ def parse_args(input_args=None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_identities < 3:
         p.error("--num_identities must be >= 3 (leakage needs strangers)")
+    user_only = ["templates", "prompt", "resolution", "device", "eval_face_pack", "eval_recognizer",
+                 "eval_expression_estimator", "face_pack", "recognizer", "detector"]  # fmt: skip
+    if args.references is None:
+        given = [f"--{name}" for name in user_only if getattr(args, name) is not None]
+        if given:
+            p.error(f"{', '.join(given)} only apply to user data: pass --references (and --templates)")
+        return args
+    missing = []
+    if args.templates is None:
+        missing.append("--templates (a folder of expression templates)")
+    if args.pretrained_model is None:
+        missing.append("--pretrained_model (the base pipeline, e.g. an SDXL folder or Hub id)")
+    if args.face_pack is None and not (args.detector and args.recognizer):
+        missing.append("--face_pack (the pipeline's face front-end; or --detector with --recognizer)")
+    if args.eval_face_pack is None:
+        missing.append("--eval_face_pack (an eval-side insightface pack)")
+    if args.eval_expression_estimator is None:
+        missing.append("--eval_expression_estimator ('module:factory' returning scorer(images, kps) -> (N, K))")
+    if missing:
+        p.error("--references (user data) also needs " + "; ".join(missing))
+    if args.title == p.get_default("title"):
+        args.title = USER_TITLE
+    args.prompt = args.prompt or ["a portrait photo"]
+    args.resolution = 1024 if args.resolution is None else args.resolution
+    if args.resolution < 1:
+        p.error(f"--resolution must be >= 1, got {args.resolution}")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args
 
 
-
-
-def generate_row(pipe, spec: str, cases, face, args) -> list[np.ndarray]:
-    """One generated uint8 image per case for a row spec."""
+def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None) -> list[np.ndarray]:
+    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default)."""
     from emojidiff_pipeline import EmojiDiffAdapter
 
     id_only = spec.endswith("@id_only")
@@ -61,15 +124,19 @@ def generate_row(pipe, spec: str, cases, face, args) -> list[np.ndarray]:
     if folder == "base":
         if pipe.emoji_adapter is not None:
             pipe.unload_emoji_adapter()
-    else:
+    elif resolution is None:
         pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(folder))
+    else:  # user data: the pipeline may sit on a GPU in fp16 (ModelMixin.to would warn on any dtype)
+        adapter = EmojiDiffAdapter.from_pretrained(folder)
+        pipe.set_emoji_adapter(torch.nn.Module.to(adapter, device=pipe.unet.device, dtype=pipe.unet.dtype))
     pipe.set_face_analyzer(face)
+    size = {} if resolution is None else {"height": resolution, "width": resolution}
     images = []
     for start in range(0, len(cases), args.batch_size):
         chunk = cases[start : start + args.batch_size]
-        kwargs = {}
+        kwargs = dict(size)
         if folder != "base":
-            kwargs = dict(identity_image=[[c.reference] for c in chunk], expression_image=[c.template for c in chunk],
+            kwargs.update(identity_image=[[c.reference] for c in chunk], expression_image=[c.template for c in chunk],
                           expression_scale=0.0 if id_only else 1.0)  # fmt: skip
         gens = [torch.Generator().manual_seed(args.seed * 100_000 + start + k) for k in range(len(chunk))]
         out = pipe([c.prompt for c in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -78,7 +145,139 @@ def generate_row(pipe, spec: str, cases, face, args) -> list[np.ndarray]:
     return images
 
 
+# ------------------------------------------------------------------------------------------------ user data
+def _folder(path: str, arg: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{arg}: {folder} {'is not a folder' if folder.exists() else 'does not exist'}.")
+    return folder
 
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_image(path: Path, arg: str) -> np.ndarray:
+    """An image file -> RGB uint8 (H, W, 3) (EXIF orientation applied); errors name `arg` and the path."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{arg}: could not open image {path}: {err}") from err
+
+
+def user_cases(references: str, templates: str, prompts: list[str]):
+    """Cases (every reference person x every template of another person, prompts in turn) and same-person pairs
+    (the first two images of each person with two or more) from the --references / --templates folders."""
+    from emojidiff_pipeline.evaluation import Case
+
+    ref_root, tpl_root = _folder(references, "--references"), _folder(templates, "--templates")
+    people = _subfolders(ref_root)
+    if not people:
+        raise ValueError(f"--references: {ref_root} holds no person subfolders (expected one subfolder of images "
+                         f"per person, e.g. {ref_root / 'alice' / '0.png'}).")  # fmt: skip
+    refs, pairs = {}, []
+    for folder in people:
+        files = _images_in(folder)
+        if not files:
+            raise ValueError(f"--references: no images ({'/'.join(IMAGE_SUFFIXES)}) in {folder}.")
+        first = [load_image(f, "--references") for f in files[:2]]
+        refs[folder.name] = first[0]
+        if len(first) == 2:
+            pairs.append((first[0], first[1], None, None))
+    # a template's person: its subfolder's name, or for an image directly in the folder its file stem
+    tpl_files = [(f.stem, f) for f in _images_in(tpl_root)]
+    tpl_files += [(folder.name, f) for folder in _subfolders(tpl_root) for f in _images_in(folder)]
+    if not tpl_files:
+        raise ValueError(f"--templates: no images ({'/'.join(IMAGE_SUFFIXES)}) in {tpl_root} or its subfolders.")
+    tpls = [(person, load_image(f, "--templates")) for person, f in tpl_files]
+    cases = []
+    for ref_person, ref in refs.items():
+        for tpl_person, tpl in tpls:
+            if tpl_person != ref_person:
+                cases.append(Case(ref, tpl, prompts[len(cases) % len(prompts)], ref_person, tpl_person))
+    if not cases:
+        raise ValueError(f"--templates: every template in {tpl_root} belongs to a person under --references "
+                         f"({ref_root}); cases need a template of another person.")  # fmt: skip
+    logger.info("%d reference people x %d templates -> %d cases, %d same-person pairs",
+                len(refs), len(tpls), len(cases), len(pairs))  # fmt: skip
+    return cases, pairs, f"{len(refs)} reference people x {len(tpls)} templates (other people's): {len(cases)} cases"
+
+
+def _face_analyzer(arg: str, **kwargs):
+    """setup.build_face_analyzer with errors that name the option they came from."""
+    try:
+        return setup.build_face_analyzer(argparse.Namespace(**kwargs), need_detector=True)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise type(err)(f"{arg}: {err}") from err
+
+
+def thumbnails(images: list[np.ndarray], size: int = 256) -> list[np.ndarray]:
+    from PIL import Image
+
+    if images[0].shape[0] <= size:
+        return images
+    return [np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS)) for im in images]
+
+
+def main_user(args: argparse.Namespace) -> dict:
+    """Every row on the --references x --templates cases, scored with the eval-side instruments given."""
+    from emojidiff_pipeline import EmojiDiffPipeline
+    from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
+    from emojidiff_pipeline.synthetic.cases import save_grid
+    from emojidiff_pipeline.train.idi import load_callable
+
+    cases, pairs, described = user_cases(args.references, args.templates, args.prompt)
+    face = _face_analyzer("--face_pack" if args.face_pack else "--detector", recognizer=args.recognizer,
+                          face_pack=args.face_pack, face_root=args.face_root, detector=args.detector)  # fmt: skip
+    eval_face = _face_analyzer("--eval_face_pack", recognizer=args.eval_recognizer, face_pack=args.eval_face_pack,
+                               face_root=args.eval_face_root, detector=None)  # fmt: skip
+    same_pack = args.face_pack == args.eval_face_pack and (
+        Path(args.face_root).expanduser().resolve() == Path(args.eval_face_root).expanduser().resolve()
+    )
+    if same_pack and args.recognizer == args.eval_recognizer:
+        logger.warning("The eval-side face pack is the pipeline's own (%s): identity similarity is then measured "
+                       "by the recognizer the identity branch was conditioned on.", args.eval_face_pack)  # fmt: skip
+    inst = Instruments(face=eval_face, expression=load_callable(args.eval_expression_estimator,
+                                                                "--eval_expression_estimator"))  # fmt: skip
+    dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
+    pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model, torch_dtype=dtype).to(args.device)
+    if (pipe.image_encoder is None or pipe.feature_extractor is None) and any(
+        spec.split("=", 1)[1] != "base" for spec in args.row
+    ):
+        raise ValueError(f"--pretrained_model {args.pretrained_model} has no `image_encoder` / `feature_extractor`, "
+                         "which adapter rows need for the templates: use the base folder the adapter was trained "
+                         "on (as for the training scripts).")  # fmt: skip
+    rows = {}
+    out = Path(args.out)
+    for spec in args.row:
+        name, row_spec = spec.split("=", 1)
+        logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
+        images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution)
+        rows[name] = score_row(images, cases, inst)
+        save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
+        logger.info("row %s: %s", name, rows[name])
+    ceiling = "n/a (no person under --references has two images)"
+    if pairs:
+        ceiling = round(same_person_similarity(pairs, eval_face), 4)
+    extra = {
+        "same_person_identity_similarity": ceiling,
+        "cases": described,
+        "style_metrics": "n/a (user data has no style labels)",
+    }
+    command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_report(rows, extra, out, command, args.title, not_measured=STYLE_COLUMNS)
+    return {"rows": rows, **extra}
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> dict:
     from emojidiff_pipeline import EmojiDiffPipeline
     from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
@@ -87,6 +286,8 @@ def main(args: argparse.Namespace) -> dict:
     from emojidiff_pipeline.synthetic.load import BASE_DIR, expression_scorer, load_world
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if getattr(args, "references", None) is not None:
+        return main_user(args)
     world = load_world()
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
     cases, pairs = held_out_cases(args.num_identities, args.num_templates, args.seed)

@@ -70,7 +70,9 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         e = inst.face.identity_embedding(g, "generated", kps=kps)
         if ref_emb[c.reference_person] is not None:
             id_sim.append(float(e @ ref_emb[c.reference_person]))
-        strangers = [v for p, v in people.items() if v is not None and p not in (c.template_person, c.reference_person)]
+        strangers = [
+            v for p, v in people.items() if v is not None and p not in (c.template_person, c.reference_person)
+        ]
         if tpl_emb[c.template_person] is not None and strangers:
             leak.append(float(e @ tpl_emb[c.template_person]) - float(np.mean([e @ s for s in strangers])))
     ok = [i for i, k in enumerate(gen_kps) if k is not None]
@@ -112,8 +114,18 @@ def same_person_similarity(pairs: Sequence[tuple[np.ndarray, np.ndarray, Any, An
     return float(np.mean(sims)) if sims else float("nan")
 
 
-def write_report(rows: dict[str, dict], extra: dict, out_dir: str | Path, command: str, title: str) -> Path:
-    """results.json + results.md (a table of every row) under `out_dir`."""
+def write_report(
+    rows: dict[str, dict],
+    extra: dict,
+    out_dir: str | Path,
+    command: str,
+    title: str,
+    not_measured: Sequence[str] = (),
+) -> Path:
+    """results.json + results.md (a table of every row) under `out_dir`.
+
+    Columns named in `not_measured` (e.g. style metrics without style labels) show NaN as "n/a" in results.md.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, **extra, "command": command}, indent=1))
@@ -122,7 +134,8 @@ def write_report(rows: dict[str, dict], extra: dict, out_dir: str | Path, comman
     lines = [f"# {title}", "", f"Written by `{command}` (do not edit by hand).", "",
              "| row | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+        cells = ["n/a" if c in not_measured and np.isnan(r[c]) else f"{r[c]:.3f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for k, v in extra.items():
         lines.append(f"- {k}: {v}")

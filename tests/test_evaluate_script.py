@@ -1,0 +1,175 @@
+"""training/evaluate.py on user data (--references / --templates) at tiny scale, with insightface-pack stand-ins."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from face_standins import make_arcface_standin, write_model_pack
+from tiny_models import tiny_adapter, tiny_components
+
+from emojidiff_pipeline import EmojiDiffPipeline
+from emojidiff_pipeline.evaluation import write_report
+from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import evaluate  # noqa: E402
+
+SCORER = "idi_standins:colour_scorer"  # factory() -> scorer(images, kps) -> (N, 3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _portrait(seed: int, smile: float = 0.0) -> np.ndarray:
+    style = Style(rendering="flat", palette="natural", background="blue", pattern="plain")
+    return render(Identity.from_seed(seed), Expression(smile=smile), style, Pose()).image  # (64, 64, 3) uint8
+
+
+def _save(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(image).save(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    components = tiny_components()
+    EmojiDiffPipeline(**components).save_pretrained(root / "base")
+    tiny_adapter(components["unet"], num_expression_tokens=4, resampler_depth=1).save_pretrained(root / "adapter")
+    # every image here is 64x64 (the stand-in detector's image size): one face where the renderer puts it
+    kps = render(Identity.from_seed(0), Expression(), Style.random(np.random.default_rng(0)), Pose()).keypoints
+    write_model_pack(root / "faces", "pack", faces=[{"kps": kps}], image_size=(64, 64), seed=1)
+    write_model_pack(root / "faces", "evalpack", faces=[{"kps": kps}], image_size=(64, 64), seed=2)
+    make_arcface_standin(root / "eval_arcface.onnx", seed=3)
+    _save(root / "refs" / "alice" / "0.png", _portrait(10))
+    _save(root / "refs" / "alice" / "1.png", _portrait(10, smile=0.8))  # the same-person pair
+    _save(root / "refs" / "bob" / "0.jpg", _portrait(11))
+    _save(root / "templates" / "bob.png", _portrait(11, smile=0.9))  # skipped for bob's reference
+    _save(root / "templates" / "carol.webp", _portrait(12, smile=0.5))
+    return root
+
+
+def user_args(world, out, *extra):
+    return [
+        "--row", "base=base", "--row", f"emojidiff={world / 'adapter'}",
+        "--row", f"identity_only={world / 'adapter'}@id_only", "--out", str(out),
+        "--pretrained_model", str(world / "base"), "--references", str(world / "refs"),
+        "--templates", str(world / "templates"), "--face_pack", "pack", "--face_root", str(world / "faces"),
+        "--eval_face_pack", "evalpack", "--eval_face_root", str(world / "faces"),
+        "--eval_recognizer", str(world / "eval_arcface.onnx"), "--eval_expression_estimator", SCORER,
+        "--prompt", "a portrait photo", "--prompt", "a cartoon face", "--steps", "2", "--resolution", "64",
+        "--batch_size", "2", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_user_data_mode_end_to_end(world, tmp_path):
+    out = tmp_path / "out"
+    results = evaluate.main(evaluate.parse_args(user_args(world, out)))
+    report = json.loads((out / "results.json").read_text())  # NaN literals are read back as float("nan")
+    assert set(report["rows"]) == {"base", "emojidiff", "identity_only"}
+    for name, row in report["rows"].items():
+        assert row["num_cases"] == 3 and row["no_face_rate"] == 0.0, name
+        for metric in ("identity_similarity", "expression_error", "identity_leakage"):
+            assert math.isfinite(row[metric]), (name, metric)
+        assert math.isnan(row["style_leakage"]) and math.isnan(row["style_following"]), name
+    assert math.isfinite(report["same_person_identity_similarity"])
+    assert report["rows"]["emojidiff"]["identity_similarity"] == results["rows"]["emojidiff"]["identity_similarity"]
+    md = (out / "results.md").read_text()
+    assert md.startswith(f"# {evaluate.USER_TITLE}\n")
+    assert "| n/a | n/a |" in md and "nan" not in md
+    assert "2 reference people x 2 templates" in md
+    for name in report["rows"]:
+        assert PIL.Image.open(out / f"grid_{name}.png").size == (3 * 64, 3 * 64)  # (2 refs + 1) x (2 tpls + 1)
+
+
+def test_user_cases_pair_people_and_cycle_prompts(world, tmp_path):
+    cases, pairs, _ = evaluate.user_cases(str(world / "refs"), str(world / "templates"), ["p0", "p1"])
+    got = [(c.reference_person, c.template_person, c.prompt) for c in cases]
+    assert got == [("alice", "bob", "p0"), ("alice", "carol", "p1"), ("bob", "carol", "p0")]
+    assert all(c.reference.dtype == np.uint8 and c.reference.shape == (64, 64, 3) for c in cases)
+    assert all(c.reference_kps is None and c.template_kps is None for c in cases)
+    assert len(pairs) == 1 and not np.array_equal(pairs[0][0], pairs[0][1])
+    # with subfolders, a template's person is its subfolder's name
+    _save(tmp_path / "tpl" / "dave" / "a.png", _portrait(13))
+    _save(tmp_path / "tpl" / "dave" / "b.png", _portrait(13, smile=1.0))
+    cases, _, _ = evaluate.user_cases(str(world / "refs"), str(tmp_path / "tpl"), ["p"])
+    assert [(c.reference_person, c.template_person) for c in cases] == [("alice", "dave")] * 2 + [("bob", "dave")] * 2
+
+
+@pytest.mark.parametrize(
+    "drop", ["--templates", "--pretrained_model", "--face_pack", "--eval_face_pack", "--eval_expression_estimator"]
+)
+def test_user_data_mode_names_missing_options(world, tmp_path, capsys, drop):
+    args = user_args(world, tmp_path)
+    i = args.index(drop)
+    del args[i : i + 2]
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(args)
+    assert drop in capsys.readouterr().err
+
+
+def test_user_only_options_need_references(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--row", "base=base", "--eval_face_pack", "buffalo_l"])
+    assert "--eval_face_pack only apply to user data" in capsys.readouterr().err
+    args = evaluate.parse_args(["--row", "base=base"])  # the synthetic path's arguments are unchanged
+    assert args.references is None and args.resolution is None and args.title.startswith("EmojiDiff in the synthetic")
+
+
+def test_bad_folders_and_images_name_the_argument_and_path(world, tmp_path):
+    def run(refs, tpls):
+        args = user_args(world, tmp_path / "out")
+        args[args.index("--references") + 1], args[args.index("--templates") + 1] = str(refs), str(tpls)
+        evaluate.main(evaluate.parse_args(args))
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=f"--references: {missing} does not exist"):
+        run(missing, world / "templates")
+    with pytest.raises(ValueError, match=f"--templates: {missing} does not exist"):
+        run(world / "refs", missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=f"--references: {tmp_path / 'empty'} holds no person subfolders"):
+        run(tmp_path / "empty", world / "templates")
+    (tmp_path / "refs_no_images" / "erin").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"--references: no images .* in {tmp_path / 'refs_no_images' / 'erin'}"):
+        run(tmp_path / "refs_no_images", world / "templates")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "frank.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"--templates: could not open image {tmp_path / 'broken' / 'frank.png'}"):
+        run(world / "refs", tmp_path / "broken")
+    _save(tmp_path / "only_bob" / "bob" / "0.png", _portrait(11))
+    with pytest.raises(ValueError, match="--templates: every template .* belongs to a person under --references"):
+        run(tmp_path / "only_bob", tmp_path / "only_bob")
+
+
+def test_base_without_image_encoder_is_named_before_generating(world, tmp_path):
+    components = tiny_components()
+    del components["image_encoder"], components["feature_extractor"]
+    EmojiDiffPipeline(**components).save_pretrained(tmp_path / "no_encoder")
+    args = user_args(world, tmp_path / "out")
+    args[args.index("--pretrained_model") + 1] = str(tmp_path / "no_encoder")
+    with pytest.raises(ValueError, match="--pretrained_model .* has no `image_encoder`"):
+        evaluate.main(evaluate.parse_args(args))
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_report_shows_n_a_only_for_columns_not_measured(tmp_path):
+    nan = float("nan")
+    row = {"identity_similarity": nan, "expression_error": 0.5, "identity_leakage": 0.0, "style_leakage": nan,
+           "style_following": nan, "no_face_rate": 1.0, "num_cases": 2}  # fmt: skip
+    plain = write_report({"r": row}, {}, tmp_path / "plain", "cmd", "T").read_text()
+    assert "| r | nan | 0.500 | 0.000 | nan | nan | 1.000 |" in plain  # as before (the synthetic report)
+    user = write_report({"r": row}, {}, tmp_path / "user", "cmd", "T", not_measured=evaluate.STYLE_COLUMNS)
+    assert "| r | nan | 0.500 | 0.000 | n/a | n/a | 1.000 |" in user.read_text()
