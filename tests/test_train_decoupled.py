@@ -126,3 +126,32 @@ def test_v_prediction_euler_base_trains_on_ddpm_noise(tmp_path):
     write_tiny_collection(root, num_identities=2, photos_per_identity=3)
     losses = train_decoupled.main(args_for(root, tmp_path / "out", "--max_steps", "2"))
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_face_weighted_loss_weights_and_keypoint_sources(world, tmp_path):
+    from emojidiff_pipeline.face import FaceAnalyzer
+    from emojidiff_pipeline.train.stage1 import face_loss_weights, target_keypoints
+    from emojidiff_pipeline.train.triplets import Triplet, write_triplets
+
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]])
+    w = face_loss_weights(kps, (16, 16), 64, face_weight=4.0)
+    assert w.shape == (1, 1, 16, 16) and w.min() >= 1.0 and w.max() <= 5.0
+    assert w[0, 0, 6, 5] > 4.5 and w[0, 0, 0, 0] < 1.01  # on the left eye (x 20, y 24) vs a corner
+    assert torch.allclose(face_loss_weights(kps, (16, 16), 64, 0.0), torch.ones(1, 1, 16, 16))
+
+    records = [json.loads(x) for x in (world / "train.jsonl").read_text().splitlines()]
+    same = same_identity_triplets(records, world, num_references=1)[:2]  # target == template: its keypoints
+    assert torch.allclose(target_keypoints(None, same, 64)[0], torch.tensor(same[0].template_kps, dtype=torch.float32))
+    cross = Triplet(same[1].template, same[1].references, same[0].target, "p", same[1].template_kps,
+                    same[1].reference_kps, target_kps=same[0].template_kps)  # fmt: skip
+    write_triplets([cross], tmp_path / "t.jsonl")
+    assert read_triplets(tmp_path / "t.jsonl")[0].target_kps == cross.target_kps  # round trip
+    assert torch.allclose(target_keypoints(None, [cross], 32)[0], torch.tensor(cross.target_kps) / 2)
+    cross.target_kps = None
+    with pytest.raises(ValueError, match="target_kps"):  # no known keypoints and no detector
+        target_keypoints(FaceAnalyzer.from_models(lambda image: [], str(world / "arcface.onnx")), [cross], 64)
+
+    losses = train_decoupled.main(args_for(world, tmp_path / "weighted", "--max_steps", "2", "--face_loss_weight", "4"))
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    with pytest.raises(SystemExit):
+        args_for(world, tmp_path / "bad", "--max_steps", "2", "--face_loss_weight", "-1")

@@ -1,6 +1,6 @@
 """The results table of the synthetic world, end to end, resumable: every step is skipped once its output exists.
 
-    python training/results.py --collection data/collection --work runs/results --steps 3000 --idi_rounds 2
+    python training/results.py --collection data/collection --work runs/results [--steps 1500 --idi_rounds 2]
 
 Steps (each a call into the stage scripts, with the train-side instruments of the world):
  1. stage 1 on same-identity pairs (round 0);
@@ -37,11 +37,17 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--collection", default="data/collection")
     p.add_argument("--work", default="runs/results")
     p.add_argument("--out", default="docs/results")
-    p.add_argument("--steps", type=int, default=3000, help="stage-1 steps per training run")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--learning_rate", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=1500, help="stage-1 steps per training run from scratch")
+    p.add_argument("--idi_steps", type=int, default=750, help="stage-1 steps after each IDI round (fine-tuning)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--lr_warmup_steps", type=int, default=100)
+    p.add_argument("--face_loss_weight", type=float, default=6.0, help="see train_decoupled.py --face_loss_weight")
     p.add_argument("--idi_rounds", type=int, default=2)
-    p.add_argument("--pairs_per_round", type=int, default=1500)
+    p.add_argument("--pairs_per_round", type=int, default=600)
+    p.add_argument("--max_expression_error", type=float, default=0.10, help="IDI filter (train-side estimator MAE)")
+    p.add_argument("--min_identity_similarity", type=float, default=0.4, help="IDI filter (cosine to person B)")
+    p.add_argument("--max_template_similarity", type=float, default=0.3, help="IDI filter (cosine to person A)")
     p.add_argument("--oracle_triplets", type=int, default=8000)
     p.add_argument("--eval_identities", type=int, default=16)
     p.add_argument("--eval_templates", type=int, default=8)
@@ -63,6 +69,7 @@ def main(args: argparse.Namespace) -> dict:
     common = [
         "--pretrained_model", str(BASE_DIR), "--recognizer", str(identity_onnx_path("train")), "--resolution", "64",
         "--batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+        "--lr_warmup_steps", str(args.lr_warmup_steps), "--face_loss_weight", str(args.face_loss_weight),
         "--checkpointing_steps", "250", "--seed", str(args.seed),
     ]  # fmt: skip
 
@@ -77,8 +84,10 @@ def main(args: argparse.Namespace) -> dict:
     idi.main(idi.parse_args([
         *common, "--collection", str(train_manifest), "--output_dir", str(work / "idi"), "--adapter", same,
         "--detector", DETECTOR, "--expression_estimator", SCORER, "--rounds", str(args.idi_rounds),
-        "--pairs_per_round", str(args.pairs_per_round), "--steps_per_round", str(args.steps),
-        "--num_inference_steps", str(args.inference_steps),
+        "--pairs_per_round", str(args.pairs_per_round), "--steps_per_round", str(args.idi_steps),
+        "--num_inference_steps", str(args.inference_steps), "--max_expression_error", str(args.max_expression_error),
+        "--min_identity_similarity", str(args.min_identity_similarity),
+        "--max_template_similarity", str(args.max_template_similarity),
     ]))  # fmt: skip
     idi_adapters = [str(work / "idi" / f"round-{r}" / "stage1" / "adapter") for r in range(args.idi_rounds)]
     if not (work / "oracle_data" / "triplets.jsonl").exists():

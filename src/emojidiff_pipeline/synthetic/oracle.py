@@ -55,6 +55,7 @@ def build_oracle_triplets(collection_root: str | os.PathLike, out_dir: str | os.
                 template_kps=template["kps"],
                 reference_kps=[r["kps"] for r in refs],
                 extra={"template_identity": template["identity"], "target_identity": styled_as["identity"]},
+                target_kps=np.asarray(result.keypoints, dtype=np.float64).round(3).tolist(),
             )
         )
     return write_triplets(triplets, out_dir / "triplets.jsonl")

@@ -260,6 +260,7 @@ class IDIRound:
             reference_kps=[r["kps"] for r in pair.references] if all("kps" in r for r in pair.references) else None,
             extra={"template_identity": pair.template["identity"], "target_identity": pair.references[0]["identity"],
                    "pair": pair.index, **asdict(scores)},
+            target_kps=np.asarray(kps, dtype=np.float64).round(3).tolist(),
         )  # fmt: skip
         return triplet, stats
 

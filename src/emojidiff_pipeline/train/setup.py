@@ -80,6 +80,8 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--identity_drop", type=float, default=0.05)
     g.add_argument("--expression_drop", type=float, default=0.05)
     g.add_argument("--text_drop", type=float, default=0.05)
+    g.add_argument("--face_loss_weight", type=float, default=0.0,
+                   help="extra diffusion-loss weight around the target's face keypoints (0: the standard loss)")
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=3)
     g.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
@@ -90,6 +92,8 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     for name in ("identity_drop", "expression_drop", "text_drop"):
         if not 0.0 <= getattr(args, name) < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    if args.face_loss_weight < 0:
+        parser.error(f"--face_loss_weight must be >= 0, got {args.face_loss_weight}")
     for name in ("batch_size", "checkpointing_steps", "resolution"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -104,7 +108,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         max_steps=max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         lr_warmup_steps=args.lr_warmup_steps, identity_drop=args.identity_drop, expression_drop=args.expression_drop,
         text_drop=args.text_drop, seed=args.seed, checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit,
+        checkpoints_total_limit=args.checkpoints_total_limit, face_loss_weight=args.face_loss_weight,
     )  # fmt: skip
 
 

@@ -41,13 +41,15 @@ def _cache_key(triplets: list[Triplet], resolution: int, extra: str) -> str:
 
 
 @torch.no_grad()
-def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int, batch_size: int = 16) -> dict:
+def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int, batch_size: int = 16,
+                  with_target_kps: bool = False) -> dict:  # fmt: skip
     """Encode everything frozen once.
 
     Returns tensors: ``latents`` (N, 4, h, w) scaled VAE means of the targets; ``identity`` (N, 1, 512) normed mean
     reference embedding; ``template_index`` (N,) into ``templates`` (T, P, E) image-encoder patch tokens of the
     masked, aligned templates; ``prompt_index`` (N,) into ``prompt_embeds`` (Q, 77, C) and ``pooled`` (Q, C2);
-    ``add_time_ids`` (1, 6).
+    ``add_time_ids`` (1, 6); with `with_target_kps`, ``target_kps`` (N, 5, 2) the targets' keypoints in pixels at
+    `resolution` (for the face-weighted loss; see :func:`target_keypoints`).
     """
     from ..face import masked_template
 
@@ -104,7 +106,9 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     add_time_ids = pipe._get_add_time_ids(
         (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32, text_encoder_projection_dim=text_dim
     )
+    extra = {"target_kps": target_keypoints(face_analyzer, triplets, resolution)} if with_target_kps else {}
     return {
+        **extra,
         "latents": latents,
         "identity": identity,
         "templates": templates,
@@ -116,13 +120,53 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     }
 
 
-def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path) -> dict:
+def target_keypoints(face_analyzer, triplets: list[Triplet], resolution: int) -> torch.Tensor:
+    """(N, 5, 2) keypoints of each target in pixels at `resolution`: the triplet's ``target_kps``, else the template's
+    when the target is the template (same-identity pairs), else detected by the face front-end."""
+    out = []
+    for n, t in enumerate(triplets):
+        with PIL.Image.open(t.target) as img:
+            width, height = img.size
+            kps = t.target_kps
+            if kps is None and t.target == t.template:
+                kps = t.template_kps
+            if kps is None:
+                image = np.asarray(img.convert("RGB"))
+                faces = face_analyzer.detect(image, f"target of triplet {n}")
+                if not faces:
+                    raise ValueError(
+                        f"The face-weighted loss needs the target's keypoints: triplet {n} ({t.target}) has no "
+                        "`target_kps` and the face front-end found no face in it. Add `target_kps` to the manifest, "
+                        "pass a detector (`--face_pack` / `--detector`), or set `--face_loss_weight 0`."
+                    )
+                kps = face_analyzer.select(faces, f"target of triplet {n}").kps
+        scale = torch.tensor([resolution / width, resolution / height])
+        out.append(torch.as_tensor(np.asarray(kps, dtype=np.float32)) * scale)
+    return torch.stack(out).float()
+
+
+def face_loss_weights(kps: torch.Tensor, latent_size: tuple[int, int], resolution: int, face_weight: float) -> torch.Tensor:
+    """Per-latent-cell loss weights (B, 1, h, w): ``1 + face_weight * g`` where g in [0, 1] is the largest Gaussian
+    bump (sigma = 0.35 x eye distance) over the five keypoints `kps` (B, 5, 2, pixels at `resolution`)."""
+    h, w = latent_size
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * resolution / h - 0.5
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * resolution / w - 0.5
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
+    sigma = 0.35 * (kps[:, 0] - kps[:, 1]).norm(dim=-1).clamp(min=1.0)  # (B,)
+    d2 = ((grid[None, None] - kps[:, :, None, None]) ** 2).sum(-1)  # (B, 5, h, w)
+    bump = torch.exp(-d2 / (2 * sigma[:, None, None, None] ** 2)).amax(dim=1, keepdim=True)
+    return 1.0 + face_weight * bump
+
+
+def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path,
+                          with_target_kps: bool = False) -> dict:  # fmt: skip
     """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it."""
-    key = _cache_key(triplets, resolution, getattr(pipe, "name_or_path", "") or "")
+    extra = (getattr(pipe, "name_or_path", "") or "") + ("|target_kps" if with_target_kps else "")
+    key = _cache_key(triplets, resolution, extra)
     path = cache_dir / f"cache-{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
         logger.info("Encoding %d triplets once (VAE, recognizer, image encoder, text encoders)...", len(triplets))
-        cache = prepare_cache(pipe, face_analyzer, triplets, resolution)
+        cache = prepare_cache(pipe, face_analyzer, triplets, resolution, with_target_kps=with_target_kps)
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in cache.items()}, str(path) + ".tmp")
         os.replace(str(path) + ".tmp", path)
@@ -184,6 +228,7 @@ class Stage1Config:
     seed: int = 0
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
+    face_loss_weight: float = 0.0  # 0: the standard diffusion loss; > 0: extra weight around the target's keypoints
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -224,6 +269,9 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     from tqdm.auto import tqdm
 
     unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
+    resolution = int(cache["add_time_ids"][0, 0])
+    if config.face_loss_weight > 0 and "target_kps" not in cache:
+        raise ValueError("`face_loss_weight` > 0 needs a cache prepared with `with_target_kps=True`.")
     unet.requires_grad_(False)
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
         if module is not None:
@@ -293,7 +341,13 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
             added_cond_kwargs={"text_embeds": pooled.to(device), "time_ids": cache["add_time_ids"].expand(b, -1).to(device)},
             cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
         ).sample  # fmt: skip
-        loss = F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, timesteps).to(device).float())
+        target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
+        if config.face_loss_weight > 0:
+            weights = face_loss_weights(cache["target_kps"][rows], latents.shape[-2:], resolution,
+                                        config.face_loss_weight).to(device)  # fmt: skip
+            loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
+        else:
+            loss = F.mse_loss(pred.float(), target)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -328,5 +382,6 @@ def _prune(output_dir: Path, limit: int | None) -> None:
 def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
                config: Stage1Config, resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
     """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`."""
-    cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache")
+    cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache",
+                                  with_target_kps=config.face_loss_weight > 0)  # fmt: skip
     return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint)

@@ -7,8 +7,8 @@ Manifest format: JSON Lines, one triplet per line, paths relative to the manifes
      "template_kps": [[x, y] x 5], "reference_kps": [[[x, y] x 5], ...], "target_identity": "id00012",
      "template_identity": "id00012"}
 
-``template_kps`` / ``reference_kps`` are optional known 5-point keypoints (insightface order); without them the
-face front-end detects the face. The ``*_identity`` fields are optional and only used for bookkeeping (IDI logs).
+``template_kps`` / ``reference_kps`` / ``target_kps`` are optional known 5-point keypoints (insightface order);
+without them the face front-end detects the face (``target_kps`` is only read by the face-weighted loss). The ``*_identity`` fields are optional and only used for bookkeeping (IDI logs).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Triplet:
     template_kps: list | None = None
     reference_kps: list | None = None
     extra: dict = field(default_factory=dict)
+    target_kps: list | None = None
 
     def to_json(self, root: Path | None = None) -> dict:
         def rel(p):
@@ -46,6 +47,8 @@ class Triplet:
             out["template_kps"] = self.template_kps
         if self.reference_kps is not None:
             out["reference_kps"] = self.reference_kps
+        if self.target_kps is not None:
+            out["target_kps"] = self.target_kps
         out.update(self.extra)
         return out
 
@@ -94,10 +97,11 @@ def read_triplets(manifest: str | os.PathLike) -> list[Triplet]:
                 if not isinstance(item["reference_kps"], list) or len(item["reference_kps"]) != len(refs):
                     raise ValueError(f"{where}: `reference_kps` must hold one keypoint set per reference.")
                 reference_kps = [_kps(k, f"{where} `reference_kps`") for k in item["reference_kps"]]
-            known = {"template", "references", "target", "prompt", "template_kps", "reference_kps"}
+            target_kps = _kps(item["target_kps"], f"{where} `target_kps`") if "target_kps" in item else None
+            known = {"template", "references", "target", "prompt", "template_kps", "reference_kps", "target_kps"}
             triplets.append(
                 Triplet(resolved[0], resolved[1:-1], resolved[-1], item["prompt"], template_kps, reference_kps,
-                        {k: v for k, v in item.items() if k not in known})
+                        {k: v for k, v in item.items() if k not in known}, target_kps)
             )  # fmt: skip
     if not triplets:
         raise ValueError(f"`triplets` manifest {str(manifest)!r} holds no triplets.")
