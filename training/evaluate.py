@@ -77,6 +77,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     u.add_argument("--eval_expression_estimator", default=None, help="'module:factory' -> scorer(images, kps)")
     setup.add_face_args(p)  # the pipeline's own face front-end (user data only)
     args = p.parse_args(input_args)
+    args.argv = list(sys.argv[1:] if input_args is None else input_args)  # for the report's "written by" line
     for spec in args.row:
         if "=" not in spec:
             p.error(f"--row must be NAME=SPEC, got {spec!r}")
@@ -272,7 +273,7 @@ def main_user(args: argparse.Namespace) -> dict:
         "cases": described,
         "style_metrics": "n/a (user data has no style labels)",
     }
-    command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title, not_measured=STYLE_COLUMNS)
     return {"rows": rows, **extra}
 
@@ -310,7 +311,7 @@ def main(args: argparse.Namespace) -> dict:
         "same_person_identity_similarity": round(same_person_similarity(pairs, world.eval_face), 4),
         "cases": f"{args.num_identities} held-out identities x {args.num_templates} held-out templates",
     }
-    command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title)
     return {"rows": rows, **extra}
 

@@ -38,7 +38,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/results")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--steps", type=int, default=1500, help="stage-1 steps per training run from scratch")
-    p.add_argument("--idi_steps", type=int, default=750, help="stage-1 steps after each IDI round (fine-tuning)")
+    p.add_argument("--idi_steps", type=int, default=200, help="stage-1 steps after each IDI round (fine-tuning)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
@@ -104,13 +104,64 @@ def main(args: argparse.Namespace) -> dict:
     rows = ["base=base", f"identity_only={final}@id_only", f"stage1_same_identity={same}"]
     rows += [f"stage1_idi_round_{r}={a}" for r, a in enumerate(idi_adapters)]
     rows += [f"stage1_oracle={oracle}", f"idi_all_layers={all_layers}", f"idi_expression_preset={final}"]
-    results = evaluate.main(evaluate.parse_args(
+    eval_args = evaluate.parse_args(
         [a for row in rows for a in ("--row", row)] + ["--out", args.out, "--num_identities", str(args.eval_identities),
-         "--num_templates", str(args.eval_templates), "--steps", str(args.inference_steps)]))  # fmt: skip
+         "--num_templates", str(args.eval_templates), "--steps", str(args.inference_steps)])  # fmt: skip
+    done = Path(args.out) / "results.json"
+    eval_command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in eval_args.argv)
+    if done.exists() and json.loads(done.read_text()).get("command") == eval_command:
+        results = json.loads(done.read_text())  # this exact evaluation already ran (it is deterministic)
+    else:
+        results = evaluate.main(eval_args)
     export(final, Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (Path(args.out) / "pipeline.json").write_text(json.dumps({"command": command, "final_adapter": final}, indent=1))
+    rounds = [json.loads((work / "idi" / f"round-{r}" / "data" / "round_stats.json").read_text())
+              for r in range(args.idi_rounds)]  # fmt: skip
+    write_targets(results, rounds, Path(args.out), command)
     return results
+
+
+def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
+    """The issue's targets, each as {target, measured, threshold, met} from the evaluated rows and IDI round stats."""
+    rows = results["rows"]
+    final = rows[f"stage1_idi_round_{len(rounds) - 1}"]
+    same, oracle, id_only = rows["stage1_same_identity"], rows["stage1_oracle"], rows["identity_only"]
+    preset, all_layers = rows["idi_expression_preset"], rows["idi_all_layers"]
+    ceiling = results["same_person_identity_similarity"]
+    gap = same["identity_leakage"] - oracle["identity_leakage"]
+    closed = (same["identity_leakage"] - final["identity_leakage"]) / gap if gap > 0 else float("nan")
+    checks = [
+        ("expression error of the final model / identity-only row's", final["expression_error"] / id_only["expression_error"], "<=", 0.25),
+        ("identity leakage after IDI / same-identity row's", final["identity_leakage"] / same["identity_leakage"] if same["identity_leakage"] > 0 else float("nan"), "<=", 0.5),
+        ("expression error after IDI / same-identity row's", final["expression_error"] / same["expression_error"], "<=", 1.1),
+        ("share of the same-identity -> oracle leakage gap closed by IDI", closed, ">=", 0.7),
+        ("identity similarity of the final model / same-person similarity", final["identity_similarity"] / ceiling, ">=", 0.85),
+        ("style leakage: preset - all layers", preset["style_leakage"] - all_layers["style_leakage"], "<", 0.0),
+        ("expression error: preset / all layers", preset["expression_error"] / all_layers["expression_error"], "<=", 1.1),
+    ]  # fmt: skip
+    out = []
+    for name, value, op, threshold in checks:
+        met = bool(value <= threshold if op == "<=" else value >= threshold if op == ">=" else value < threshold)
+        out.append({"target": name, "measured": round(float(value), 4), "op": op, "threshold": threshold,
+                    "met": met and value == value})  # fmt: skip
+    return out
+
+
+def write_targets(results: dict, rounds: list[dict], out: Path, command: str) -> None:
+    """targets.json + targets.md: every target with its measured value, and each IDI round's yield and speed."""
+    checks = check_targets(results, rounds)
+    (out / "targets.json").write_text(json.dumps({"targets": checks, "idi_rounds": rounds, "command": command}, indent=1))
+    lines = ["# Targets of the synthetic results", "", f"Written by `{command}` from `results.json` and the IDI rounds'",
+             "`round_stats.json` (do not edit by hand).", "", "| target | measured | target value | met |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines += [f"| {c['target']} | {c['measured']:.3f} | {c['op']} {c['threshold']} | {'yes' if c['met'] else 'no'} |"
+              for c in checks]  # fmt: skip
+    lines += ["", "| IDI round | pairs tried | accepted | yield | rejected by | accepted pairs per compute minute |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [f"| {r} | {s['pairs']} | {s['accepted']} | {s['yield']:.3f} | {s['rejected_by']} | "
+              f"{s['accepted_per_compute_minute']} |" for r, s in enumerate(rounds)]  # fmt: skip
+    (out / "targets.md").write_text("\n".join(lines) + "\n")
 
 
 def export(adapter_dir: str, folder: Path) -> None:
