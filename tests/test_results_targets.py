@@ -36,3 +36,12 @@ def test_targets_met_and_missed(tmp_path):
     text = (tmp_path / "targets.md").read_text()
     assert "| 0.260 | <= 0.25 | no |" in text and "| 1 | 10 | 3 | 0.300 |" in text
     assert json.loads((tmp_path / "targets.json").read_text())["idi_rounds"][0]["accepted"] == 3
+
+
+def test_best_adapter_skips_oracle_identity_only_and_worse_expression():
+    rows = {"base": row(identity=0.1, expression=0.2), "identity_only": row(identity=0.9, expression=0.1),
+            "stage1_same_identity": row(identity=0.3, expression=0.18), "stage1_oracle": row(identity=0.8),
+            "stage1_idi_round_0": row(identity=0.5, expression=0.25)}  # fmt: skip
+    specs = {"base": "base", "identity_only": "a1@id_only", "stage1_same_identity": "a0", "stage1_oracle": "ao",
+             "stage1_idi_round_0": "a1"}  # fmt: skip
+    assert results.best_adapter({"rows": rows}, specs) == "a0"

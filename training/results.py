@@ -53,6 +53,9 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--eval_templates", type=int, default=8)
     p.add_argument("--inference_steps", type=int, default=20)
     p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
+    p.add_argument("--export_row", default="final", choices=["final", "best"],
+                   help="adapter of the embedded default: the last IDI round's, or the non-oracle row with the "
+                        "highest identity similarity among those whose expression error is not above the base's")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(input_args)
 
@@ -113,13 +116,27 @@ def main(args: argparse.Namespace) -> dict:
         results = json.loads(done.read_text())  # this exact evaluation already ran (it is deterministic)
     else:
         results = evaluate.main(eval_args)
-    export(final, Path(args.export) if args.export else EMOJIDIFF_DIR)
+    shipped = final if args.export_row == "final" else best_adapter(results, dict(r.split("=", 1) for r in rows))
+    export(shipped, Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    (Path(args.out) / "pipeline.json").write_text(json.dumps({"command": command, "final_adapter": final}, indent=1))
+    (Path(args.out) / "pipeline.json").write_text(json.dumps(
+        {"command": command, "final_adapter": final, "exported_adapter": shipped}, indent=1))  # fmt: skip
     rounds = [json.loads((work / "idi" / f"round-{r}" / "data" / "round_stats.json").read_text())
               for r in range(args.idi_rounds)]  # fmt: skip
     write_targets(results, rounds, Path(args.out), command)
     return results
+
+
+def best_adapter(results: dict, specs: dict[str, str]) -> str:
+    """The adapter folder of the non-oracle, two-branch row with the highest identity similarity whose expression
+    error is not above the base model's."""
+    base = results["rows"]["base"]["expression_error"]
+    candidates = [(r["identity_similarity"], name) for name, r in results["rows"].items()
+                  if name not in ("base", "stage1_oracle") and not specs[name].endswith("@id_only")
+                  and r["expression_error"] <= base]  # fmt: skip
+    if not candidates:
+        raise RuntimeError(f"No row has an expression error at or below the base model's ({base:.3f}); nothing to ship.")
+    return specs[max(candidates)[1]]
 
 
 def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
