@@ -54,9 +54,30 @@ def test_encoders_run_once_per_call(monkeypatch, tmp_path):
     assert counts == {"image_encoder": 1, "adapter": 1, "identity": 1, "unet": 4}
 
 
-def test_cli_without_model_explains_and_with_model_generates(tmp_path, capsys):
+def test_cli_without_embedded_model_explains(tmp_path, capsys, monkeypatch):
+    import emojidiff_pipeline.synthetic.load as load
+
+    monkeypatch.setattr(load, "EMOJIDIFF_DIR", tmp_path / "missing")
     assert cli_main(["generate"]) == 0
     assert "--model" in capsys.readouterr().out
+
+
+def test_cli_demo_draws_the_embedded_default(tmp_path, capsys):
+    from emojidiff_pipeline.synthetic.load import EMOJIDIFF_DIR
+
+    if not (EMOJIDIFF_DIR / "emoji_adapter" / "config.json").is_file():
+        pytest.skip(f"the embedded default is not built in this checkout ({EMOJIDIFF_DIR})")
+    out = tmp_path / "demo.png"
+    argv = ["generate", "--grid_identities", "2", "--grid_templates", "3", "--steps", "2", "--output", str(out)]
+    assert cli_main(argv) == 0
+    assert f"wrote {out.resolve()}" in capsys.readouterr().out
+    grid = np.asarray(PIL.Image.open(out))
+    assert grid.shape[0] > 64 * 2 and grid.shape[1] > 64 * 3 and grid.std() > 10  # a grid of faces, not blank
+    with pytest.raises(SystemExit, match="--identity / --expression need --model"):
+        cli_main(["generate", "--identity", "x.png"])
+
+
+def test_cli_with_model_generates(tmp_path, capsys):
     skimage_data = pytest.importorskip("skimage.data")
     components = tiny_components()
     EmojiDiffPipeline(**components, emoji_adapter=tiny_adapter(components["unet"])).save_pretrained(tmp_path / "model")

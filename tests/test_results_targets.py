@@ -27,14 +27,18 @@ def test_targets_met_and_missed(tmp_path):
     checks = {c["target"]: c for c in results.check_targets(res, rounds)}
     assert checks["expression error of the final model / identity-only row's"]["measured"] == 0.26
     assert not checks["expression error of the final model / identity-only row's"]["met"]
-    assert checks["identity leakage after IDI / same-identity row's"]["met"]  # 0.05 / 0.2
+    assert checks["identity leakage after IDI / same-identity row's"]["met"]  # 0.05 / 0.2, expression 1.04x
     assert checks["share of the same-identity -> oracle leakage gap closed by IDI"]["measured"] == 0.75
     assert checks["identity similarity of the final model / same-person similarity"]["met"]  # 0.8 / 0.9
-    assert checks["style leakage: preset - all layers"]["met"]
-    assert not checks["expression error: preset / all layers"]["met"]  # 1.2 > 1.1
+    assert not checks["style leakage: preset - all layers"]["met"]  # less style leakage, but expression 1.2x > 1.1x
+    rows["idi_expression_preset"]["expression_error"] = 0.054
+    assert {c["target"]: c for c in results.check_targets(res, rounds)}["style leakage: preset - all layers"]["met"]
+    rows["stage1_idi_round_1"]["expression_error"] = 0.06  # 1.2x the same-identity row's: the leakage target fails
+    assert not {c["target"]: c for c in results.check_targets(res, rounds)}[
+        "identity leakage after IDI / same-identity row's"]["met"]  # fmt: skip
     results.write_targets(res, rounds, tmp_path, "python training/results.py")
     text = (tmp_path / "targets.md").read_text()
-    assert "| 0.260 | <= 0.25 | no |" in text and "| 1 | 10 | 3 | 0.300 |" in text
+    assert "| 0.300 | <= 0.25 | no |" in text and "| 1 | 10 | 3 | 0.300 |" in text
     assert json.loads((tmp_path / "targets.json").read_text())["idi_rounds"][0]["accepted"] == 3
 
 

@@ -40,7 +40,7 @@ def demo(args: argparse.Namespace) -> int:
     from .synthetic.cases import held_out_cases, save_grid
     from .synthetic.load import EMOJIDIFF_DIR, load_world
 
-    if not (EMOJIDIFF_DIR / "model_index.json").exists():
+    if not (EMOJIDIFF_DIR / "emoji_adapter" / "config.json").exists():
         print(
             "The embedded synthetic EmojiDiff model is not in this checkout yet (build it with "
             "`python training/results.py`).\nRun the pipeline on your own weights instead:\n"

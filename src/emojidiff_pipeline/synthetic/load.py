@@ -17,7 +17,7 @@ import numpy as np
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BASE_DIR = ASSETS / "base"  # the tiny SDXL-shaped base pipeline (StableDiffusionXLPipeline folder)
-EMOJIDIFF_DIR = ASSETS / "emojidiff"  # base + trained adapter (EmojiDiffPipeline folder), the embedded default
+EMOJIDIFF_DIR = ASSETS / "emojidiff"  # the trained adapter (emoji_adapter/) that runs on BASE_DIR: the embedded default
 SIDES = ("train", "eval")
 
 
@@ -97,14 +97,18 @@ class World:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def pipeline(self, with_adapter: bool = True, **kwargs):
-        """EmojiDiffPipeline of the embedded default (with its adapter) or of the bare base model."""
+        """EmojiDiffPipeline of the base model, with the embedded default's trained adapter unless `with_adapter` is
+        False; `kwargs` go to ``from_pretrained`` (e.g. ``torch_dtype``)."""
+        from ..adapter import EmojiDiffAdapter
         from ..pipeline import EmojiDiffPipeline
 
+        pipe = EmojiDiffPipeline.from_pretrained(
+            _require(self.base_dir, "base model", "python training/train_base.py"), **kwargs
+        )
         if with_adapter:
-            folder = _require(self.emojidiff_dir, "trained EmojiDiff pipeline", "python training/results.py")
-        else:
-            folder = _require(self.base_dir, "base model", "python training/train_base.py")
-        return EmojiDiffPipeline.from_pretrained(folder, **kwargs)
+            folder = _require(self.emojidiff_dir / "emoji_adapter", "trained EmojiDiff adapter", "python training/results.py")
+            pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(folder).to(pipe.unet.dtype))
+        return pipe
 
     @cached_property
     def train_face(self):
