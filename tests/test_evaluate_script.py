@@ -173,3 +173,12 @@ def test_write_report_shows_n_a_only_for_columns_not_measured(tmp_path):
     assert "| r | nan | 0.500 | 0.000 | nan | nan | 1.000 |" in plain  # as before (the synthetic report)
     user = write_report({"r": row}, {}, tmp_path / "user", "cmd", "T", not_measured=evaluate.STYLE_COLUMNS)
     assert "| r | nan | 0.500 | 0.000 | n/a | n/a | 1.000 |" in user.read_text()
+
+
+def test_row_specs_give_folder_and_expression_scale():
+    assert evaluate.parse_row_spec("base") == ("base", 1.0)
+    assert evaluate.parse_row_spec("runs/a@b/adapter") == ("runs/a@b/adapter", 1.0)
+    assert evaluate.parse_row_spec("runs/x/adapter@id_only") == ("runs/x/adapter", 0.0)
+    assert evaluate.parse_row_spec("runs/x/adapter@exp=2.5") == ("runs/x/adapter", 2.5)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--row", "r=runs/x/adapter@exp=big"])

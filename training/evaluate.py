@@ -29,7 +29,7 @@ User data (selected by ``--references``), e.g. on SDXL with insightface instrume
   ``--device`` (default cuda when available, fp16 there).
 
 Row specs: ``base`` (no adapter), ``<adapter folder>`` (both branches), ``<adapter folder>@id_only``
-(expression scale 0).
+(expression scale 0), ``<adapter folder>@exp=<scale>`` (another expression scale).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ STYLE_COLUMNS = ("style_leakage", "style_following")
 
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--row", action="append", required=True, help="NAME=base | NAME=<adapter>[@id_only]")
+    p.add_argument("--row", action="append", required=True, help="NAME=base | NAME=<adapter>[@id_only | @exp=<scale>]")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--title", default="EmojiDiff in the synthetic world: held-out identities and templates")
     p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
@@ -81,6 +81,10 @@ def parse_args(input_args=None) -> argparse.Namespace:
     for spec in args.row:
         if "=" not in spec:
             p.error(f"--row must be NAME=SPEC, got {spec!r}")
+        try:
+            parse_row_spec(spec.split("=", 1)[1])
+        except ValueError as err:
+            p.error(str(err))
     for name in ("num_identities", "num_templates", "steps", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -116,12 +120,24 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
+def parse_row_spec(spec: str) -> tuple[str, float]:
+    """``base`` | ``<adapter>`` | ``<adapter>@id_only`` | ``<adapter>@exp=<scale>`` -> (folder, expression scale)."""
+    folder, _, option = spec.rpartition("@")
+    if option == "id_only":
+        return folder, 0.0
+    if folder and option.startswith("exp="):
+        try:
+            return folder, float(option[len("exp=") :])
+        except ValueError:
+            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp='):]!r}.") from None
+    return spec, 1.0
+
+
 def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None) -> list[np.ndarray]:
     """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default)."""
     from emojidiff_pipeline import EmojiDiffAdapter
 
-    id_only = spec.endswith("@id_only")
-    folder = spec[: -len("@id_only")] if id_only else spec
+    folder, expression_scale = parse_row_spec(spec)
     if folder == "base":
         if pipe.emoji_adapter is not None:
             pipe.unload_emoji_adapter()
@@ -138,7 +154,7 @@ def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = No
         kwargs = dict(size)
         if folder != "base":
             kwargs.update(identity_image=[[c.reference] for c in chunk], expression_image=[c.template for c in chunk],
-                          expression_scale=0.0 if id_only else 1.0)  # fmt: skip
+                          expression_scale=expression_scale)  # fmt: skip
         gens = [torch.Generator().manual_seed(args.seed * 100_000 + start + k) for k in range(len(chunk))]
         out = pipe([c.prompt for c in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                    generator=gens, output_type="np", **kwargs).images  # fmt: skip
