@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 from face_standins import make_arcface_standin, write_model_pack
 from tiny_models import tiny_adapter, tiny_components
 
@@ -23,13 +22,7 @@ import evaluate  # noqa: E402
 SCORER = "idi_standins:colour_scorer"  # factory() -> scorer(images, kps) -> (N, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _portrait(seed: int, smile: float = 0.0) -> np.ndarray:

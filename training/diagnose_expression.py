@@ -33,6 +33,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=256, help="cached training rows for the loss comparison")
     p.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500, 700])
     p.add_argument("--probe_photos", type=int, default=3000)
+    p.add_argument("--face_loss_weight", type=float, default=6.0,
+                   help="weight of the face-weighted loss when the cache has target keypoints (as the run trained)")
     p.add_argument("--out", default="docs/results/expression_diagnosis.md")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(input_args)
@@ -45,7 +47,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed: int) -> dict[int, dict[str, float]]:
+def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed: int,
+               face_loss_weight: float = 6.0) -> dict[int, dict[str, float]]:  # fmt: skip
     """Mean stage-1 loss (face-weighted when the cache has target keypoints) per timestep and template condition."""
     from emojidiff_pipeline.attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
     from emojidiff_pipeline.layers import unet_layers
@@ -62,7 +65,7 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
     latents, b = cache["latents"][idx], len(idx)
     noise = torch.randn(latents.shape, generator=g)
     resolution = int(cache["add_time_ids"][0, 0])
-    weights = (face_loss_weights(cache["target_kps"][idx], latents.shape[-2:], resolution, 6.0)
+    weights = (face_loss_weights(cache["target_kps"][idx], latents.shape[-2:], resolution, face_loss_weight)
                if "target_kps" in cache else torch.ones(b, 1, *latents.shape[-2:]))  # fmt: skip
     text = cache["prompt_embeds"][cache["prompt_index"][idx]]
     added = {"text_embeds": cache["pooled"][cache["prompt_index"][idx]], "time_ids": cache["add_time_ids"].expand(b, -1)}
@@ -129,7 +132,8 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
     adapter = EmojiDiffAdapter.from_pretrained(args.adapter).eval()
-    losses = loss_table(pipe, adapter, load_file(args.cache), args.rows, args.timesteps, args.seed)
+    losses = loss_table(pipe, adapter, load_file(args.cache), args.rows, args.timesteps, args.seed,
+                        args.face_loss_weight)  # fmt: skip
     probe = expression_probe(pipe, Path(args.collection), args.probe_photos, args.seed)
     command = "python training/diagnose_expression.py " + " ".join(shlex.quote(a) for a in args.argv)
     report = {"losses": losses, "probe": probe, "command": command}

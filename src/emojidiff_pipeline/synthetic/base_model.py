@@ -893,14 +893,11 @@ def face_weight_map(kps: torch.Tensor, size: int, weight: float) -> torch.Tensor
     """Per-pixel loss weights (B, 1, size, size): 1 + `weight` near the eyes, nose and mouth (Gaussian bumps of
     0.35 interocular distances around the 5 keypoints and the mouth centre), so that a small autoencoder spends
     its capacity on the details that carry identity and expression. Keypoints: (B, 5, 2) pixel coordinates."""
+    from ..train.stage1 import keypoint_bumps
+
     pts = torch.cat([kps, kps[:, 3:5].mean(1, keepdim=True)], 1)  # (B, 6, 2)
     iod = (kps[:, 1] - kps[:, 0]).norm(dim=-1).clamp_min(1.0)  # (B,)
-    sigma = (0.35 * iod)[:, None, None, None]
-    idx = torch.arange(size, dtype=torch.float32)
-    dx = idx.view(1, 1, 1, size) - pts[..., 0].view(-1, pts.shape[1], 1, 1)
-    dy = idx.view(1, 1, size, 1) - pts[..., 1].view(-1, pts.shape[1], 1, 1)
-    bumps = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)).amax(1, keepdim=True)  # (B, 1, S, S)
-    return 1.0 + weight * bumps
+    return 1.0 + weight * keypoint_bumps(pts, 0.35 * iod, (size, size), size)
 
 
 def vae_loss(
@@ -1104,7 +1101,7 @@ def train_unet(
     resume: bool = False,
     step_callback: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Train the two text encoders and the UNet jointly with the epsilon loss on cached latents (caption dropout to
+    """Train the two text encoders and the UNet jointly with the diffusion loss of `config.prediction_type` on cached latents (caption dropout to
     the zero prompt for classifier-free guidance, optional Min-SNR weighting and EMA); writes checkpoints and
     ``final/`` (tokenizer, text_encoder, text_encoder_2, unet; EMA weights when enabled)."""
     stage_dir = Path(stage_dir)

@@ -145,17 +145,22 @@ def target_keypoints(face_analyzer, triplets: list[Triplet], resolution: int) ->
     return torch.stack(out).float()
 
 
+def keypoint_bumps(points: torch.Tensor, sigma: torch.Tensor, grid_size: tuple[int, int], image_size: int) -> torch.Tensor:
+    """(B, 1, h, w) in [0, 1]: the largest Gaussian bump (std `sigma` (B,), in pixels) over `points` (B, P, 2, pixel
+    (x, y) at `image_size`), sampled at the centres of an h x w grid over the image (pixel centres when h = size)."""
+    h, w = grid_size
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * image_size / h - 0.5
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * image_size / w - 0.5
+    dx = xs.view(1, 1, 1, w) - points[..., 0].view(-1, points.shape[1], 1, 1)
+    dy = ys.view(1, 1, h, 1) - points[..., 1].view(-1, points.shape[1], 1, 1)
+    return torch.exp(-(dx**2 + dy**2) / (2 * sigma.view(-1, 1, 1, 1) ** 2)).amax(1, keepdim=True)
+
+
 def face_loss_weights(kps: torch.Tensor, latent_size: tuple[int, int], resolution: int, face_weight: float) -> torch.Tensor:
-    """Per-latent-cell loss weights (B, 1, h, w): ``1 + face_weight * g`` where g in [0, 1] is the largest Gaussian
-    bump (sigma = 0.35 x eye distance) over the five keypoints `kps` (B, 5, 2, pixels at `resolution`)."""
-    h, w = latent_size
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * resolution / h - 0.5
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * resolution / w - 0.5
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
-    sigma = 0.35 * (kps[:, 0] - kps[:, 1]).norm(dim=-1).clamp(min=1.0)  # (B,)
-    d2 = ((grid[None, None] - kps[:, :, None, None]) ** 2).sum(-1)  # (B, 5, h, w)
-    bump = torch.exp(-d2 / (2 * sigma[:, None, None, None] ** 2)).amax(dim=1, keepdim=True)
-    return 1.0 + face_weight * bump
+    """Per-latent-cell loss weights (B, 1, h, w): ``1 + face_weight * g`` with g the :func:`keypoint_bumps` of the five
+    keypoints `kps` (B, 5, 2, pixels at `resolution`), sigma = 0.35 x eye distance."""
+    sigma = 0.35 * (kps[:, 0] - kps[:, 1]).norm(dim=-1).clamp(min=1.0)
+    return 1.0 + face_weight * keypoint_bumps(kps, sigma, tuple(latent_size), resolution)
 
 
 def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path,
