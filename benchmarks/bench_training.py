@@ -69,7 +69,7 @@ def main(argv=None) -> None:
             config = Stage1Config(max_steps=args.warmup, batch_size=args.batch_size, checkpointing_steps=10**9)
             train_stage1(Accelerator(cpu=True), pipe, adapter, cache, config, Path(tmp))  # warm-up
             config = Stage1Config(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
-                                  checkpointing_steps=10**9)  # fmt: skip
+                                  checkpointing_steps=10**9, overwrite_output_dir=True)  # fmt: skip
             start = time.perf_counter()
             train_stage1(Accelerator(cpu=True), pipe, adapter, cache, config, Path(tmp))
             seconds = time.perf_counter() - start

@@ -152,7 +152,8 @@ def test_guidance_batch_layout_uses_null_tokens_for_negative_half(pipe):
     key = name.replace(".", "__")
     with torch.no_grad():
         null_id = heads_view(adapter.identity_kv[key]["to_k"](adapter.identity_null_tokens[None]))
-        null_exp_v = heads_view(adapter.expression_kv[key]["to_v"](adapter.expression_null_tokens[None]))
+        gate = adapter.expression_gates[key]  # values carry the layer's gate
+        null_exp_v = heads_view(adapter.expression_kv[key]["to_v"](adapter.expression_null_tokens[None]) * gate)
         out = adapter(ids, exp)
     for i in range(2):  # negative half: null tokens for both branches
         torch.testing.assert_close(cache.identity_key[i], null_id[0])

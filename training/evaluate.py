@@ -59,7 +59,12 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--title", default="EmojiDiff in the synthetic world: held-out identities and templates")
     p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
     p.add_argument("--num_identities", type=int, default=16)
-    p.add_argument("--num_templates", type=int, default=8)
+    p.add_argument("--num_templates", type=int, default=64,
+                   help="held-out templates (synthetic world: the first 44 show one factor each, covering all 11)")
+    p.add_argument("--no_probe", action="store_true", help="skip the controlled template probe (adapter rows)")
+    p.add_argument("--expression_encoder", default=None,
+                   help="'module:factory' ExpressionEncoder for adapters with a code stream (synthetic world: the "
+                        "world's train-side estimator by default)")  # fmt: skip
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance_scale", type=float, default=5.0)
     p.add_argument("--batch_size", type=int, default=16)
@@ -133,20 +138,30 @@ def parse_row_spec(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
-def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None) -> list[np.ndarray]:
-    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default)."""
+def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
+    """Put a row's adapter (or none, for ``base``) on `pipe`, with the face analyzer and, for a code stream, the
+    expression encoder (a callable returning one, so it loads only when needed)."""
     from emojidiff_pipeline import EmojiDiffAdapter
 
-    folder, expression_scale = parse_row_spec(spec)
     if folder == "base":
         if pipe.emoji_adapter is not None:
             pipe.unload_emoji_adapter()
-    elif resolution is None:
-        pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(folder))
-    else:  # user data: the pipeline may sit on a GPU in fp16 (ModelMixin.to would warn on any dtype)
+    else:  # the pipeline may sit on a GPU in fp16 (ModelMixin.to would warn on any dtype)
         adapter = EmojiDiffAdapter.from_pretrained(folder)
         pipe.set_emoji_adapter(torch.nn.Module.to(adapter, device=pipe.unet.device, dtype=pipe.unet.dtype))
+        if adapter.uses_code_stream:
+            if expression_encoder is None:
+                raise ValueError(f"--row {folder}: the adapter has a code stream (encoder "
+                                 f"{adapter.config.expression_encoder!r}); pass --expression_encoder.")  # fmt: skip
+            pipe.set_expression_encoder(expression_encoder())
     pipe.set_face_analyzer(face)
+
+
+def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None,
+                 expression_encoder=None) -> list[np.ndarray]:  # fmt: skip
+    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default)."""
+    folder, expression_scale = parse_row_spec(spec)
+    attach_row(pipe, folder, face, expression_encoder)
     size = {} if resolution is None else {"height": resolution, "width": resolution}
     images = []
     for start in range(0, len(cases), args.batch_size):
@@ -277,7 +292,8 @@ def main_user(args: argparse.Namespace) -> dict:
     for spec in args.row:
         name, row_spec = spec.split("=", 1)
         logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
-        images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution)
+        images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution,
+                              expression_encoder=load_encoder_factory(args.expression_encoder))  # fmt: skip
         rows[name] = score_row(images, cases, inst)
         save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
         logger.info("row %s: %s", name, rows[name])
@@ -297,39 +313,66 @@ def main_user(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> dict:
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
-    from emojidiff_pipeline.synthetic.cases import held_out_cases, save_grid
+    from emojidiff_pipeline.evaluation import (
+        Instruments,
+        same_person_similarity,
+        score_row,
+        template_use_probe,
+        write_report,
+    )
+    from emojidiff_pipeline.synthetic.cases import expression_benchmark, save_grid
     from emojidiff_pipeline.synthetic.instruments import classify_styles
-    from emojidiff_pipeline.synthetic.load import BASE_DIR, expression_scorer, load_world
+    from emojidiff_pipeline.synthetic.load import BASE_DIR, expression_encoder, expression_scorer, load_world
+    from emojidiff_pipeline.synthetic.renderer import EXPRESSION_FIELDS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if getattr(args, "references", None) is not None:
         return main_user(args)
     world = load_world()
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
-    cases, pairs = held_out_cases(args.num_identities, args.num_templates, args.seed)
+    cases, pairs, lines = expression_benchmark(args.num_identities, args.num_templates, args.seed)
     style = world.instrument("style")
     inst = Instruments(
         face=world.eval_face,
         expression=expression_scorer("eval"),
         style=lambda images: classify_styles(style, np.stack(images))["labels"],
+        expression_fields=EXPRESSION_FIELDS,
     )
-    rows = {}
+    encoder = load_encoder_factory(args.expression_encoder) or (lambda: expression_encoder("train"))
     out = Path(args.out)
+    # reference lines: what ignoring the template scores, and what a perfect output scores
+    references = {"ref_neutral_face": score_row(lines["neutral"], cases, inst),
+                  "ref_perfect_output": score_row(lines["perfect"], cases, inst)}  # fmt: skip
+    rows, probes = {}, {}
     for spec in args.row:
         name, row_spec = spec.split("=", 1)
         logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
-        images = generate_row(pipe, row_spec, cases, world.train_face, args)
+        images = generate_row(pipe, row_spec, cases, world.train_face, args, expression_encoder=encoder)
         rows[name] = score_row(images, cases, inst)
         save_grid(images, cases, out / f"grid_{name}.png", args.grid)
-        logger.info("row %s: %s", name, rows[name])
+        folder, scale = parse_row_spec(row_spec)
+        if folder != "base" and scale == 1.0 and not args.no_probe:
+            probes[name] = template_use_probe(pipe, cases, lines["perfect"], lines["probe_template"], seed=args.seed)
+        logger.info("row %s: %s %s", name, rows[name], probes.get(name, ""))
     extra = {
         "same_person_identity_similarity": round(same_person_similarity(pairs, world.eval_face), 4),
-        "cases": f"{args.num_identities} held-out identities x {args.num_templates} held-out templates",
+        "cases": f"{args.num_identities} held-out identities x {args.num_templates} held-out templates "
+                 "(44 single-factor templates covering all 11 factors, the rest random)",
+        "reference_lines": references,
+        "template_probe": probes,
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title)
     return {"rows": rows, **extra}
+
+
+def load_encoder_factory(spec: str | None):
+    """--expression_encoder 'module:factory' -> a zero-argument loader of the encoder, or None."""
+    if spec is None:
+        return None
+    from emojidiff_pipeline.expression import load_expression_encoder
+
+    return lambda: load_expression_encoder(spec, "--expression_encoder")
 
 
 if __name__ == "__main__":

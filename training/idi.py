@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         load_callable,
     )
     from emojidiff_pipeline.train.stage1 import run_stage1
-    from emojidiff_pipeline.train.triplets import read_triplets
+    from emojidiff_pipeline.train.triplets import read_triplets, strip_prompt_phrases
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = setup.make_accelerator(args)
@@ -85,6 +85,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         generation_adapter = args.adapter if r == 0 else str(out / f"round-{r - 1}" / "stage1" / "adapter")
         pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
         pipe.set_emoji_adapter(setup.build_adapter(args, pipe, generation_adapter))
+        encoder = setup.build_expression_encoder(args) if pipe.emoji_adapter.uses_code_stream else None
+        pipe.set_expression_encoder(encoder)
         swapper = (INSwapperBackend(args.swapper_model) if args.swapper == "inswapper"
                    else DiffusionReIDBackend(pipe, args.reid_strength, args.num_inference_steps, args.guidance_scale))  # fmt: skip
         config = RoundConfig(
@@ -108,11 +110,16 @@ def main(args: argparse.Namespace) -> list[dict]:
                     for t in read_triplets(out / f"round-{k}" / "data" / "triplets.jsonl")]  # fmt: skip
         if not triplets:
             raise RuntimeError(f"IDI accepted no pair up to round {r}; loosen the filters ({filters}).")
+        if args.strip_prompt_words:
+            triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
         stage1_dir = round_dir / "stage1"
         resume = "latest" if any(stage1_dir.glob("checkpoint-*[0-9]")) else None
         adapter = setup.build_adapter(args, pipe, generation_adapter)
-        run_stage1(accelerator, pipe, adapter, triplets, face, args.resolution, stage1_dir,
-                   setup.stage1_config(args, args.steps_per_round), resume)  # fmt: skip
+        stage1_config = setup.stage1_config(args, args.steps_per_round)
+        stage1_config.overwrite_output_dir = resume is None  # the round's own folder: a run cut before its first
+        # checkpoint restarts from scratch
+        run_stage1(accelerator, pipe, adapter, triplets, face, args.resolution, stage1_dir, stage1_config, resume,
+                   expression_encoder=encoder)
     return summaries
 
 

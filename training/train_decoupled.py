@@ -18,7 +18,12 @@ import logging
 from pathlib import Path
 
 from emojidiff_pipeline.train import setup
-from emojidiff_pipeline.train.triplets import read_triplets, same_identity_triplets, write_triplets
+from emojidiff_pipeline.train.triplets import (
+    read_triplets,
+    same_identity_triplets,
+    strip_prompt_phrases,
+    write_triplets,
+)
 
 logger = logging.getLogger("train_decoupled")
 
@@ -46,11 +51,13 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> list[float]:
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.train.stage1 import run_stage1
+    from emojidiff_pipeline.train.stage1 import prepare_run_folder, run_stage1
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = setup.make_accelerator(args)
     output_dir = Path(args.output_dir)
+    if not args.overwrite_output_dir:  # refuse another run's folder before writing anything (else: cleared later)
+        prepare_run_folder(output_dir, bool(args.resume_from_checkpoint), overwrite=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.same_identity_from:
         records = [json.loads(line) for line in Path(args.same_identity_from).read_text().splitlines() if line.strip()]
@@ -61,12 +68,15 @@ def main(args: argparse.Namespace) -> list[float]:
         triplets = read_triplets(output_dir / "triplets.jsonl")
     else:
         triplets = read_triplets(args.triplets)
+    if args.strip_prompt_words:
+        triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
     logger.info("%d triplets", len(triplets))
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
     adapter = setup.build_adapter(args, pipe)
+    encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
     return run_stage1(
         accelerator, pipe, adapter, triplets, setup.build_face_analyzer(args), args.resolution, output_dir,
-        setup.stage1_config(args, args.max_steps), args.resume_from_checkpoint,
+        setup.stage1_config(args, args.max_steps), args.resume_from_checkpoint, expression_encoder=encoder,
     )  # fmt: skip
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,67 @@ from .layers import LayerSpec, select_layers, unet_layers
 def _module_key(layer_name: str) -> str:
     """Processor name -> ModuleDict key (ModuleDict keys cannot contain '.'); reversible since names hold no '__'."""
     return layer_name.replace(".", "__")
+
+
+def check_tensor_shapes(expected: dict, found: dict, where: str, source, model: str) -> None:
+    """Raise ``ValueError`` naming the first tensor that `source` (the file(s) holding `found`) lacks, holds in
+    excess, or holds at another shape than `model` (whose tensors are `expected`); both map name -> shape."""
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise ValueError(
+            f"{where}: {source} lacks the tensor {missing[0]!r} (shape {tuple(expected[missing[0]])}) that {model} "
+            f"has ({len(missing)} missing in all). The weights are incomplete or belong to another adapter "
+            "configuration."
+        )
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        raise ValueError(
+            f"{where}: {source} holds the tensor {unexpected[0]!r}, which {model} does not have ({len(unexpected)} "
+            "unexpected in all). The weights belong to another adapter configuration."
+        )
+    wrong = [k for k in expected if tuple(found[k]) != tuple(expected[k])]
+    if wrong:
+        raise ValueError(
+            f"{where}: the tensor {wrong[0]!r} has shape {tuple(found[wrong[0]])} in {source} but "
+            f"{tuple(expected[wrong[0]])} in {model} ({len(wrong)} mismatched in all)."
+        )
+
+
+_HUB_KWARGS = ("subfolder", "cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+def _safetensors_shapes(pretrained_model_name_or_path, variant: str | None, hub: dict):
+    """(file(s), {tensor name: shape}) read from the safetensors header(s) of a model folder (single file or
+    sharded with an index), without loading any tensor; None when there is no weights file."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, _add_variant, _get_model_file
+    from safetensors import safe_open
+
+    def resolve(name):
+        try:
+            return _get_model_file(pretrained_model_name_or_path, weights_name=name, **hub)
+        except OSError:
+            return None
+
+    files = [resolve(_add_variant(SAFETENSORS_WEIGHTS_NAME, variant))]
+    if files[0] is None:
+        index = resolve(_add_variant(SAFE_WEIGHTS_INDEX_NAME, variant))
+        if index is None:
+            return None
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise OSError(f"{index} is not a valid safetensors index ({err}).") from err
+        files = [resolve(shard) or os.path.join(os.path.dirname(index), shard) for shard in shards]
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except Exception as err:  # SafetensorError and OSError: the header cannot be read
+            raise OSError(f"{file} cannot be read as safetensors ({err}).") from err
+    return files[0] if len(files) == 1 else files, shapes
 
 
 class IdentityProjection(nn.Module):
@@ -93,6 +157,31 @@ class ExpressionResampler(nn.Module):
         return self.norm_out(self.proj_out(latents))  # (B, N, C)
 
 
+class ExpressionCodeProjection(nn.Module):
+    """Expression code(s) from an expression encoder -> expression tokens: (B, K) -> (B, N, C).
+
+    The code stream of the expression branch: a low-dimensional code (blendshapes, action units, the synthetic
+    world's factors) carries the expression and little else, so the branch cannot fall back on copying the
+    template person's identity or style, and it has no mean-pool start to collapse to.
+    """
+
+    def __init__(self, code_dim: int, cross_attention_dim: int, num_tokens: int, hidden_dim: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.cross_attention_dim = cross_attention_dim
+        self.proj = nn.Sequential(
+            nn.Linear(code_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
+        )
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = self.proj(codes).view(codes.shape[0], self.num_tokens, self.cross_attention_dim)  # (B, N, C)
+        return self.norm(x)
+
+
+EXPRESSION_STREAMS = ("image", "code", "both")
+
+
 @dataclass
 class AdapterOutput:
     """Per-call adapter output. Tokens are (B, N, C); key/values are (B, N, hidden_size) per processor name."""
@@ -116,6 +205,19 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         num_expression_tokens (`int`, defaults to 16): expression tokens per template.
         resampler_dim (`int`, defaults to 768), resampler_depth (`int`, defaults to 4),
         resampler_heads (`int`, defaults to 12): the expression resampler's width, depth and heads.
+        expression_streams (`str`, defaults to `"image"`): how the template reaches the expression branch, one of
+            `EXPRESSION_STREAMS`: `"image"` (image-encoder patch tokens through the resampler, the paper's),
+            `"code"` (an expression encoder's code vector projected to tokens) or `"both"` (tokens concatenated).
+        expression_code_dim (`int`, *optional*): width of the expression code; required with a code stream.
+        expression_encoder (`str`, *optional*): name of the expression encoder the code stream was trained with;
+            the pipeline refuses an encoder of another name.
+        num_expression_code_tokens (`int`, defaults to 4): tokens the code stream adds.
+        zero_init_gates (`bool`, defaults to `False`): give every adapted layer a learned per-branch gate on its
+            values, zero at init (ReZero), so an untrained adapter reproduces the base exactly and training never
+            has to un-learn a random perturbation. `from_unet` turns it on.
+        template_crop (`str`, defaults to `"arcface"`): geometry of the template crop the image stream sees, one of
+            `emojidiff_pipeline.face.EXPRESSION_CROPS`; `from_unet` uses `"eyes_nose"` (aligned on expression-invariant
+            points, brows and chin kept). The pipeline and training crop templates with the adapter's geometry.
 
     Null tokens (learned, zero at init, so an untrained adapter contributes exactly nothing through them) stand in
     for a dropped branch in training and for the negative half of classifier-free guidance.
@@ -136,6 +238,12 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         resampler_dim: int = 768,
         resampler_depth: int = 4,
         resampler_heads: int = 12,
+        expression_streams: str = "image",
+        expression_code_dim: int | None = None,
+        expression_encoder: str | None = None,
+        num_expression_code_tokens: int = 4,
+        zero_init_gates: bool = False,
+        template_crop: str = "arcface",
     ):
         super().__init__()
         for arg, value in (
@@ -147,9 +255,22 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             ("resampler_dim", resampler_dim),
             ("resampler_depth", resampler_depth),
             ("resampler_heads", resampler_heads),
+            ("num_expression_code_tokens", num_expression_code_tokens),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{arg}` must be a positive int, got {value!r}.")
+        if expression_streams not in EXPRESSION_STREAMS:
+            raise ValueError(f"`expression_streams` must be one of {EXPRESSION_STREAMS}, got {expression_streams!r}.")
+        if expression_streams != "image":
+            if isinstance(expression_code_dim, bool) or not isinstance(expression_code_dim, int) or expression_code_dim <= 0:
+                raise ValueError(
+                    f"`expression_streams`={expression_streams!r} needs `expression_code_dim` (a positive int, the "
+                    f"expression encoder's code width), got {expression_code_dim!r}."
+                )
+        if template_crop not in ("arcface", "eyes_nose"):
+            raise ValueError(f"`template_crop` must be 'arcface' or 'eyes_nose', got {template_crop!r}.")
+        if expression_encoder is not None and not isinstance(expression_encoder, str):
+            raise ValueError(f"`expression_encoder` must be a name (str) or None, got {expression_encoder!r}.")
         if resampler_dim % resampler_heads:
             raise ValueError(f"`resampler_dim` ({resampler_dim}) must be divisible by `resampler_heads` ({resampler_heads}).")
         for arg, layers in (("identity_layers", identity_layers), ("expression_layers", expression_layers)):
@@ -159,11 +280,20 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             raise ValueError("`identity_layers` and `expression_layers` are both empty: the adapter would do nothing.")
 
         self.identity_proj = IdentityProjection(identity_embed_dim, cross_attention_dim, num_identity_tokens)
-        self.expression_resampler = ExpressionResampler(
-            image_embed_dim, cross_attention_dim, num_expression_tokens, resampler_dim, resampler_depth, resampler_heads
-        )
+        num_exp_tokens = 0
+        if expression_streams in ("image", "both"):
+            self.expression_resampler = ExpressionResampler(
+                image_embed_dim, cross_attention_dim, num_expression_tokens, resampler_dim, resampler_depth,
+                resampler_heads,
+            )  # fmt: skip
+            num_exp_tokens += num_expression_tokens
+        if expression_streams in ("code", "both"):
+            self.expression_code_proj = ExpressionCodeProjection(
+                expression_code_dim, cross_attention_dim, num_expression_code_tokens, identity_embed_dim * 2
+            )
+            num_exp_tokens += num_expression_code_tokens
         self.identity_null_tokens = nn.Parameter(torch.zeros(num_identity_tokens, cross_attention_dim))
-        self.expression_null_tokens = nn.Parameter(torch.zeros(num_expression_tokens, cross_attention_dim))
+        self.expression_null_tokens = nn.Parameter(torch.zeros(num_exp_tokens, cross_attention_dim))
 
         def kv(layers):
             return nn.ModuleDict(
@@ -180,6 +310,11 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
 
         self.identity_kv = kv(identity_layers)
         self.expression_kv = kv(expression_layers)
+        if zero_init_gates:  # per layer, per branch: values are multiplied by the gate (0 at init)
+            self.identity_gates = nn.ParameterDict({_module_key(n): nn.Parameter(torch.zeros(1)) for n in identity_layers})
+            self.expression_gates = nn.ParameterDict(
+                {_module_key(n): nn.Parameter(torch.zeros(1)) for n in expression_layers}
+            )
 
     @classmethod
     def from_unet(
@@ -192,12 +327,15 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         """Build an adapter for `unet`, with new key/values initialised from the frozen `to_k` / `to_v` weights.
 
         `identity_layers` / `expression_layers` take any spec of :func:`emojidiff_pipeline.layers.select_layers`.
-        Other keyword arguments go to the constructor. Works on a UNet built under ``init_empty_weights`` (the
+        Other keyword arguments go to the constructor (`zero_init_gates` defaults to True here, so the new adapter
+        is an exact no-op until trained). Works on a UNet built under ``init_empty_weights`` (the
         adapter is then on the meta device too).
         """
         layers = unet_layers(unet)
         cross_dims = {info.cross_attention_dim for info in layers.values() if info.is_cross_attention}
         cross_attention_dim = kwargs.pop("cross_attention_dim", None) or max(cross_dims)
+        kwargs.setdefault("zero_init_gates", True)
+        kwargs.setdefault("template_crop", "eyes_nose")
         adapter = cls(
             cross_attention_dim=cross_attention_dim,
             identity_layers=select_layers(layers, identity_layers, arg_name="identity_layers"),
@@ -222,16 +360,47 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         if kwargs.get("use_safetensors") is False:
             raise ValueError("`use_safetensors=False` is not supported: EmojiDiff adapters load from safetensors only.")
         kwargs["use_safetensors"] = True
+        where = f"`pretrained_model_name_or_path`={str(pretrained_model_name_or_path)!r}" + (
+            f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else ""
+        )
         try:
+            cls._check_checkpoint(pretrained_model_name_or_path, where, kwargs)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
             raise OSError(
-                f"Could not load an EmojiDiffAdapter from `pretrained_model_name_or_path`="
-                f"{str(pretrained_model_name_or_path)!r}"
-                + (f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else "")
-                + f": {err} The folder needs config.json and diffusion_pytorch_model.safetensors; a file that "
-                "cannot be read is corrupt or truncated."
+                f"Could not load an EmojiDiffAdapter from {where}: {err} The folder needs config.json and "
+                "diffusion_pytorch_model.safetensors; a file that cannot be read is corrupt or truncated."
             ) from err
+
+    @classmethod
+    def _check_checkpoint(cls, pretrained_model_name_or_path, where: str, kwargs: dict) -> None:
+        """Refuse a folder whose config.json is not an adapter's, or whose safetensors does not hold exactly the
+        tensors (names and shapes) of the adapter that config builds (diffusers would only warn and leave missing
+        parameters on the meta device). The adapter is built on the meta device; tensors are read from the header."""
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        config = cls.load_config(pretrained_model_name_or_path, **hub)
+        required = [
+            n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+        ]  # fmt: skip
+        absent = [n for n in required if n not in config]
+        if absent:
+            described = f" (it describes a {config['_class_name']})" if config.get("_class_name") else ""
+            raise ValueError(
+                f"{where} is not an EmojiDiff adapter folder: its config.json has no {absent}{described}. Pass the "
+                "adapter's folder (e.g. `<pipeline>/emoji_adapter` or `<run>/adapter`)."
+            )
+        try:
+            with torch.device("meta"):
+                model = cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: its config.json does not describe a valid EmojiDiffAdapter: {err}") from err
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = _safetensors_shapes(pretrained_model_name_or_path, kwargs.get("variant"), hub)
+        if found is None:
+            return  # no weights file: diffusers' own loader raises the OSError
+        files, found = found
+        check_tensor_shapes(expected, found, where, files, "the adapter described by its config.json")
 
     @property
     def identity_layer_names(self) -> list[str]:
@@ -268,19 +437,80 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         keep = keep.to(device=tokens.device, dtype=torch.bool).view(-1, 1, 1)
         return torch.where(keep, tokens, null.to(tokens.dtype).unsqueeze(0))
 
+    @property
+    def uses_image_stream(self) -> bool:
+        """Whether the expression branch takes image-encoder patch tokens (`expression_image_embeds`)."""
+        return self.config.expression_streams in ("image", "both")
+
+    @property
+    def uses_code_stream(self) -> bool:
+        """Whether the expression branch takes expression codes (`expression_codes`) from an expression encoder."""
+        return self.config.expression_streams in ("code", "both")
+
+    def _key_values(self, tokens: torch.Tensor, kv: nn.ModuleDict, gates: nn.ParameterDict | None) -> dict:
+        """Tokens (B, N, C) -> {processor name: (key, value)} (B, N, hidden); values times the layer's gate."""
+        out = {}
+        for key, m in kv.items():
+            value = m["to_v"](tokens)
+            if gates is not None:
+                value = value * gates[key].to(value.dtype)
+            out[key.replace("__", ".")] = (m["to_k"](tokens), value)
+        return out
+
+    def encode_expression(
+        self, expression_image_embeds: torch.Tensor | None, expression_codes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The expression branch's tokens (B, N, C) from the streams this adapter uses, concatenated image first.
+
+        Args:
+            expression_image_embeds: (B, P, image_embed_dim) patch tokens (image stream).
+            expression_codes: (B, expression_code_dim) codes (code stream).
+        """
+        streams = self.config.expression_streams
+        for name, value, used in (("expression_image_embeds", expression_image_embeds, self.uses_image_stream),
+                                  ("expression_codes", expression_codes, self.uses_code_stream)):  # fmt: skip
+            if value is not None and not used:
+                raise ValueError(f"`{name}` was given but this adapter's expression branch uses the {streams!r} stream.")
+        tokens = []
+        if self.uses_image_stream:
+            if expression_image_embeds is None:
+                raise ValueError(f"This adapter's expression branch ({streams!r} streams) needs `expression_image_embeds`.")
+            tokens.append(self.expression_resampler(expression_image_embeds))
+        if self.uses_code_stream:
+            if expression_codes is None:
+                raise ValueError(
+                    f"This adapter's expression branch ({streams!r} streams) needs `expression_codes` from the "
+                    f"expression encoder {self.config.expression_encoder!r}."
+                )
+            if expression_codes.ndim != 2 or expression_codes.shape[-1] != self.config.expression_code_dim:
+                raise ValueError(
+                    f"`expression_codes` must have shape (batch, {self.config.expression_code_dim}), got "
+                    f"{tuple(expression_codes.shape)}."
+                )
+            tokens.append(self.expression_code_proj(expression_codes.to(self.expression_null_tokens.dtype)))
+        if len(tokens) == 2 and tokens[0].shape[0] != tokens[1].shape[0]:
+            raise ValueError(
+                f"`expression_image_embeds` has batch {tokens[0].shape[0]} but `expression_codes` has batch "
+                f"{tokens[1].shape[0]}."
+            )
+        return torch.cat(tokens, dim=1)
+
     def forward(
         self,
         identity_embeds: torch.Tensor | None = None,
         expression_image_embeds: torch.Tensor | None = None,
         identity_keep: torch.Tensor | None = None,
         expression_keep: torch.Tensor | None = None,
+        expression_codes: torch.Tensor | None = None,
     ) -> AdapterOutput:
         """Encode both branches and compute every adapted layer's key/values, once per pipeline call.
 
         Args:
             identity_embeds: (B, n_ref, identity_embed_dim) face embeddings, or None to skip the identity branch.
-            expression_image_embeds: (B, P, image_embed_dim) image-encoder patch tokens of the expression template,
-                or None to skip the expression branch.
+            expression_image_embeds: (B, P, image_embed_dim) image-encoder patch tokens of the expression template
+                (image stream).
+            expression_codes: (B, expression_code_dim) expression-encoder codes of the template (code stream).
+                The expression branch is skipped when neither is given.
             identity_keep / expression_keep: (B,) bool; False rows use the null tokens (branch dropout in training,
                 the negative half of classifier-free guidance at inference).
         Returns:
@@ -292,16 +522,13 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             identity_tokens = self._branch_tokens(
                 self.identity_proj(identity_embeds), self.identity_null_tokens, identity_keep
             )
-            identity_kv = {
-                key.replace("__", "."): (m["to_k"](identity_tokens), m["to_v"](identity_tokens))
-                for key, m in self.identity_kv.items()
-            }
-        if expression_image_embeds is not None:
+            identity_kv = self._key_values(identity_tokens, self.identity_kv, getattr(self, "identity_gates", None))
+        if expression_image_embeds is not None or expression_codes is not None:
             expression_tokens = self._branch_tokens(
-                self.expression_resampler(expression_image_embeds), self.expression_null_tokens, expression_keep
+                self.encode_expression(expression_image_embeds, expression_codes), self.expression_null_tokens,
+                expression_keep,
+            )  # fmt: skip
+            expression_kv = self._key_values(
+                expression_tokens, self.expression_kv, getattr(self, "expression_gates", None)
             )
-            expression_kv = {
-                key.replace("__", "."): (m["to_k"](expression_tokens), m["to_v"](expression_tokens))
-                for key, m in self.expression_kv.items()
-            }
         return AdapterOutput(identity_tokens, expression_tokens, identity_kv, expression_kv)

@@ -53,6 +53,7 @@ class EmojiDiffConditioning:
         identity_scale: Mapping[str, float],
         expression_scale: Mapping[str, float],
         expression_mask: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "EmojiDiffConditioning":
         """Reshape each layer's key/values to heads and fold in the branch scales, dropping branches at scale 0.
 
@@ -61,12 +62,13 @@ class EmojiDiffConditioning:
             layer_infos: processor name -> :class:`LayerInfo` (heads).
             identity_scale / expression_scale: processor name -> scale for that layer.
             expression_mask: optional (B, 1, h, w) mask at latent resolution, 1 where expression attention applies.
+            dtype: cast the key/values to this dtype (the UNet's), when the adapter runs in another one.
         """
 
         def heads(name, kv, scale):
             if kv is None or scale == 0.0:
                 return None, None
-            k, v = kv
+            k, v = kv if dtype is None else (kv[0].to(dtype), kv[1].to(dtype))
             b, n, hidden = k.shape
             h = layer_infos[name].heads
             k = k.view(b, n, h, hidden // h).transpose(1, 2)  # (B, heads, n, head_dim)

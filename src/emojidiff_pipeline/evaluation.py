@@ -34,6 +34,7 @@ class Case:
     template_style: dict = field(default_factory=dict)  # head -> value the template shows
     reference_kps: np.ndarray | None = None
     template_kps: np.ndarray | None = None
+    template_factors: np.ndarray | None = None  # (K,) ground-truth expression of the template, when known
 
 
 @dataclass
@@ -43,6 +44,16 @@ class Instruments:
     face: Any
     expression: Callable[[Sequence[np.ndarray], Sequence[Any]], np.ndarray]
     style: Callable[[Sequence[np.ndarray]], dict[str, list[str]]] | None = None
+    expression_fields: Sequence[str] | None = None  # names of the K expression outputs, for per-factor errors
+
+
+def standard_error_over(values: Sequence[float], groups: Sequence[str]) -> float:
+    """Standard error of the mean of `values` over `groups` (e.g. templates): group means, then std / sqrt(G)."""
+    by: dict[str, list[float]] = {}
+    for v, g in zip(values, groups):
+        by.setdefault(g, []).append(v)
+    means = np.array([np.mean(v) for v in by.values()])
+    return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
 
 
 def _embed(face, image, kps=None) -> np.ndarray | None:
@@ -58,6 +69,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     tpl_emb = {c.template_person: _embed(inst.face, c.template, c.template_kps) for c in cases}
     people = {**ref_emb, **tpl_emb}
     id_sim, leak, exp_err, style_leak, style_follow, failures = [], [], [], [], [], 0
+    id_groups, exp_abs = [], np.zeros((0, 0))
     gen_kps = []
     for g, c in zip(generated, cases):
         faces = inst.face.detect(g, "generated")
@@ -70,6 +82,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         e = inst.face.identity_embedding(g, "generated", kps=kps)
         if ref_emb[c.reference_person] is not None:
             id_sim.append(float(e @ ref_emb[c.reference_person]))
+            id_groups.append(c.template_person)
         strangers = [
             v for p, v in people.items() if v is not None and p not in (c.template_person, c.reference_person)
         ]
@@ -79,7 +92,8 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     if ok:
         est = inst.expression([generated[i] for i in ok] + [cases[i].template for i in ok],
                               [gen_kps[i] for i in ok] + [cases[i].template_kps for i in ok])  # fmt: skip
-        exp_err = list(np.abs(est[: len(ok)] - est[len(ok) :]).mean(axis=1))
+        exp_abs = np.abs(est[: len(ok)] - est[len(ok) :])  # (n_ok, K)
+        exp_err = list(exp_abs.mean(axis=1))
     if inst.style is not None:
         labels = inst.style(list(generated))
         for i, c in enumerate(cases):
@@ -93,9 +107,15 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     def mean(xs):
         return float(np.mean(xs)) if xs else float("nan")
 
+    per_factor = {}
+    if inst.expression_fields is not None and exp_abs.size:
+        per_factor = {name: float(exp_abs[:, k].mean()) for k, name in enumerate(inst.expression_fields)}
     return {
         "identity_similarity": mean(id_sim),
+        "identity_similarity_se": standard_error_over(id_sim, id_groups) if id_sim else float("nan"),
         "expression_error": mean(exp_err),
+        "expression_error_se": standard_error_over(exp_err, [cases[i].template_person for i in ok]) if ok else float("nan"),
+        "expression_error_per_factor": per_factor,
         "identity_leakage": mean(leak),
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
@@ -114,6 +134,14 @@ def same_person_similarity(pairs: Sequence[tuple[np.ndarray, np.ndarray, Any, An
     return float(np.mean(sims)) if sims else float("nan")
 
 
+def _cell(row: dict, col: str, not_measured: Sequence[str]) -> str:
+    value = row.get(col, float("nan"))
+    if col in not_measured and np.isnan(value):
+        return "n/a"
+    se = row.get(f"{col}_se")
+    return f"{value:.3f} +- {se:.3f}" if se is not None and np.isfinite(se) else f"{value:.3f}"
+
+
 def write_report(
     rows: dict[str, dict],
     extra: dict,
@@ -122,22 +150,126 @@ def write_report(
     title: str,
     not_measured: Sequence[str] = (),
 ) -> Path:
-    """results.json + results.md (a table of every row) under `out_dir`.
+    """results.json + results.md (a table of every row, standard errors over templates after +-) under `out_dir`.
 
-    Columns named in `not_measured` (e.g. style metrics without style labels) show NaN as "n/a" in results.md.
+    ``extra["reference_lines"]`` (rows scored on reference images, e.g. a neutral face and a perfect output) open
+    the table; rows with per-factor expression errors get a second table; ``extra["template_probe"]`` (row ->
+    :func:`template_use_probe`) a third. Columns named in `not_measured` show NaN as "n/a".
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps({"rows": rows, **extra, "command": command}, indent=1))
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps({"rows": rows, **extra, "command": command}, indent=1))
+    tmp.replace(out_dir / "results.json")
+    references = extra.get("reference_lines", {})
+    everything = {**{f"*{k}*": v for k, v in references.items()}, **rows}
     cols = ["identity_similarity", "expression_error", "identity_leakage", "style_leakage", "style_following",
             "no_face_rate"]  # fmt: skip
     lines = [f"# {title}", "", f"Written by `{command}` (do not edit by hand).", "",
              "| row | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
-    for name, r in rows.items():
-        cells = ["n/a" if c in not_measured and np.isnan(r[c]) else f"{r[c]:.3f}" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, r in everything.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(r, c, not_measured) for c in cols) + " |")
+    factors = next((list(r["expression_error_per_factor"]) for r in everything.values()
+                    if r.get("expression_error_per_factor")), [])  # fmt: skip
+    if factors:
+        lines += ["", "Expression error per factor (mean absolute error of the eval-side estimator):", "",
+                  "| row | " + " | ".join(factors) + " |", "| --- |" + " --- |" * len(factors)]  # fmt: skip
+        for name, r in everything.items():
+            pf = r.get("expression_error_per_factor") or {}
+            lines.append(f"| {name} | " + " | ".join(f"{pf[f]:.3f}" if f in pf else "" for f in factors) + " |")
+    probes = extra.get("template_probe") or {}
+    if probes:
+        lines += ["", "Controlled probe: diffusion loss on the perfect target with the right template, the same "
+                  "template person re-rendered with another expression (same style and pose), and no expression:",
+                  "", "| row | right | wrong expression | none | wrong / right - 1 | none / right - 1 |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, pr in probes.items():
+            lines.append(f"| {name} | {pr['loss_right_template']:.4f} | {pr['loss_wrong_expression_template']:.4f} | "
+                         f"{pr['loss_no_expression']:.4f} | {pr['wrong_vs_right']:+.4f} +- {pr['wrong_vs_right_se']:.4f} "
+                         f"| {pr['none_vs_right']:+.4f} +- {pr['none_vs_right_se']:.4f} |")  # fmt: skip
     lines.append("")
     for k, v in extra.items():
-        lines.append(f"- {k}: {v}")
+        if k not in ("reference_lines", "template_probe"):
+            lines.append(f"- {k}: {v}")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     return out_dir / "results.md"
+
+
+def _template_inputs(pipe, templates: Sequence[np.ndarray]) -> dict:
+    """The adapter's expression inputs for templates: image-encoder tokens and/or expression codes."""
+    adapter = pipe.emoji_adapter
+    out = {}
+    if adapter.uses_image_stream:
+        out["expression_image_embeds"] = pipe.encode_expression(list(templates), len(templates))
+    if adapter.uses_code_stream:
+        out["expression_codes"] = pipe.encode_expression_codes(list(templates), len(templates))
+    return out
+
+
+def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray],
+                       wrong_templates: Sequence[np.ndarray], timesteps: Sequence[int] = (250, 500, 750),
+                       seed: int = 0, batch_size: int = 16) -> dict:  # fmt: skip
+    """The controlled probe: does the adapter use the template's *expression*?
+
+    For each case, the diffusion loss of predicting `targets[i]` (the reference person showing the template's exact
+    expression) at fixed noise and `timesteps`, conditioned on (a) the right template, (b) `wrong_templates[i]`, the
+    same template person re-rendered in the same style and pose with another expression, and (c) no expression
+    (branch scale 0). (b) and the template differ only in expression, so ``wrong / right - 1 > 0`` measures
+    expression use, not appearance copying. Returns the mean losses, the relative gaps and their standard errors
+    over templates. `pipe` needs its adapter, face analyzer (and expression encoder for a code stream).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .attention import CONDITIONING_KWARG
+    from .train.stage1 import diffusion_target, training_noise_scheduler
+
+    scheduler = training_noise_scheduler(pipe.scheduler)
+    device, unet, vae = pipe._execution_device, pipe.unet, pipe.vae
+    size = targets[0].shape[0]
+    text_dim = pipe.text_encoder_2.config.projection_dim
+    time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=unet.dtype,
+                                      text_encoder_projection_dim=text_dim).to(device)  # fmt: skip
+    per_case = {"right": [], "wrong": [], "none": []}
+    g = torch.Generator().manual_seed(seed * 7 + 5)
+    for start in range(0, len(cases), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(cases))))
+        b = len(chunk)
+        pixels = torch.as_tensor(np.stack([targets[i] for i in chunk]), dtype=torch.float32) / 127.5 - 1.0
+        latents = vae.encode(pixels.permute(0, 3, 1, 2).to(device, vae.dtype)).latent_dist.mean
+        latents = (latents * vae.config.scaling_factor).float().cpu()
+        prompt_embeds, _, pooled, _ = pipe.encode_prompt([cases[i].prompt for i in chunk], device=device,
+                                                         do_classifier_free_guidance=False)  # fmt: skip
+        identity = pipe.encode_identity([[cases[i].reference] for i in chunk], b)
+        inputs = {"right": _template_inputs(pipe, [cases[i].template for i in chunk]),
+                  "wrong": _template_inputs(pipe, [wrong_templates[i] for i in chunk])}  # fmt: skip
+        inputs["none"] = inputs["right"]
+        losses = {k: torch.zeros(b) for k in per_case}
+        for t in timesteps:
+            noise = torch.randn(latents.shape, generator=g)
+            tt = torch.full((b,), int(t), dtype=torch.long)
+            noisy = scheduler.add_noise(latents, noise, tt)
+            target = diffusion_target(scheduler, latents, noise, tt)
+            for key, exp in inputs.items():
+                cond = pipe.prepare_conditioning(
+                    b, 1, False, identity, exp.get("expression_image_embeds"), 1.0, 0.0 if key == "none" else 1.0,
+                    None, device, exp.get("expression_codes"),
+                )  # fmt: skip
+                pred = unet(noisy.to(device, unet.dtype), tt.to(device), prompt_embeds,
+                            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(b, -1)},
+                            cross_attention_kwargs={CONDITIONING_KWARG: cond}).sample  # fmt: skip
+                losses[key] += F.mse_loss(pred.float().cpu(), target, reduction="none").mean(dim=(1, 2, 3))
+        for key in per_case:
+            per_case[key].extend((losses[key] / len(timesteps)).tolist())
+    right, wrong, none = (np.array(per_case[k]) for k in ("right", "wrong", "none"))
+    groups = [c.template_person for c in cases]
+    return {
+        "loss_right_template": float(right.mean()),
+        "loss_wrong_expression_template": float(wrong.mean()),
+        "loss_no_expression": float(none.mean()),
+        "wrong_vs_right": float(wrong.mean() / right.mean() - 1.0),
+        "wrong_vs_right_se": standard_error_over(list(wrong / right - 1.0), groups),
+        "none_vs_right": float(none.mean() / right.mean() - 1.0),
+        "none_vs_right_se": standard_error_over(list(none / right - 1.0), groups),
+        "timesteps": list(map(int, timesteps)),
+    }

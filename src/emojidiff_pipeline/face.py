@@ -21,7 +21,12 @@ import PIL.Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FaceAnalyzer", "align_face", "face_mask", "to_rgb_array"]
+__all__ = ["EXPRESSION_CROPS", "FaceAnalyzer", "align_expression_face", "align_face", "expression_mask", "face_mask",
+           "to_rgb_array"]  # fmt: skip
+
+# Geometries of the expression template crop: "arcface" (the 5-point ArcFace alignment, the first adapters'
+# geometry) and "eyes_nose" (aligned on the eyes and nose only, zoomed out so brows, chin and an open jaw fit).
+EXPRESSION_CROPS = ("arcface", "eyes_nose")
 
 FACE_INSTALL_COMMAND = 'pip install "emojidiff_pipeline[face]"'
 INSIGHTFACE_INSTALL_COMMAND = "pip install --no-deps insightface==2.1"
@@ -170,6 +175,82 @@ def face_mask(size: int) -> np.ndarray:
     radius = np.sqrt(((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2)  # 1 on the ellipse
     edge = 0.25
     t = np.clip((1.0 - radius) / edge, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def _check_geometry(geometry: Any) -> str:
+    if geometry not in EXPRESSION_CROPS:
+        raise ValueError(f"`geometry` must be one of {EXPRESSION_CROPS}, got {geometry!r}.")
+    return geometry
+
+
+def expression_template(size: int) -> np.ndarray:
+    """Where the eyes and the nose tip land in an ``"eyes_nose"`` expression crop of `size`: (3, 2) pixels.
+
+    The ArcFace template's eyes and nose, scaled by 0.75 and moved up (eye midpoint at 38 % of the height), so
+    raised brows and the chin of a fully open jaw stay inside the crop and its :func:`expression_mask`.
+    """
+    size = _check_crop_size(size)
+    dst = arcface_template(112).astype(np.float64)[:3]
+    eyes = dst[:2].mean(0)
+    out = (dst - eyes) * 0.75 + np.array([56.0, 43.0])
+    return (out * (size / 112.0)).astype(np.float32)
+
+
+def _similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2, 3) mapping points `src` (N, 2) onto `dst` (N, 2) (Umeyama 1991, no reflection)."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    var = float((s**2).sum())
+    a = float((s * d).sum()) / var  # scale * cos
+    b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / var  # scale * sin
+    rot = np.array([[a, -b], [b, a]])
+    return np.concatenate([rot, (md - rot @ ms)[:, None]], axis=1)
+
+
+def expression_crop_matrix(kps: np.ndarray, size: int, geometry: str = "eyes_nose") -> np.ndarray:
+    """(2, 3) image -> crop affine map of the expression crop: ``"eyes_nose"`` fits the similarity on the two eyes
+    and the nose tip only, so a smile (mouth corners move 3-4 px) neither shifts nor scales the crop."""
+    kps = _check_kps(kps).astype(np.float64)
+    if _check_geometry(geometry) == "arcface":
+        return _similarity_matrix(kps, arcface_template(size).astype(np.float64))
+    return _similarity_matrix(kps[:3], expression_template(size).astype(np.float64))
+
+
+def align_expression_face(image_rgb: np.ndarray, kps: np.ndarray, size: int = 224,
+                          geometry: str = "eyes_nose") -> np.ndarray:  # fmt: skip
+    """The expression template crop: RGB [H, W, 3] uint8 + 5 keypoints (5, 2) -> RGB [size, size, 3] uint8.
+
+    ``"arcface"`` is :func:`align_face` (insightface ``norm_crop``); ``"eyes_nose"`` see :func:`expression_crop_matrix`.
+    """
+    image_rgb = to_rgb_array(image_rgb, "image_rgb")
+    if _check_geometry(geometry) == "arcface":
+        return align_face(image_rgb, kps, size)
+    import cv2
+
+    matrix = expression_crop_matrix(kps, _check_crop_size(size), geometry)
+    return cv2.warpAffine(image_rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+
+
+def expression_mask(size: int, geometry: str = "eyes_nose") -> np.ndarray:
+    """Soft mask [size, size] float32 in [0, 1] of the expression crop's face region.
+
+    ``"arcface"`` is :func:`face_mask`. ``"eyes_nose"``: an ellipse from 1.1 eye-to-mouth distances above the eyes
+    (raised brows stay in) to 1.1 below the mouth (an open jaw stays in), 1.45 eye distances either side of the
+    centre line, smoothstep edge over its outer 20 %.
+    """
+    size = _check_crop_size(size)
+    if _check_geometry(geometry) == "arcface":
+        return face_mask(size)
+    tpl = expression_template(size).astype(np.float64)
+    eye_y, eye_dist = tpl[:2, 1].mean(), tpl[1, 0] - tpl[0, 0]
+    eye_mouth = (arcface_template(112)[3:, 1].mean() - arcface_template(112)[:2, 1].mean()) * 0.75 * size / 112.0
+    top, bottom = eye_y - 1.1 * eye_mouth, eye_y + 2.1 * eye_mouth
+    cx, cy = tpl[:2, 0].mean(), (top + bottom) / 2
+    ax, ay = 1.45 * eye_dist, (bottom - top) / 2
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    radius = np.sqrt(((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2)
+    t = np.clip((1.0 - radius) / 0.2, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
@@ -575,19 +656,23 @@ class FaceAnalyzer:
         input_name: str = "expression_image",
         size: int = 224,
         kps: Any = None,
+        geometry: str = "arcface",
     ) -> tuple[PIL.Image.Image, np.ndarray]:
         """Aligned face crop of the selected face and its soft face mask.
 
-        Returns ``(crop, mask)``: crop a ``PIL.Image`` RGB of `size` x `size` (5-point similarity alignment onto
-        the ArcFace template; `size` a multiple of 112 or 128, e.g. 112 or 224), mask ``np.ndarray`` [size, size]
-        float32 in [0, 1] (:func:`face_mask`). `kps` (5, 2): known keypoints; detection is then skipped.
+        Returns ``(crop, mask)``: crop a ``PIL.Image`` RGB of `size` x `size` (`size` a multiple of 112 or 128,
+        e.g. 112 or 224), mask ``np.ndarray`` [size, size] float32 in [0, 1]. `geometry`, one of
+        `EXPRESSION_CROPS`: ``"arcface"`` (5-point alignment onto the ArcFace template, :func:`face_mask`) or
+        ``"eyes_nose"`` (:func:`align_expression_face`, :func:`expression_mask`); the adapter's config says which
+        its image stream was trained with. `kps` (5, 2): known keypoints; detection is then skipped.
         """
         size = _check_crop_size(size)
+        geometry = _check_geometry(geometry)
         image_rgb = to_rgb_array(image, input_name)
         _import_insightface()
         face = self._face(image_rgb, input_name, kps)
-        crop = align_face(image_rgb, face.kps, size)
-        return PIL.Image.fromarray(crop), face_mask(size)
+        crop = align_expression_face(image_rgb, face.kps, size, geometry)
+        return PIL.Image.fromarray(crop), expression_mask(size, geometry)
 
     def __repr__(self) -> str:
         if self._known_keypoints:

@@ -18,6 +18,8 @@ Spec forms accepted by :func:`select_layers` (the same forms are accepted for pe
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,9 +96,16 @@ def _block_attention_counts(layers: Mapping[str, LayerInfo]) -> dict[str, dict[i
     return {path: {b: len(s) for b, s in blocks.items()} for path, blocks in counts.items()}
 
 
+def _is_real(value: Any) -> bool:
+    """Any real number (Python or numpy scalar), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # np.bool_ is not Real
+
+
 def _check_number(value: Any, where: str, arg_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise ValueError(f"`{arg_name}` must hold numbers, got {value!r} ({type(value).__name__}) at {where}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{arg_name}` must hold finite numbers, got {value!r} at {where}.")
     return float(value)
 
 
@@ -243,10 +252,12 @@ def expand_layer_values(
         values = expand_block_dict(layers, value, arg_name=arg_name, default=0.0)
         out = {n: values.get(n, 0.0) for n in targets}
     else:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not _is_real(value):
             raise ValueError(
                 f"`{arg_name}` must be a number or a per-block dict, got {value!r} ({type(value).__name__})."
             )
+        if not math.isfinite(value):
+            raise ValueError(f"`{arg_name}` must be a finite number >= 0, got {value!r}.")
         out = {n: float(value) for n in targets}
     negative = {n: v for n, v in out.items() if v < 0 or v != v}
     if negative:

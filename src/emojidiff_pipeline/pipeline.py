@@ -1,5 +1,7 @@
 """EmojiDiffPipeline: StableDiffusionXLPipeline + the E-Adapter (identity reference + RGB expression template)."""
 
+import difflib
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +27,37 @@ from .layers import expand_layer_values, unet_layers
 logger = logging.getLogger(__name__)
 
 ImageLike = PIL.Image.Image | np.ndarray
+
+
+# arguments of diffusers' img2img / inpaint / ControlNet SDXL pipelines, which this text-to-image pipeline would ignore
+_INIT_IMAGE_ARGS = ("image", "init_image", "mask_image", "masked_image_latents", "strength", "denoising_start")
+_CONTROLNET_ARGS = ("control_image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
+                    "guess_mode")  # fmt: skip
+_DEPRECATED_PARENT_ARGS = ("callback", "callback_steps")  # the parent pops these from its **kwargs
+
+
+def _check_call_kwargs(pipeline_cls: type, kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments no `__call__` of `pipeline_cls` or its parents names (the parent's ``**kwargs`` would
+    swallow a typo silently), with the closest valid name."""
+    valid = list(_DEPRECATED_PARENT_ARGS)
+    for cls in pipeline_cls.__mro__:
+        if "__call__" in vars(cls) and issubclass(cls, StableDiffusionXLPipeline):
+            for name, param in inspect.signature(cls.__call__).parameters.items():
+                if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL) and name not in valid:
+                    valid.append(name)
+    for name in kwargs:
+        if name in valid:
+            continue
+        if name in _INIT_IMAGE_ARGS:
+            raise TypeError(
+                f"{pipeline_cls.__name__} is text-to-image and takes no init image or inpainting input (`{name}`). "
+                "Give the expression template as `expression_image` and the reference face as `identity_image`."
+            )
+        if name in _CONTROLNET_ARGS:
+            raise TypeError(f"{pipeline_cls.__name__} has no ControlNet, so it takes no `{name}`.")
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else f" Valid names: {sorted(valid)}."
+        raise TypeError(f"{pipeline_cls.__name__}.__call__() got an unexpected keyword argument `{name}`.{hint}")
 
 
 def _is_image(x: Any) -> bool:
@@ -75,15 +108,19 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         )
         self.register_modules(emoji_adapter=None)
         self.face_analyzer = None
+        self.expression_encoder = None
         if emoji_adapter is not None:
             self.set_emoji_adapter(emoji_adapter)
 
     # ------------------------------------------------------------------ set-up
     def set_emoji_adapter(self, emoji_adapter: "EmojiDiffAdapter") -> None:
-        """Attach `emoji_adapter` (checked against this UNet) and install its attention processors."""
+        """Attach `emoji_adapter` (checked against this UNet, moved to its device and dtype, as diffusers' loaders
+        do) and install its attention processors."""
         if not isinstance(emoji_adapter, EmojiDiffAdapter):
             raise TypeError(f"`emoji_adapter` must be an EmojiDiffAdapter, got {type(emoji_adapter).__name__}.")
         emoji_adapter.check_unet(self.unet)
+        if not any(p.is_meta for m in (self.unet, emoji_adapter) for p in m.parameters()):
+            torch.nn.Module.to(emoji_adapter, device=self.unet.device, dtype=self.unet.dtype)  # ModelMixin.to warns
         self.register_modules(emoji_adapter=emoji_adapter)
         install_processors(self.unet, set(emoji_adapter.identity_layer_names) | set(emoji_adapter.expression_layer_names))
 
@@ -102,6 +139,16 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                 f"emojidiff_pipeline.face.FaceAnalyzer), got {type(face_analyzer).__name__}."
             )
         self.face_analyzer = face_analyzer
+
+    def set_expression_encoder(self, expression_encoder) -> None:
+        """Use `expression_encoder` (an :class:`~emojidiff_pipeline.expression.ExpressionEncoder`) for the code
+        stream of the adapter's expression branch, or None. Not a torch module and not saved, like the face analyzer;
+        an encoder other than the one the adapter was trained with is refused at call time."""
+        if expression_encoder is not None:
+            from .expression import check_expression_encoder
+
+            check_expression_encoder(expression_encoder)
+        self.expression_encoder = expression_encoder
 
     # ------------------------------------------------------------------ encoders
     def encode_identity(self, identity_image, batch_size: int) -> torch.Tensor:
@@ -148,9 +195,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         ]
         return torch.as_tensor(np.asarray(embeds, dtype=np.float32))  # (B or 1, n_ref, D)
 
-    def _template_crops(self, expression_image, batch_size: int) -> list[PIL.Image.Image]:
-        """Expression template(s) -> face crops for the image encoder: aligned and masked with a face analyzer,
-        taken as they are (already aligned) without one. One crop, or one per prompt."""
+    @staticmethod
+    def _template_list(expression_image, batch_size: int) -> list:
+        """`expression_image` -> a list of one template, or one per prompt."""
         if _is_image(expression_image):
             templates = [expression_image]
         elif isinstance(expression_image, (list, tuple)) and expression_image and all(map(_is_image, expression_image)):
@@ -165,13 +212,20 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                 "`expression_image` must be an image (PIL or HxWx3 array) or a list of one per prompt; got "
                 f"{type(expression_image).__name__}."
             )
+        return templates
+
+    def _template_crops(self, expression_image, batch_size: int) -> list[PIL.Image.Image]:
+        """Expression template(s) -> face crops for the image encoder: aligned and masked with a face analyzer,
+        taken as they are (already aligned) without one. One crop, or one per prompt."""
+        templates = self._template_list(expression_image, batch_size)
         crops = []
         for i, img in enumerate(templates):
             name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
             if self.face_analyzer is not None:
                 from .face import masked_template  # grey outside the face region
 
-                img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name))
+                geometry = self.emoji_adapter.config.template_crop if self.emoji_adapter is not None else "arcface"
+                img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name, geometry=geometry))
             crops.append(self._to_pil(img, name))
         return crops
 
@@ -204,11 +258,41 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             self.encode_template_crops([], device)  # raises the explanation
         return self.encode_template_crops(self._template_crops(expression_image, batch_size), device)
 
+    def encode_expression_codes(self, expression_image, batch_size: int) -> torch.Tensor:
+        """Expression template(s) -> expression-encoder codes (B or 1, K), for the code stream.
+
+        The face analyzer, when set, finds each template's keypoints; without one the encoder gets None and must
+        find the face itself."""
+        if self.expression_encoder is None:
+            raise ValueError(
+                f"This adapter's expression branch has a code stream (trained with the expression encoder "
+                f"{self.emoji_adapter.config.expression_encoder!r}), so `expression_image` needs that encoder: call "
+                "`pipe.set_expression_encoder(...)` (see emojidiff_pipeline.expression), or pass `expression_codes=`."
+            )
+        from .expression import check_adapter_encoder
+
+        check_adapter_encoder(self.emoji_adapter.config, self.expression_encoder, "pipe.expression_encoder")
+        templates = self._template_list(expression_image, batch_size)
+        images, keypoints = [], []
+        for i, img in enumerate(templates):
+            name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
+            images.append(np.asarray(self._to_pil(img, name)))
+            if self.face_analyzer is not None:
+                keypoints.append(self.face_analyzer.select(self.face_analyzer.detect(images[-1], name), name).kps)
+            else:
+                keypoints.append(None)
+        return torch.as_tensor(self.expression_encoder(images, keypoints), dtype=torch.float32)  # (B or 1, K)
+
     # ------------------------------------------------------------------ checks
     @staticmethod
-    def _check_embeds(name: str, embeds, width: int, batch_size: int, width_arg: str) -> None:
+    def _check_embeds(
+        name: str, embeds, width: int, batch_size: int, width_arg: str, nonzero: bool = False
+    ) -> None:
+        """Shape, dtype and value checks of a precomputed embedding input; `nonzero`: refuse zero-norm vectors."""
         if not isinstance(embeds, torch.Tensor):
             raise ValueError(f"`{name}` must be a torch.Tensor, got {type(embeds).__name__}.")
+        if not embeds.is_floating_point():
+            raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {embeds.dtype}.")
         if embeds.ndim != 3:
             raise ValueError(f"`{name}` must have 3 dims (batch, tokens, {width}), got shape {tuple(embeds.shape)}.")
         if embeds.shape[-1] != width:
@@ -220,6 +304,20 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             raise ValueError(
                 f"`{name}` has batch {embeds.shape[0]} but the batch has {batch_size} prompts; give 1 or {batch_size}."
             )
+        if embeds.numel() == 0:
+            raise ValueError(f"`{name}` is empty: got shape {tuple(embeds.shape)}; give at least one token per row.")
+        finite = torch.isfinite(embeds).all(dim=-1)  # (B, tokens)
+        if not finite.all():
+            b, t = (int(i) for i in (~finite).nonzero()[0])
+            raise ValueError(f"`{name}` holds NaN or inf values (first at [{b}, {t}]); got shape {tuple(embeds.shape)}.")
+        if nonzero:
+            zero = embeds.abs().amax(dim=-1) == 0  # (B, tokens)
+            if zero.any():
+                b, t = (int(i) for i in zero.nonzero()[0])
+                raise ValueError(
+                    f"`{name}`[{b}, {t}] is a zero vector, which has no direction (embeddings are normalised); "
+                    f"got shape {tuple(embeds.shape)}."
+                )
 
     @staticmethod
     def _batch_size(prompt, prompt_embeds) -> int:
@@ -243,6 +341,7 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         expression_scale,
         expression_mask: torch.Tensor | None,
         device,
+        expression_codes: torch.Tensor | None = None,
     ) -> EmojiDiffConditioning:
         """Run the adapter once and cache every adapted layer's key/values for the whole denoising loop.
 
@@ -271,18 +370,34 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             expression_image_embeds=expand(expression_image_embeds),
             identity_keep=keep,
             expression_keep=keep,
+            expression_codes=expand(expression_codes),
         )
         if expression_mask is not None:
             expression_mask = expand(expression_mask)
-        return EmojiDiffConditioning.build(output, layers, id_scales, exp_scales, expression_mask)
+        # the UNet's dtype, whatever `.to()` calls left the adapter in
+        return EmojiDiffConditioning.build(output, layers, id_scales, exp_scales, expression_mask, dtype=self.unet.dtype)
 
     def _prepare_mask(self, expression_mask, height: int, width: int) -> torch.Tensor:
         """User mask (PIL / HxW array / tensor, 1 = face region of the output) -> (1, 1, h, w) at latent size."""
         if isinstance(expression_mask, PIL.Image.Image):
             expression_mask = np.asarray(expression_mask.convert("L"), dtype=np.float32) / 255.0
+        elif isinstance(expression_mask, torch.Tensor):
+            expression_mask = expression_mask.detach().float().cpu().numpy()
+        elif not isinstance(expression_mask, np.ndarray):
+            raise ValueError(
+                "`expression_mask` must be a PIL image, an (H, W) numpy array or a torch.Tensor, got "
+                f"{type(expression_mask).__name__}" + (" (open the file first)." if isinstance(expression_mask, str) else ".")
+            )
+        if not (np.issubdtype(expression_mask.dtype, np.floating) or np.issubdtype(expression_mask.dtype, np.integer)
+                or expression_mask.dtype == np.bool_):  # fmt: skip
+            raise ValueError(f"`expression_mask` must hold numbers, got dtype {expression_mask.dtype}.")
         mask = torch.as_tensor(np.asarray(expression_mask, dtype=np.float32))
         if mask.ndim != 2:
             raise ValueError(f"`expression_mask` must be a 2-D (H, W) mask, got shape {tuple(mask.shape)}.")
+        if mask.numel() == 0:
+            raise ValueError(f"`expression_mask` is empty: got shape {tuple(mask.shape)}.")
+        if not torch.isfinite(mask).all():
+            raise ValueError(f"`expression_mask` holds NaN or inf values ({int((~torch.isfinite(mask)).sum())} of them).")
         if mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"`expression_mask` values must lie in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}].")
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
@@ -299,6 +414,7 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         identity_embeds: torch.Tensor | None = None,
         expression_image: ImageLike | Sequence[ImageLike] | None = None,
         expression_embeds: torch.Tensor | None = None,
+        expression_codes: torch.Tensor | None = None,
         identity_scale: float | Mapping[str, Any] = 1.0,
         expression_scale: float | Mapping[str, Any] = 1.0,
         expression_mask=None,
@@ -319,7 +435,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             expression_image: RGB expression template, or one per prompt. With a face analyzer it is aligned and
                 masked to the face region; without, it must already be an aligned face crop.
             expression_embeds (`torch.Tensor` (B or 1, P, E)): precomputed image-encoder patch tokens of templates
-                (penultimate hidden states), instead of `expression_image`.
+                (penultimate hidden states), instead of `expression_image` (image stream).
+            expression_codes (`torch.Tensor` (B or 1, K)): precomputed expression-encoder codes of templates, instead
+                of `expression_image` (code stream; see :meth:`set_expression_encoder`).
             identity_scale / expression_scale: float >= 0 or a per-block dict like diffusers'
                 `set_ip_adapter_scale` (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`). 0 turns a branch off.
             expression_mask: optional (H, W) mask in [0, 1] over the output image; expression attention acts only
@@ -329,6 +447,7 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             >>> pipe = EmojiDiffPipeline.from_pretrained("path/to/emojidiff-sdxl")  # doctest: +SKIP
             >>> image = pipe("a portrait, watercolor", identity_embeds=emb, expression_image=tpl).images[0]  # doctest: +SKIP
         """
+        _check_call_kwargs(type(self), kwargs)
         kwargs = dict(
             kwargs,
             prompt=prompt,
@@ -340,7 +459,7 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             prompt_embeds=prompt_embeds,
         )
         has_identity = identity_image is not None or identity_embeds is not None
-        has_expression = expression_image is not None or expression_embeds is not None
+        has_expression = expression_image is not None or expression_embeds is not None or expression_codes is not None
         if self.emoji_adapter is None:
             if has_identity or has_expression:
                 raise ValueError(
@@ -352,8 +471,8 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         # 1. Check our inputs (the parent checks its own)
         if identity_image is not None and identity_embeds is not None:
             raise ValueError("Pass either `identity_image` or `identity_embeds`, not both.")
-        if expression_image is not None and expression_embeds is not None:
-            raise ValueError("Pass either `expression_image` or `expression_embeds`, not both.")
+        if expression_image is not None and (expression_embeds is not None or expression_codes is not None):
+            raise ValueError("Pass either `expression_image` or precomputed `expression_embeds`/`expression_codes`.")
         if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
         if cross_attention_kwargs is not None and CONDITIONING_KWARG in cross_attention_kwargs:
@@ -366,11 +485,32 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         if identity_image is not None:
             identity_embeds = self.encode_identity(identity_image, batch_size)
         if identity_embeds is not None:
-            self._check_embeds("identity_embeds", identity_embeds, config.identity_embed_dim, batch_size, "identity_embed_dim")
-        if expression_image is not None:
+            self._check_embeds("identity_embeds", identity_embeds, config.identity_embed_dim, batch_size,
+                               "identity_embed_dim", nonzero=True)  # fmt: skip
+        adapter = self.emoji_adapter
+        if expression_image is not None and adapter.uses_image_stream:
             expression_embeds = self.encode_expression(expression_image, batch_size, device)
+        if expression_image is not None and adapter.uses_code_stream:
+            expression_codes = self.encode_expression_codes(expression_image, batch_size)
+        if expression_embeds is not None and not adapter.uses_image_stream:
+            raise ValueError("`expression_embeds` (image-encoder tokens) was given, but this adapter's expression "
+                             f"branch uses only the {config.expression_streams!r} stream.")  # fmt: skip
+        if expression_codes is not None and not adapter.uses_code_stream:
+            raise ValueError("`expression_codes` was given, but this adapter's expression branch has no code stream.")
+        if has_expression and adapter.uses_image_stream and expression_embeds is None:
+            raise ValueError("This adapter's expression branch has an image stream: pass `expression_image` or "
+                             "`expression_embeds`.")  # fmt: skip
+        if has_expression and adapter.uses_code_stream and expression_codes is None:
+            raise ValueError("This adapter's expression branch has a code stream: pass `expression_image` (with an "
+                             "expression encoder set) or `expression_codes`.")  # fmt: skip
         if expression_embeds is not None:
             self._check_embeds("expression_embeds", expression_embeds, config.image_embed_dim, batch_size, "image_embed_dim")
+        if expression_codes is not None:
+            if not isinstance(expression_codes, torch.Tensor) or expression_codes.ndim != 2:
+                raise ValueError(f"`expression_codes` must be a 2-D tensor (batch, {config.expression_code_dim}), got "
+                                 f"{getattr(expression_codes, 'shape', type(expression_codes).__name__)}.")  # fmt: skip
+            self._check_embeds("expression_codes", expression_codes[:, None], config.expression_code_dim, batch_size,
+                               "expression_code_dim")  # fmt: skip
         mask = None
         if expression_mask is not None:
             h = height or self.default_sample_size * self.vae_scale_factor
@@ -381,7 +521,7 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         do_cfg = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
         conditioning = self.prepare_conditioning(
             batch_size, num_images_per_prompt, do_cfg, identity_embeds, expression_embeds,
-            identity_scale, expression_scale, mask, device,
+            identity_scale, expression_scale, mask, device, expression_codes,
         )  # fmt: skip
 
         # 4. Denoise with the parent's loop

@@ -1233,11 +1233,12 @@ def sample_grid(
 
 
 def _template_geometry(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ArcFace 5-point template and the soft face mask, as the pipeline's 224 px template crop resized to `size`."""
-    from ..face import arcface_template, face_mask
+    """Eye and nose targets (3, 2) and the soft mask of the pipeline's 224 px ``"eyes_nose"`` expression crop
+    (:func:`emojidiff_pipeline.face.expression_template`), resized to `size`."""
+    from ..face import expression_mask, expression_template
 
-    dst = torch.from_numpy(arcface_template(224).astype(np.float32)) * (size / 224.0)
-    mask = torch.from_numpy(face_mask(224))[None, None]
+    dst = torch.from_numpy(expression_template(224).astype(np.float32)) * (size / 224.0)
+    mask = torch.from_numpy(expression_mask(224, "eyes_nose"))[None, None]
     mask = F.interpolate(mask, size=(size, size), mode="area")[0, 0]
     return dst, mask
 
@@ -1277,8 +1278,8 @@ def _invert_affine(m: torch.Tensor) -> torch.Tensor:
 def make_views(images: torch.Tensor, kps: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """One random view per image for instance contrast: (B, 3, H, W) in [0, 1] -> (B, 3, size, size) in [0, 1].
 
-    Half the views are face crops as the expression branch sees them (5-point alignment onto the ArcFace template
-    with jittered keypoints, grey outside the soft face mask); the others are random crops of the whole photo
+    Half the views are face crops as the expression branch sees them (the ``"eyes_nose"`` crop: alignment on the
+    jittered eyes and nose, grey outside the soft face mask); the others are random crops of the whole photo
     (scale, shift, rotation). All views get colour jitter (brightness, contrast, saturation) and, with probability
     0.2, grayscale. No flips: left and right carry meaning (winks).
     """
@@ -1287,7 +1288,7 @@ def make_views(images: torch.Tensor, kps: torch.Tensor, size: int, generator: to
     # template views: kps (in input pixels) -> template (in output pixels)
     dst, mask = _template_geometry(size)
     jitter = (u(b, 5, 2) - 0.5) * 2.0 * (0.03 * w)
-    to_template = _similarity(kps + jitter, dst.expand(b, 5, 2))
+    to_template = _similarity((kps + jitter)[:, :3], dst.expand(b, 3, 2))
     template_map = _invert_affine(to_template)
     # photo views: random similarity around the centre
     scale = 0.8 + 0.25 * u(b)  # output covers 1/scale of the photo ... zoom in or out a little

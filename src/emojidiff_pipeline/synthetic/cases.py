@@ -71,3 +71,77 @@ def save_grid(images, cases, path: str | Path, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return path
+
+
+def benchmark_templates(num_templates: int, rng: np.random.Generator):
+    """`num_templates` expressions that cover every factor: in turn, one factor alone at a strong value (gaze to
+    either extreme) for the first 4 x 11, then random realistic expressions (:meth:`Expression.random`)."""
+    from .renderer import EXPRESSION_FIELDS, Expression
+
+    out = []
+    for k in range(num_templates):
+        if k < 4 * len(EXPRESSION_FIELDS):
+            field, level = EXPRESSION_FIELDS[k % len(EXPRESSION_FIELDS)], k // len(EXPRESSION_FIELDS)
+            value = (0.0, 1.0, 0.1, 0.9)[level] if field.startswith("gaze") else (1.0, 0.7, 0.85, 0.55)[level]
+            out.append(Expression(**{field: value}))
+        else:
+            out.append(Expression.random(rng))
+    return out
+
+
+def expression_benchmark(num_identities: int = 16, num_templates: int = 64, seed: int = 0):
+    """The expression-transfer benchmark: held-out reference people x held-out templates covering every factor.
+
+    Returns ``(cases, pairs, lines)``: cases as :func:`held_out_cases` (each template its own person, with the
+    template's factors in ``case.template_factors``), same-person pairs for the identity ceiling, and the reference
+    lines ``lines = {"neutral": [...], "perfect": [...], "probe_template": [...]}``, one uint8 image per case:
+    the reference person in the prompt's style with a neutral face (what ignoring the template scores) and with the
+    template's exact expression (what a perfect output scores), and the template person re-rendered in the
+    template's style and pose with another expression (the controlled probe's wrong template).
+    """
+    from ..evaluation import Case
+    from .collection import make_caption
+    from .renderer import STYLE_CHOICES, Expression, Identity, Pose, Style, render
+    from .world import DEFAULT_NUM_IDENTITIES, is_held_out
+
+    held_out = [i for i in range(DEFAULT_NUM_IDENTITIES) if is_held_out(i)]
+    if num_identities + num_templates > len(held_out):
+        raise ValueError(f"`num_identities` + `num_templates` must be <= {len(held_out)} held-out people, got "
+                         f"{num_identities} + {num_templates}.")  # fmt: skip
+    rng = np.random.default_rng([seed, 9])
+    chosen = rng.permutation(held_out)[: num_identities + num_templates]
+    ref_ids, tpl_ids = chosen[:num_identities], chosen[num_identities:]
+    expressions = benchmark_templates(num_templates, rng)
+    references, pairs = {}, []
+    for i in ref_ids:
+        style = Style.random(rng)
+        references[int(i)] = render(Identity.from_seed(int(i)), Expression(), style, Pose())
+        other = render(Identity.from_seed(int(i)), Expression.random(rng), style, Pose())
+        pairs.append((references[int(i)].image, other.image, references[int(i)].keypoints, other.keypoints))
+    cases, lines = [], {"neutral": [], "perfect": [], "probe_template": []}
+    for t_id, expression in zip(tpl_ids, expressions):
+        style, pose = Style.random(rng), Pose.random(rng)
+        tpl = render(Identity.from_seed(int(t_id)), expression, style, pose)
+        other_expression = _far_expression(expression, rng)
+        probe = render(Identity.from_seed(int(t_id)), other_expression, style, pose).image
+        tpl_style = {h: getattr(style, h) for h in STYLE_PROMPT_HEADS}
+        for r_id, ref in references.items():
+            t_rng = np.random.default_rng([seed, r_id, int(t_id), 3])
+            prompt_style = Style(**{h: _other(STYLE_CHOICES[h], tpl_style[h], t_rng) for h in STYLE_PROMPT_HEADS})
+            caption = make_caption(Identity.from_seed(r_id), Expression(), prompt_style, t_rng)
+            case = Case(ref.image, tpl.image, caption, f"id{r_id}", f"id{t_id}",
+                        {h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS}, tpl_style, ref.keypoints,
+                        tpl.keypoints, template_factors=expression.to_vector())  # fmt: skip
+            cases.append(case)
+            lines["neutral"].append(render(Identity.from_seed(r_id), Expression(), prompt_style, Pose()).image)
+            lines["perfect"].append(render(Identity.from_seed(r_id), expression, prompt_style, Pose()).image)
+            lines["probe_template"].append(probe)
+    return cases, pairs, lines
+
+
+def _far_expression(expression, rng: np.random.Generator, tries: int = 32):
+    """A random expression far from `expression` (the largest factor distance of `tries` draws)."""
+    from .renderer import Expression
+
+    draws = [Expression.random(rng) for _ in range(tries)]
+    return max(draws, key=lambda e: float(np.abs(e.to_vector() - expression.to_vector()).mean()))

@@ -142,6 +142,11 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+# Every word `_expression_words` can give: `--strip_prompt_words` removes them from training captions.
+EXPRESSION_WORDS = ("laughing", "smiling", "frowning", "open mouth", "pursed lips", "eyes closed", "winking",
+                    "raised eyebrows", "furrowed brows")  # fmt: skip
+
+
 def _expression_words(expression: Expression) -> list[str]:
     """Coarse words for what is clearly visible; nothing for weak or ambiguous actions."""
     ex = expression

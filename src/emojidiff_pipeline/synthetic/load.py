@@ -88,6 +88,21 @@ def eval_expression_scorer():
     return expression_scorer("eval")
 
 
+def expression_encoder(side: str = "train"):
+    """The world's expression estimator of `side` as an :class:`~emojidiff_pipeline.expression.ExpressionEncoder`
+    (11 factors in [0, 1]): the code stream's encoder is the train side; evaluation stays on the eval side."""
+    from ..expression import CallableExpressionEncoder
+    from .renderer import EXPRESSION_FIELDS
+
+    return CallableExpressionEncoder(
+        expression_scorer(side), name=f"emojidiff-synthetic/expression-{side}", code_dim=len(EXPRESSION_FIELDS)
+    )
+
+
+def train_expression_encoder():
+    return expression_encoder("train")
+
+
 @dataclass
 class World:
     """Handles to the shipped world. Heavy parts load on first use."""
@@ -107,7 +122,10 @@ class World:
         )
         if with_adapter:
             folder = _require(self.emojidiff_dir / "emoji_adapter", "trained EmojiDiff adapter", "python training/results.py")
-            pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(folder).to(pipe.unet.dtype))
+            adapter = EmojiDiffAdapter.from_pretrained(folder).to(pipe.unet.dtype)
+            pipe.set_emoji_adapter(adapter)
+            if adapter.uses_code_stream:
+                pipe.set_expression_encoder(expression_encoder("train"))
         return pipe
 
     @cached_property

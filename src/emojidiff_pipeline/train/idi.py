@@ -224,7 +224,7 @@ class IDIRound:
         size = self.config.resolution
         generated = self.pipe(
             pair.prompt, identity_embeds=torch.as_tensor(ref_embed)[None, None],
-            expression_embeds=self._template_tokens(template, pair.template.get("kps")),
+            **self._template_inputs(template, pair.template.get("kps")),
             num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
             height=size, width=size, generator=torch.Generator().manual_seed(seed), output_type="np",
         ).images[0]  # fmt: skip
@@ -264,12 +264,21 @@ class IDIRound:
         )  # fmt: skip
         return triplet, stats
 
-    def _template_tokens(self, template: np.ndarray, kps) -> torch.Tensor:
-        """Image-encoder tokens (1, P, E) of the aligned, masked template (the pipeline's own encoding path)."""
+    def _template_inputs(self, template: np.ndarray, kps) -> dict[str, torch.Tensor]:
+        """The adapter's expression inputs for a template with known keypoints, through the pipeline's own encoding
+        paths: image-encoder tokens (1, P, E) of the aligned, masked crop and/or expression codes (1, K)."""
         from ..face import masked_template
 
-        crop, mask = self.face.expression_crop(template, "template", kps=kps)
-        return self.pipe.encode_template_crops([masked_template(crop, mask)])
+        adapter, out = self.pipe.emoji_adapter, {}
+        if adapter.uses_image_stream:
+            crop, mask = self.face.expression_crop(template, "template", kps=kps, geometry=adapter.config.template_crop)
+            out["expression_embeds"] = self.pipe.encode_template_crops([masked_template(crop, mask)])
+        if adapter.uses_code_stream:
+            if self.pipe.expression_encoder is None:
+                raise ValueError("The adapter has a code stream: set the pipeline's expression encoder for IDI.")
+            codes = self.pipe.expression_encoder([template], [None if kps is None else np.asarray(kps)])
+            out["expression_codes"] = torch.as_tensor(codes, dtype=torch.float32)
+        return out
 
     def run(self, records: Sequence[dict], out_dir: str | os.PathLike, process_index: int = 0,
             num_processes: int = 1) -> list[int]:  # fmt: skip

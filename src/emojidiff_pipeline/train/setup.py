@@ -46,6 +46,20 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resampler_dim", type=int, default=None, help="default: the image encoder's width")
     g.add_argument("--resampler_depth", type=int, default=4)
     g.add_argument("--resampler_heads", type=int, default=None, help="default: resampler_dim // 64 (at least 1)")
+    g.add_argument("--expression_streams", default="image", choices=["image", "code", "both"],
+                   help="how the template reaches a new adapter's expression branch: image-encoder tokens (the "
+                        "paper's), an expression encoder's code, or both")  # fmt: skip
+    g.add_argument("--expression_encoder", default=None,
+                   help="'module:factory' returning an ExpressionEncoder (emojidiff_pipeline.expression); needed by "
+                        "the code stream")  # fmt: skip
+    g.add_argument("--num_expression_code_tokens", type=int, default=4)
+
+
+def build_expression_encoder(args: argparse.Namespace):
+    """The --expression_encoder, or None when not given."""
+    from ..expression import load_expression_encoder
+
+    return load_expression_encoder(args.expression_encoder) if args.expression_encoder else None
 
 
 def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = None) -> EmojiDiffAdapter:
@@ -53,10 +67,14 @@ def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = Non
     path = adapter_path or args.adapter
     if path:
         return EmojiDiffAdapter.from_pretrained(path)
-    if pipe.image_encoder is None:
-        raise ValueError("The pipeline has no `image_encoder`; the expression branch needs one.")
+    streams = getattr(args, "expression_streams", "image")
+    encoder = build_expression_encoder(args) if streams != "image" else None
+    if streams != "image" and encoder is None:
+        raise ValueError(f"`--expression_streams {streams}` needs `--expression_encoder` (module:factory).")
+    if streams != "code" and pipe.image_encoder is None:
+        raise ValueError("The pipeline has no `image_encoder`; the expression branch's image stream needs one.")
     torch.manual_seed(args.seed)
-    width = pipe.image_encoder.config.hidden_size
+    width = pipe.image_encoder.config.hidden_size if pipe.image_encoder is not None else 1280
     dim = args.resampler_dim or width
     return EmojiDiffAdapter.from_unet(
         pipe.unet,
@@ -68,6 +86,10 @@ def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = Non
         resampler_dim=dim,
         resampler_depth=args.resampler_depth,
         resampler_heads=args.resampler_heads or max(1, dim // 64),
+        expression_streams=streams,
+        expression_code_dim=None if encoder is None else encoder.code_dim,
+        expression_encoder=None if encoder is None else encoder.name,
+        num_expression_code_tokens=getattr(args, "num_expression_code_tokens", 4),
     )
 
 
@@ -82,8 +104,17 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--text_drop", type=float, default=0.05)
     g.add_argument("--face_loss_weight", type=float, default=0.0,
                    help="extra diffusion-loss weight around the target's face keypoints (0: the standard loss)")
+    g.add_argument("--strip_prompt_words", default=None,
+                   help="comma-separated phrases removed from training prompts (e.g. expression words)")
+    g.add_argument("--num_validation", type=int, default=0, help="triplets held out for the validation loss")
+    g.add_argument("--validation_steps", type=int, default=250)
+    g.add_argument("--early_stopping_patience", type=int, default=0,
+                   help="stop after this many validations without a better loss; the best adapter ships (0: off)")
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=3)
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="a fresh run (no --resume_from_checkpoint) into a folder holding another run deletes that "
+                        "run's checkpoints, logs and adapter first; without it such a run is refused")  # fmt: skip
     g.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     g.add_argument("--seed", type=int, default=0)
 
@@ -94,7 +125,12 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.face_loss_weight < 0:
         parser.error(f"--face_loss_weight must be >= 0, got {args.face_loss_weight}")
-    for name in ("batch_size", "checkpointing_steps", "resolution"):
+    for name in ("num_validation", "early_stopping_patience"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.early_stopping_patience and not args.num_validation:
+        parser.error("--early_stopping_patience needs --num_validation > 0 (a held-out loss to watch)")
+    for name in ("batch_size", "checkpointing_steps", "resolution", "validation_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.recognizer is None and args.face_pack is None:
@@ -109,6 +145,9 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         lr_warmup_steps=args.lr_warmup_steps, identity_drop=args.identity_drop, expression_drop=args.expression_drop,
         text_drop=args.text_drop, seed=args.seed, checkpointing_steps=args.checkpointing_steps,
         checkpoints_total_limit=args.checkpoints_total_limit, face_loss_weight=args.face_loss_weight,
+        num_validation=args.num_validation, validation_steps=args.validation_steps,
+        early_stopping_patience=args.early_stopping_patience,
+        overwrite_output_dir=getattr(args, "overwrite_output_dir", False),
     )  # fmt: skip
 
 

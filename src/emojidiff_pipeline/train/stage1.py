@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,21 +43,25 @@ def _cache_key(triplets: list[Triplet], resolution: int, extra: str) -> str:
 
 @torch.no_grad()
 def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int, batch_size: int = 16,
-                  with_target_kps: bool = False) -> dict:  # fmt: skip
+                  with_target_kps: bool = False, expression_encoder=None, with_image_tokens: bool = True,
+                  template_crop: str = "arcface") -> dict:  # fmt: skip
     """Encode everything frozen once.
 
     Returns tensors: ``latents`` (N, 4, h, w) scaled VAE means of the targets; ``identity`` (N, 1, 512) normed mean
     reference embedding; ``template_index`` (N,) into ``templates`` (T, P, E) image-encoder patch tokens of the
     masked, aligned templates; ``prompt_index`` (N,) into ``prompt_embeds`` (Q, 77, C) and ``pooled`` (Q, C2);
     ``add_time_ids`` (1, 6); with `with_target_kps`, ``target_kps`` (N, 5, 2) the targets' keypoints in pixels at
-    `resolution` (for the face-weighted loss; see :func:`target_keypoints`).
+    `resolution` (for the face-weighted loss; see :func:`target_keypoints`); with an `expression_encoder`,
+    ``template_codes`` (T, K) its codes of the templates (the code stream's input, from the full template image and
+    its keypoints). `with_image_tokens=False` skips the image encoder (a code-stream-only adapter); `template_crop`
+    is the crop geometry of the image stream (the adapter's ``config.template_crop``).
     """
     from ..face import masked_template
 
     device = pipe._execution_device
     vae = pipe.vae
-    if pipe.image_encoder is None or pipe.feature_extractor is None:
-        raise ValueError("The pipeline has no `image_encoder`/`feature_extractor`; stage 1 needs both.")
+    if with_image_tokens and (pipe.image_encoder is None or pipe.feature_extractor is None):
+        raise ValueError("The pipeline has no `image_encoder`/`feature_extractor`; the image stream needs both.")
 
     def load(path, size=None):
         img = PIL.Image.open(path).convert("RGB")
@@ -85,14 +90,20 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     template_keys = [(t.template, json.dumps(t.template_kps)) for t in triplets]
     unique_templates = list(dict.fromkeys(template_keys))
     template_pos = {k: i for i, k in enumerate(unique_templates)}
-    tokens = []
+    tokens, codes = [], []
     for i in range(0, len(unique_templates), batch_size):
-        crops = []
-        for path, kps in unique_templates[i : i + batch_size]:
-            crop, mask = face_analyzer.expression_crop(load(path), input_name=f"template {path}", kps=json.loads(kps))
-            crops.append(masked_template(crop, mask))
-        tokens.append(pipe.encode_template_crops(crops, device).float().cpu())
-    templates = torch.cat(tokens)
+        chunk = [(load(path), path, json.loads(kps)) for path, kps in unique_templates[i : i + batch_size]]
+        if with_image_tokens:
+            crops = [masked_template(*face_analyzer.expression_crop(img, input_name=f"template {path}", kps=kps,
+                                                                    geometry=template_crop))
+                     for img, path, kps in chunk]  # fmt: skip
+            tokens.append(pipe.encode_template_crops(crops, device).float().cpu())
+        if expression_encoder is not None:
+            codes.append(torch.as_tensor(expression_encoder([np.asarray(img) for img, _, _ in chunk],
+                                                            [kps for _, _, kps in chunk]), dtype=torch.float32))  # fmt: skip
+    extra = {"templates": torch.cat(tokens)} if with_image_tokens else {}
+    if expression_encoder is not None:
+        extra["template_codes"] = torch.cat(codes)
 
     # unique prompts -> text embeddings
     prompts = list(dict.fromkeys(t.prompt for t in triplets))
@@ -106,12 +117,12 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     add_time_ids = pipe._get_add_time_ids(
         (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32, text_encoder_projection_dim=text_dim
     )
-    extra = {"target_kps": target_keypoints(face_analyzer, triplets, resolution)} if with_target_kps else {}
+    if with_target_kps:
+        extra["target_kps"] = target_keypoints(face_analyzer, triplets, resolution)
     return {
         **extra,
         "latents": latents,
         "identity": identity,
-        "templates": templates,
         "template_index": torch.tensor([template_pos[k] for k in template_keys]),
         "prompt_embeds": torch.cat(embeds),
         "pooled": torch.cat(pooled),
@@ -164,14 +175,19 @@ def face_loss_weights(kps: torch.Tensor, latent_size: tuple[int, int], resolutio
 
 
 def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path,
-                          with_target_kps: bool = False) -> dict:  # fmt: skip
+                          with_target_kps: bool = False, expression_encoder=None,
+                          with_image_tokens: bool = True, template_crop: str = "arcface") -> dict:  # fmt: skip
     """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it."""
     extra = (getattr(pipe, "name_or_path", "") or "") + ("|target_kps" if with_target_kps else "")
+    extra += f"|codes={getattr(expression_encoder, 'name', None)}|image_tokens={with_image_tokens}"
+    extra += "" if template_crop == "arcface" else f"|crop={template_crop}"  # old caches keep their key
     key = _cache_key(triplets, resolution, extra)
     path = cache_dir / f"cache-{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
         logger.info("Encoding %d triplets once (VAE, recognizer, image encoder, text encoders)...", len(triplets))
-        cache = prepare_cache(pipe, face_analyzer, triplets, resolution, with_target_kps=with_target_kps)
+        cache = prepare_cache(pipe, face_analyzer, triplets, resolution, with_target_kps=with_target_kps,
+                              expression_encoder=expression_encoder, with_image_tokens=with_image_tokens,
+                              template_crop=template_crop)  # fmt: skip
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in cache.items()}, str(path) + ".tmp")
         os.replace(str(path) + ".tmp", path)
@@ -193,30 +209,119 @@ def save_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.op
     os.replace(tmp, folder)
 
 
+CHECKPOINT_FILES = ("state.json", "optimizer.safetensors", "adapter/config.json",
+                    "adapter/diffusion_pytorch_model.safetensors")  # fmt: skip
+
+
+def _missing_checkpoint_files(folder: Path) -> list[str]:
+    return [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+
+
+def _read_safetensors(path: Path, folder: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except Exception as err:  # SafetensorError, OSError: truncated or not safetensors
+        raise OSError(f"Checkpoint {folder}: {path} cannot be read ({err}); it is corrupt or truncated.") from err
+
+
 def load_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.optim.Optimizer) -> int:
-    """Restore adapter weights and optimizer state from `folder`; returns the step it was saved at."""
-    weights = load_file(folder / "adapter" / "diffusion_pytorch_model.safetensors")
-    adapter.load_state_dict(weights)
-    meta = json.loads((folder / "state.json").read_text())
-    tensors = load_file(folder / "optimizer.safetensors")
+    """Restore adapter weights and optimizer state from `folder`; returns the step it was saved at.
+
+    Raises ``FileNotFoundError`` / ``OSError`` / ``ValueError`` naming the file that is missing, unreadable, or
+    does not fit `adapter` (another adapter configuration) or `optimizer`; nothing is restored then."""
+    from ..adapter import check_tensor_shapes
+
+    folder = Path(folder)
+    missing = _missing_checkpoint_files(folder)
+    if missing:
+        raise FileNotFoundError(f"Checkpoint {folder} is incomplete: it has no {folder / missing[0]}.")
+    weights_path = folder / "adapter" / "diffusion_pytorch_model.safetensors"
+    weights = _read_safetensors(weights_path, folder)
+    check_tensor_shapes({k: tuple(v.shape) for k, v in adapter.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in weights.items()}, f"Checkpoint {folder}", weights_path,
+                        "this run's adapter")  # fmt: skip
+    state_path, optimizer_path = folder / "state.json", folder / "optimizer.safetensors"
+    try:
+        meta = json.loads(state_path.read_text())
+        step, param_groups = int(meta["step"]), meta["param_groups"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"Checkpoint {folder}: {state_path} is not a valid state file ({err!r}); it is corrupt or "
+                         "truncated.") from err  # fmt: skip
+    tensors = _read_safetensors(optimizer_path, folder)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
+    try:
+        for name, value in tensors.items():
+            idx, key = name.split(".", 1)
+            if value.ndim and tuple(value.shape) != tuple(params[int(idx)].shape):
+                raise ValueError(f"{name!r} has shape {tuple(value.shape)}, its parameter {tuple(params[int(idx)].shape)}")
+            state.setdefault(int(idx), {})[key] = value
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"Checkpoint {folder}: {optimizer_path} and {state_path} do not fit this run's optimizer "
+                         f"({err}); the checkpoint belongs to another adapter configuration.") from err  # fmt: skip
+    adapter.load_state_dict(weights)
+    return step
+
+
+def _checkpoint_folders(output_dir: Path) -> list[Path]:
+    """checkpoint-<step> folders of `output_dir`, by step."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def find_checkpoint(output_dir: Path, which: str) -> Path:
+    """The checkpoint folder `which` names, or with ``"latest"`` the newest complete one in `output_dir` (incomplete
+    folders, lacking one of :data:`CHECKPOINT_FILES`, are skipped with a warning)."""
     if which != "latest":
         path = Path(which)
-        if not (path / "state.json").is_file():
-            raise FileNotFoundError(f"`resume_from_checkpoint`={which!r} is not a checkpoint folder (no state.json).")
+        missing = _missing_checkpoint_files(path)
+        if missing:
+            raise FileNotFoundError(
+                f"`resume_from_checkpoint`={which!r} is not a complete checkpoint folder: it has no {missing[0]}."
+            )
         return path
-    found = sorted(output_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    found = _checkpoint_folders(output_dir)
     if not found:
         raise FileNotFoundError(f"`resume_from_checkpoint`='latest' but {output_dir} holds no checkpoint-* folder.")
-    return found[-1]
+    for folder in reversed(found):
+        missing = _missing_checkpoint_files(folder)
+        if not missing:
+            return folder
+        logger.warning("Skipping the incomplete checkpoint %s (it has no %s).", folder, ", ".join(missing))
+    raise FileNotFoundError(
+        f"`resume_from_checkpoint`='latest' but every checkpoint-* folder in {output_dir} is incomplete "
+        f"({', '.join(p.name for p in found)}; each needs {', '.join(CHECKPOINT_FILES)})."
+    )
+
+
+# what a training run writes into its output folder (besides checkpoint-<step>/); cache/ and the inputs are not
+RUN_ARTEFACTS = ("loss_log.jsonl", "val_log.jsonl", "run_info.json", "adapter", "best_adapter")
+
+
+def prepare_run_folder(output_dir: Path, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+    """Refuse a fresh run (not `resume`) into a folder that holds another run's artefacts, which it would replace
+    and mix with its own; with `overwrite`, the main process deletes them first (checkpoints, logs, adapters)."""
+    output_dir = Path(output_dir)
+    if resume or not output_dir.is_dir():
+        return
+    names = RUN_ARTEFACTS + tuple(f"{a}.{suffix}" for a in ("adapter", "best_adapter") for suffix in ("tmp", "old"))
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()] + [output_dir / n for n in names]
+    found = [p for p in found if p.exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"`output_dir` {output_dir} already holds a training run ({', '.join(sorted(p.name for p in found))}). A "
+            "fresh run would replace its log and adapter and mix its checkpoints with the new ones. Resume it with "
+            "`--resume_from_checkpoint latest`, choose another `--output_dir`, or pass `--overwrite_output_dir` to "
+            "delete the old run first."
+        )
+    if is_main_process:
+        logger.warning("`overwrite_output_dir`: deleting the previous run in %s (%s).", output_dir,
+                       ", ".join(sorted(p.name for p in found)))  # fmt: skip
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -234,6 +339,73 @@ class Stage1Config:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     face_loss_weight: float = 0.0  # 0: the standard diffusion loss; > 0: extra weight around the target's keypoints
+    overwrite_output_dir: bool = False  # a fresh run into a folder holding another run deletes it (else: refused)
+    num_validation: int = 0  # triplets held out of training for the validation loss (0: none)
+    validation_steps: int = 250  # validate every this many steps (and at the last step)
+    early_stopping_patience: int = 0  # stop after this many validations without a new best loss (0: never)
+
+
+def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows) of the cache's `n` triplets: a seeded split, the same on every process."""
+    if not 0 <= num_validation < n:
+        raise ValueError(f"`num_validation` must be in [0, {n}) for {n} triplets, got {num_validation}.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + 1))
+    return perm[num_validation:].sort().values, perm[:num_validation].sort().values
+
+
+def adapted_prediction(model, unet, cache: dict, rows: torch.Tensor, noisy, timesteps, text, pooled, keep_id,
+                       keep_exp, layers, id_scale, exp_scale, device, template_rows=None) -> torch.Tensor:  # fmt: skip
+    """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
+
+    `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`."""
+    adapter = model.module if hasattr(model, "module") else model
+    tpl = cache["template_index"][rows if template_rows is None else template_rows]
+    out = model(
+        identity_embeds=cache["identity"][rows].to(device),
+        expression_image_embeds=cache["templates"][tpl].to(device) if adapter.uses_image_stream else None,
+        expression_codes=cache["template_codes"][tpl].to(device) if adapter.uses_code_stream else None,
+        identity_keep=keep_id.to(device),
+        expression_keep=keep_exp.to(device),
+    )
+    conditioning = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
+    b = noisy.shape[0]
+    return unet(
+        noisy.to(device), timesteps.to(device), text.to(device),
+        added_cond_kwargs={"text_embeds": pooled.to(device), "time_ids": cache["add_time_ids"].expand(b, -1).to(device)},
+        cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
+    ).sample  # fmt: skip
+
+
+@torch.no_grad()
+def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, layers, id_scale, exp_scale, device,
+                      seed: int, batch_size: int) -> dict[str, float]:  # fmt: skip
+    """Held-out diffusion loss at fixed noise and evenly spread timesteps, and two probes of the expression branch:
+    the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
+    (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
+    """
+    n = len(rows)
+    g = torch.Generator().manual_seed(seed * 31 + 17)
+    noise = torch.randn((n, *cache["latents"].shape[1:]), generator=g)
+    timesteps = torch.linspace(0, scheduler.config.num_train_timesteps - 1, n).round().long()
+    shift = max(1, n // 2)  # a derangement: row i takes the template of row i + n/2
+    swapped = rows[(torch.arange(n) + shift) % n]
+    sums = {"loss": 0.0, "loss_template_swap": 0.0, "loss_no_expression": 0.0}
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        r, t = rows[sl], timesteps[sl]
+        latents = cache["latents"][r]
+        noisy = scheduler.add_noise(latents, noise[sl], t)
+        target = diffusion_target(scheduler, latents, noise[sl], t).to(device).float()
+        text = cache["prompt_embeds"][cache["prompt_index"][r]]
+        pooled = cache["pooled"][cache["prompt_index"][r]]
+        ones = torch.ones(len(r), dtype=torch.bool)
+        for key, keep_exp, tpl in (("loss", ones, None), ("loss_template_swap", ones, swapped[sl]),
+                                   ("loss_no_expression", ~ones, None)):  # fmt: skip
+            pred = adapted_prediction(model, unet, cache, r, noisy, t, text, pooled, ones, keep_exp, layers, id_scale,
+                                      exp_scale, device, template_rows=tpl)  # fmt: skip
+            sums[key] += F.mse_loss(pred.float(), target, reduction="sum").item()
+    total = n * cache["latents"][0].numel()
+    return {k: v / total for k, v in sums.items()}
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -267,6 +439,25 @@ def diffusion_target(scheduler, latents, noise, timesteps):
     raise ValueError(f"Unsupported `prediction_type` {scheduler.config.prediction_type!r} (epsilon or v_prediction).")
 
 
+def _read_log(path: Path) -> list[dict]:
+    """Records of a JSONL log; a torn last line (a crash while appending) is dropped with a warning, any other
+    unreadable line is an error naming file and line."""
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a record with a `step`")
+        except ValueError as err:
+            if i == len(lines):
+                logger.warning("%s:%d: dropping a torn last line (%s).", path, i, err)
+                break
+            raise ValueError(f"{path}:{i}: cannot read this log line ({err}): {line[:80]!r}") from err
+        records.append(record)
+    return records
+
+
 def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, output_dir: Path,
                  resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
     """Run the loop; returns this run's per-step losses (mean over processes). Writes loss_log.jsonl,
@@ -277,6 +468,11 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     resolution = int(cache["add_time_ids"][0, 0])
     if config.face_loss_weight > 0 and "target_kps" not in cache:
         raise ValueError("`face_loss_weight` > 0 needs a cache prepared with `with_target_kps=True`.")
+    if adapter.uses_code_stream and "template_codes" not in cache:
+        raise ValueError("The adapter's expression branch has a code stream: prepare the cache with its "
+                         f"`expression_encoder` ({adapter.config.expression_encoder!r}).")  # fmt: skip
+    if adapter.uses_image_stream and "templates" not in cache:
+        raise ValueError("The adapter's expression branch has an image stream: prepare the cache with image tokens.")
     unet.requires_grad_(False)
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
         if module is not None:
@@ -291,19 +487,27 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     start_step = 0
     log_path = output_dir / "loss_log.jsonl"
+    prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
+                       accelerator.is_main_process)  # fmt: skip
+    accelerator.wait_for_everyone()
     if resume_from_checkpoint:
         folder = find_checkpoint(output_dir, resume_from_checkpoint)
         start_step = load_checkpoint(folder, adapter, optimizer)
         logger.info("Resumed from %s at step %d.", folder, start_step)
         if accelerator.is_main_process and log_path.exists():  # drop log lines written after that checkpoint
-            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] < start_step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
-    elif accelerator.is_main_process and log_path.exists():
-        log_path.unlink()
+            kept = [r for r in _read_log(log_path) if r["step"] < start_step]
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(adapter, optimizer)
     unet.to(accelerator.device)
 
-    n = cache["latents"].shape[0]
+    train_rows, val_rows = validation_rows(cache["latents"].shape[0], config.num_validation, config.seed)
+    n = len(train_rows)
+    val_log = output_dir / "val_log.jsonl"
+    resumed = _best_validation(val_log, start_step, accelerator.is_main_process) if start_step else None
+    best_loss, stale = (None, 0) if resumed is None else resumed
+    if not start_step and accelerator.is_main_process and val_log.exists():
+        val_log.unlink()
     per_process = config.batch_size
     global_batch = per_process * accelerator.num_processes
     if accelerator.is_main_process:
@@ -319,7 +523,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         # randomness is drawn for the whole global batch and sliced, so N processes x B == 1 process x N*B
         g = _step_generator(config.seed, step)
         mine = slice(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
-        rows = _batch_indices(n, step, global_batch, config.seed)[mine]
+        rows = train_rows[_batch_indices(n, step, global_batch, config.seed)[mine]]
         latents = cache["latents"][rows]
         b = latents.shape[0]
         noise = torch.randn((global_batch, *latents.shape[1:]), generator=g)[mine]
@@ -334,18 +538,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
 
         device = accelerator.device
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        out = model(
-            identity_embeds=cache["identity"][rows].to(device),
-            expression_image_embeds=cache["templates"][cache["template_index"][rows]].to(device),
-            identity_keep=keep_id.to(device),
-            expression_keep=keep_exp.to(device),
-        )
-        conditioning = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
-        pred = unet(
-            noisy.to(device), timesteps.to(device), text.to(device),
-            added_cond_kwargs={"text_embeds": pooled.to(device), "time_ids": cache["add_time_ids"].expand(b, -1).to(device)},
-            cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
-        ).sample  # fmt: skip
+        pred = adapted_prediction(model, unet, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, layers,
+                                  id_scale, exp_scale, device)  # fmt: skip
         target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
         if config.face_loss_weight > 0:
             weights = face_loss_weights(cache["target_kps"][rows], latents.shape[-2:], resolution,
@@ -363,17 +557,73 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         losses.append(mean_loss)
         progress.set_postfix(loss=f"{mean_loss:.4f}")
         done = step + 1
+        stop = False
+        if config.num_validation and (done % config.validation_steps == 0 or done == config.max_steps):
+            # every process computes the same numbers, so all take the same early-stopping decision
+            val = validation_losses(model, unet, scheduler, cache, val_rows, layers, id_scale, exp_scale, device,
+                                    config.seed, per_process)  # fmt: skip
+            improved = best_loss is None or val["loss"] < best_loss
+            best_loss, stale = (val["loss"], 0) if improved else (best_loss, stale + 1)
+            stop = bool(config.early_stopping_patience) and stale >= config.early_stopping_patience
+            if accelerator.is_main_process:
+                if improved:  # the best adapter so far, written atomically
+                    _save_adapter(accelerator.unwrap_model(model), output_dir / "best_adapter")
+                with open(val_log, "a") as f:
+                    f.write(json.dumps({"step": step, **val, "best": improved}) + "\n")
+                logger.info("step %d validation %s%s", done, {k: round(v, 5) for k, v in val.items()},
+                            " (best)" if improved else f" ({stale} without improvement)")  # fmt: skip
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "loss": mean_loss}) + "\n")
-            if done % config.checkpointing_steps == 0 or done == config.max_steps:
+            if done % config.checkpointing_steps == 0 or done == config.max_steps or stop:
                 save_checkpoint(output_dir / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, done)
                 _prune(output_dir, config.checkpoints_total_limit)
         accelerator.wait_for_everyone()
+        if stop:
+            logger.info("Early stop at step %d: no better validation loss in %d validations.", done, stale)
+            break
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir / "adapter")
+        final = accelerator.unwrap_model(model)
+        if config.num_validation and (output_dir / "best_adapter").is_dir():  # the held-out best, not the last
+            final = EmojiDiffAdapter.from_pretrained(output_dir / "best_adapter")
+        _save_adapter(final, output_dir / "adapter")
     accelerator.wait_for_everyone()
     return losses
+
+
+def _save_adapter(adapter: EmojiDiffAdapter, folder: Path) -> None:
+    """save_pretrained into a temporary folder, then rename into place: a finished folder is never half written."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    adapter.save_pretrained(tmp)
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def _best_validation(val_log: Path, start_step: int, rewrite: bool) -> tuple[float, int] | None:
+    """(best validation loss, validations since it) from the lines of `val_log` before `start_step` (resume)."""
+    if not val_log.exists():
+        return None
+    lines = []
+    for ln in val_log.read_text().splitlines():
+        try:
+            lines.append(json.loads(ln))
+        except json.JSONDecodeError:  # a torn last line from a crash while appending
+            continue
+    lines = [r for r in lines if r["step"] < start_step]
+    if rewrite:  # drop lines written after the checkpoint, as for loss_log.jsonl
+        val_log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if not lines:
+        return None
+    losses = [r["loss"] for r in lines]
+    i = int(np.argmin(losses))
+    return losses[i], len(losses) - 1 - i
 
 
 def _prune(output_dir: Path, limit: int | None) -> None:
@@ -385,8 +635,22 @@ def _prune(output_dir: Path, limit: int | None) -> None:
 
 
 def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
-               config: Stage1Config, resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
-    """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`."""
+               config: Stage1Config, resume_from_checkpoint: str | None = None,
+               expression_encoder=None) -> list[float]:  # fmt: skip
+    """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`. An adapter with a code stream
+    needs the `expression_encoder` it was built for."""
+    if adapter.uses_code_stream:
+        from ..expression import check_adapter_encoder
+
+        if expression_encoder is None:
+            raise ValueError(f"The adapter has a code stream: pass its `expression_encoder` "
+                             f"({adapter.config.expression_encoder!r}).")  # fmt: skip
+        check_adapter_encoder(adapter.config, expression_encoder)
+    prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
+                       accelerator.is_main_process)  # refuse before the cache is written into a used folder
     cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache",
-                                  with_target_kps=config.face_loss_weight > 0)  # fmt: skip
+                                  with_target_kps=config.face_loss_weight > 0,
+                                  expression_encoder=expression_encoder if adapter.uses_code_stream else None,
+                                  with_image_tokens=adapter.uses_image_stream,
+                                  template_crop=adapter.config.template_crop)  # fmt: skip
     return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint)
