@@ -52,3 +52,19 @@ def test_no_face_is_counted_and_report_is_written(setup, tmp_path):
     assert same_person_similarity(pairs, face) == pytest.approx(1.0, abs=1e-5)
     md = write_report({"copy": score_row([c.reference for c in cases], cases, inst)}, {"note": 1}, tmp_path, "cmd", "T")
     assert "| copy |" in md.read_text() and json.loads((tmp_path / "results.json").read_text())["command"] == "cmd"
+
+
+def test_ridge_probe_reads_a_linear_signal_on_held_out_groups():
+    from emojidiff_pipeline.evaluation import ridge_probe
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"id{i}" for i in range(40)], 10)
+    y = rng.uniform(0, 1, size=(400, 3))
+    identity = rng.normal(size=(40, 50)).repeat(10, axis=0) * 3  # a strong per-identity nuisance
+    x = np.concatenate([y @ rng.normal(size=(3, 20)), identity], axis=1) + rng.normal(size=(400, 70)) * 0.05
+    out = ridge_probe(x, y, groups, seed=0)
+    assert out["probe_mae"] < 0.33 * out["mean_predictor_mae"]  # far below the trivial answer
+    assert out["r2"] > 0.9 and out["test_rows"] + out["train_rows"] == 400
+    assert out["ridge_lambda"] in out["validation_mae_by_lambda"]
+    noise = ridge_probe(rng.normal(size=(400, 70)), y, groups, seed=0)  # no signal: no better than the mean
+    assert noise["probe_mae"] >= 0.9 * noise["mean_predictor_mae"] and noise["r2"] < 0.1

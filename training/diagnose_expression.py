@@ -77,8 +77,10 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
         noisy, target = scheduler.add_noise(latents, noise, tt), diffusion_target(scheduler, latents, noise, tt)
         table[t] = {}
         for name, (template_rows, keep_exp, keep_id) in conditions.items():
+            tpl = cache["template_index"][template_rows]
             out = adapter(identity_embeds=cache["identity"][idx],
-                          expression_image_embeds=cache["templates"][cache["template_index"][template_rows]],
+                          expression_image_embeds=cache["templates"][tpl] if adapter.uses_image_stream else None,
+                          expression_codes=cache["template_codes"][tpl] if adapter.uses_code_stream else None,
                           identity_keep=torch.full((b,), keep_id), expression_keep=torch.full((b,), keep_exp))  # fmt: skip
             cond = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
             pred = unet(noisy, tt, text, added_cond_kwargs=added, cross_attention_kwargs={CONDITIONING_KWARG: cond}).sample
@@ -87,8 +89,9 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
 
 
 @torch.no_grad()
-def expression_probe(pipe, collection: Path, num_photos: int, seed: int) -> dict[str, float]:
-    """Ridge probe (identity-split, 80/20) from flattened template tokens to the expression factors: MAE vs the mean."""
+def expression_probe(pipe, collection: Path, num_photos: int, seed: int, geometry: str = "eyes_nose") -> dict:
+    """Ridge probe (:func:`emojidiff_pipeline.evaluation.ridge_probe`: identity-split, tuned strength, clipped) from
+    the flattened template tokens to the expression factors: MAE and R^2 vs the mean predictor."""
     import PIL.Image
 
     from emojidiff_pipeline.face import masked_template
@@ -108,19 +111,13 @@ def expression_probe(pipe, collection: Path, num_photos: int, seed: int) -> dict
         crops = []
         for r in chosen[start : start + 64]:
             image = np.asarray(PIL.Image.open(collection / r["path"]).convert("RGB"))
-            crop, mask = face.expression_crop(image, r["path"], kps=r.get("kps"))
+            crop, mask = face.expression_crop(image, r["path"], kps=r.get("kps"), geometry=geometry)
             crops.append(masked_template(crop, mask))
         tokens.append(pipe.encode_template_crops(crops, "cpu").float().flatten(1))
-    x = torch.cat(tokens).numpy()
+    from emojidiff_pipeline.evaluation import ridge_probe
+
     y = np.array([truth[r["path"]] for r in chosen])
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    identities = np.array([r["identity"] for r in chosen])
-    test = np.isin(identities, np.unique(identities)[::5])
-    a, ya = x[~test], y[~test]
-    w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ (ya - ya.mean(0)))
-    pred = x[test] @ w + ya.mean(0)
-    return {"probe_mae": float(np.abs(pred - y[test]).mean()), "mean_predictor_mae": float(np.abs(y[test] - ya.mean(0)).mean()),
-            "train_photos": int((~test).sum()), "test_photos": int(test.sum()), "token_features": int(x.shape[1])}  # fmt: skip
+    return ridge_probe(torch.cat(tokens).numpy(), y, [r["identity"] for r in chosen], seed=seed)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -134,7 +131,7 @@ def main(args: argparse.Namespace) -> dict:
     adapter = EmojiDiffAdapter.from_pretrained(args.adapter).eval()
     losses = loss_table(pipe, adapter, load_file(args.cache), args.rows, args.timesteps, args.seed,
                         args.face_loss_weight)  # fmt: skip
-    probe = expression_probe(pipe, Path(args.collection), args.probe_photos, args.seed)
+    probe = expression_probe(pipe, Path(args.collection), args.probe_photos, args.seed, adapter.config.template_crop)
     command = "python training/diagnose_expression.py " + " ".join(shlex.quote(a) for a in args.argv)
     report = {"losses": losses, "probe": probe, "command": command}
     out = Path(args.out)
@@ -148,8 +145,9 @@ def main(args: argparse.Namespace) -> dict:
         own = row["own template"]
         lines.append(f"| {t} | " + " | ".join(f"{v:.4f} ({(v / own - 1):+.1%})" for v in row.values()) + " |")
     lines += ["", "## Do the template tokens carry expression? (ridge probe, held-out identities)", "",
-              f"- probe MAE {probe['probe_mae']:.4f} vs predicting the mean {probe['mean_predictor_mae']:.4f} "
-              f"({probe['train_photos']} train / {probe['test_photos']} test photos, {probe['token_features']} features)"]  # fmt: skip
+              f"- probe MAE {probe['probe_mae']:.4f} (R^2 {probe['r2']:.3f}, ridge lambda {probe['ridge_lambda']:g} tuned "
+              f"on held-out identities) vs predicting the mean {probe['mean_predictor_mae']:.4f} "
+              f"({probe['train_rows']} train / {probe['test_rows']} test photos, {probe['features']} features)"]  # fmt: skip
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out.resolve()}")
     return report

@@ -35,6 +35,7 @@ Row specs: ``base`` (no adapter), ``<adapter folder>`` (both branches), ``<adapt
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -346,6 +347,14 @@ def main(args: argparse.Namespace) -> dict:
     rows, probes = {}, {}
     for spec in args.row:
         name, row_spec = spec.split("=", 1)
+        key = row_key(row_spec, args)
+        cached = read_row_cache(out, name, key)
+        if cached is not None:  # this row, with these weights and settings, was already scored (deterministic)
+            logger.info("row %s (%s): reusing its earlier result", name, row_spec)
+            rows[name] = cached["scores"]
+            if cached.get("probe") is not None:
+                probes[name] = cached["probe"]
+            continue
         logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
         images = generate_row(pipe, row_spec, cases, world.train_face, args, expression_encoder=encoder)
         rows[name] = score_row(images, cases, inst)
@@ -353,6 +362,7 @@ def main(args: argparse.Namespace) -> dict:
         folder, scale = parse_row_spec(row_spec)
         if folder != "base" and scale == 1.0 and not args.no_probe:
             probes[name] = template_use_probe(pipe, cases, lines["perfect"], lines["probe_template"], seed=args.seed)
+        write_row_cache(out, name, key, rows[name], probes.get(name))
         logger.info("row %s: %s %s", name, rows[name], probes.get(name, ""))
     extra = {
         "same_person_identity_similarity": round(same_person_similarity(pairs, world.eval_face), 4),
@@ -364,6 +374,35 @@ def main(args: argparse.Namespace) -> dict:
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title)
     return {"rows": rows, **extra}
+
+
+def row_key(row_spec: str, args: argparse.Namespace) -> str:
+    """What a row's scores depend on: its spec, the adapter's weight file (size and mtime) and the case settings."""
+    import hashlib
+
+    folder, _ = parse_row_spec(row_spec)
+    weights = Path(folder) / "diffusion_pytorch_model.safetensors"
+    stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.exists() else ""
+    settings = [row_spec, stamp, args.pretrained_model, args.num_identities, args.num_templates, args.steps,
+                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder]  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16]
+
+
+def read_row_cache(out: Path, name: str, key: str) -> dict | None:
+    path = out / "rows" / f"{name}.json"
+    if not path.exists():
+        return None
+    cached = json.loads(path.read_text())
+    return cached if cached.get("key") == key and (out / f"grid_{name}.png").exists() else None
+
+
+def write_row_cache(out: Path, name: str, key: str, scores: dict, probe: dict | None) -> None:
+    """One finished row, written to a temporary name and renamed into place (a rerun resumes after it)."""
+    path = out / "rows" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "scores": scores, "probe": probe}, indent=1))
+    tmp.replace(path)
 
 
 def load_encoder_factory(spec: str | None):

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--expression_scale", type=float, default=1.0)
     gen.add_argument("--face_model", default="antelopev2", help="insightface model pack name")
     gen.add_argument("--face_root", default="~/.insightface", help="folder holding models/<face_model>/")
+    gen.add_argument("--expression_encoder", default=None,
+                     help="'module:factory' ExpressionEncoder, for models whose expression branch has a code stream")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--output", default="outputs/emojidiff.png")
     gen.add_argument("--grid_identities", type=int, default=4, help="synthetic demo: held-out identities (rows)")
@@ -90,6 +92,10 @@ def generate(args: argparse.Namespace) -> int:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = EmojiDiffPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     pipe.set_face_analyzer(FaceAnalyzer(args.face_model, args.face_root))
+    if args.expression_encoder:
+        from .expression import load_expression_encoder
+
+        pipe.set_expression_encoder(load_expression_encoder(args.expression_encoder))
     identity = [PIL.Image.open(p).convert("RGB") for p in args.identity] if args.identity else None
     expression = PIL.Image.open(args.expression).convert("RGB") if args.expression else None
     image = pipe(

@@ -273,3 +273,54 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
         "none_vs_right_se": standard_error_over(list(none / right - 1.0), groups),
         "timesteps": list(map(int, timesteps)),
     }
+
+
+def ridge_probe(features: np.ndarray, targets: np.ndarray, groups: Sequence[str], lambdas: Sequence[float] = (
+        0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0), clip: tuple[float, float] | None = (0.0, 1.0),
+        seed: int = 0) -> dict:  # fmt: skip
+    """How much of `targets` (N, K) a linear map reads from `features` (N, F), on held-out groups (identities).
+
+    Splits the groups 80/20 into train and test, tunes the ridge strength on an inner 80/20 group split of the train
+    part, standardises with train statistics only, clips predictions to `clip` (the targets' range), and reports the
+    test MAE and R^2 next to the mean predictor's MAE (the trivial answer).
+    """
+    features, targets = np.asarray(features, np.float64), np.asarray(targets, np.float64)
+    groups = np.asarray(groups)
+    rng = np.random.default_rng(seed)
+
+    def split(mask: np.ndarray) -> np.ndarray:
+        names = np.unique(groups[mask])
+        held = rng.permutation(names)[: max(1, len(names) // 5)]
+        return mask & np.isin(groups, held)
+
+    def fit_predict(train: np.ndarray, test: np.ndarray, lam: float) -> np.ndarray:
+        mu, sd = features[train].mean(0), features[train].std(0) + 1e-6
+        a, b = (features[train] - mu) / sd, (features[test] - mu) / sd
+        y_mean = targets[train].mean(0)
+        if a.shape[0] < a.shape[1]:  # dual form: (A A^T + lam I)^-1 y
+            w = a.T @ np.linalg.solve(a @ a.T + lam * np.eye(a.shape[0]), targets[train] - y_mean)
+        else:
+            w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (targets[train] - y_mean))
+        pred = b @ w + y_mean
+        return np.clip(pred, *clip) if clip is not None else pred
+
+    everything = np.ones(len(groups), dtype=bool)
+    test = split(everything)
+    train = ~test
+    inner_val = split(train)
+    inner_train = train & ~inner_val
+    val_mae = {lam: float(np.abs(fit_predict(inner_train, inner_val, lam) - targets[inner_val]).mean()) for lam in lambdas}
+    best = min(val_mae, key=val_mae.get)
+    pred = fit_predict(train, test, best)
+    residual = ((pred - targets[test]) ** 2).sum()
+    total = ((targets[test] - targets[train].mean(0)) ** 2).sum()
+    return {
+        "probe_mae": float(np.abs(pred - targets[test]).mean()),
+        "mean_predictor_mae": float(np.abs(targets[test] - targets[train].mean(0)).mean()),
+        "r2": float(1.0 - residual / total),
+        "ridge_lambda": float(best),
+        "validation_mae_by_lambda": val_mae,
+        "train_rows": int(train.sum()),
+        "test_rows": int(test.sum()),
+        "features": int(features.shape[1]),
+    }

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,6 +488,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     start_step = 0
     log_path = output_dir / "loss_log.jsonl"
+    elapsed_before = 0.0  # training wall-clock of the run before this process (resume), logged per step
     prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
                        accelerator.is_main_process)  # fmt: skip
     accelerator.wait_for_everyone()
@@ -497,6 +499,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         if accelerator.is_main_process and log_path.exists():  # drop log lines written after that checkpoint
             kept = [r for r in _read_log(log_path) if r["step"] < start_step]
             log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            elapsed_before = kept[-1].get("elapsed_s", 0.0) if kept else 0.0
         accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(adapter, optimizer)
     unet.to(accelerator.device)
@@ -519,6 +522,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     losses = []
     progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
                     disable=not accelerator.is_local_main_process, desc="stage 1")  # fmt: skip
+    clock = time.monotonic()
     for step in progress:
         # randomness is drawn for the whole global batch and sliced, so N processes x B == 1 process x N*B
         g = _step_generator(config.seed, step)
@@ -574,7 +578,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
                             " (best)" if improved else f" ({stale} without improvement)")  # fmt: skip
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, "loss": mean_loss}) + "\n")
+                elapsed = round(elapsed_before + time.monotonic() - clock, 2)
+                f.write(json.dumps({"step": step, "loss": mean_loss, "elapsed_s": elapsed}) + "\n")
             if done % config.checkpointing_steps == 0 or done == config.max_steps or stop:
                 save_checkpoint(output_dir / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, done)
                 _prune(output_dir, config.checkpoints_total_limit)
