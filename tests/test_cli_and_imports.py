@@ -73,6 +73,10 @@ def test_cli_demo_draws_the_embedded_default(tmp_path, capsys):
     assert f"wrote {out.resolve()}" in capsys.readouterr().out
     grid = np.asarray(PIL.Image.open(out))
     assert grid.shape[0] > 64 * 2 and grid.shape[1] > 64 * 3 and grid.std() > 10  # a grid of faces, not blank
+    sheet = np.asarray(PIL.Image.open(tmp_path / "demo_one_identity.png"))  # one identity x all 64 templates
+    assert sheet.shape[:2] == (64 * 9, 64 * 16) and sheet[64:].std() > 10
+    with pytest.raises(SystemExit, match="--grid_templates must be in"):
+        cli_main(["generate", "--grid_templates", "65"])
     with pytest.raises(SystemExit, match="--identity / --expression need --model"):
         cli_main(["generate", "--identity", "x.png"])
 

@@ -42,7 +42,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     caches = sorted((Path(args.run_dir) / "cache").glob("cache-*.safetensors"))
     if not caches:
         p.error(f"--run_dir {args.run_dir!r} holds no cache/cache-*.safetensors (run stage 1 there first)")
-    args.cache = caches[-1]
+    args.cache = max(caches, key=lambda c: c.stat().st_mtime)  # the newest: older keys are stale inputs
     return args
 
 

@@ -70,12 +70,12 @@ def main(args: argparse.Namespace) -> list[dict]:
         load_callable,
     )
     from emojidiff_pipeline.train.stage1 import run_stage1
-    from emojidiff_pipeline.train.triplets import read_triplets, strip_prompt_phrases
+    from emojidiff_pipeline.train.triplets import read_collection, read_triplets, strip_prompt_phrases
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = setup.make_accelerator(args)
     out = Path(args.output_dir)
-    records = [json.loads(line) for line in Path(args.collection).read_text().splitlines() if line.strip()]
+    records = read_collection(args.collection, "`--collection` manifest")
     face = setup.build_face_analyzer(args, need_detector=True)
     scorer = load_callable(args.expression_estimator, "expression_estimator")
     filters = FilterConfig(args.max_expression_error, args.min_identity_similarity, args.max_template_similarity)

@@ -23,6 +23,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from emojidiff_pipeline.train.atomic import atomic_path, write_text_atomic
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -136,8 +138,8 @@ def main(args: argparse.Namespace) -> dict:
     shipped = best_adapter(results, rows)
     export(shipped, Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    (Path(args.out) / "pipeline.json").write_text(json.dumps({"command": command, "exported_adapter": shipped,
-                                                              "rows": rows}, indent=1))  # fmt: skip
+    write_text_atomic(Path(args.out) / "pipeline.json", json.dumps({"command": command, "exported_adapter": shipped,
+                                                                     "rows": rows}, indent=1))  # fmt: skip
     rounds = [json.loads((work / "idi" / f"round-{r}" / "data" / "round_stats.json").read_text())
               for r in range(args.idi_rounds)]  # fmt: skip
     write_targets(results, rounds, Path(args.out), command)
@@ -178,7 +180,7 @@ def write_training_summary(rows: dict[str, str], out: Path, command: str) -> Non
         lines.append(f"| {name} | {t['steps']} | {fmt(t['wall_clock_min'], '')} | {fmt(t['best_step'], '')} | "
                      f"{fmt(t['validation_loss'], '.4f')} | {fmt(t['template_swap_gap'], '+.2%')} | "
                      f"{fmt(t['no_expression_gap'], '+.2%')} | {fmt(t['validations_after_best'], '')} |")  # fmt: skip
-    (out / "training.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "training.md", "\n".join(lines) + "\n")
 
 
 def best_adapter(results: dict, specs: dict[str, str]) -> str:
@@ -244,9 +246,8 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
     """targets.json + targets.md: every target with its measured value ("not run" when its rows are missing), and
     each IDI round's yield and speed."""
     checks = check_targets(results, rounds)
-    tmp = out / "targets.json.tmp"
-    tmp.write_text(json.dumps({"targets": checks, "idi_rounds": rounds, "command": command}, indent=1))
-    tmp.replace(out / "targets.json")
+    write_text_atomic(out / "targets.json", json.dumps({"targets": checks, "idi_rounds": rounds, "command": command},
+                                                       indent=1))  # fmt: skip
     lines = ["# Targets of the synthetic results (expression transfer)", "",
              f"Written by `{command}` from `results.json` and the IDI rounds' `round_stats.json` (do not edit by hand).",
              "", "| target | measured | target value | met |", "| --- | --- | --- | --- |"]  # fmt: skip
@@ -261,20 +262,20 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
                   "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         lines += [f"| {r} | {s['pairs']} | {s['accepted']} | {s['yield']:.3f} | {s['rejected_by']} | "
                   f"{s['accepted_per_compute_minute']} |" for r, s in enumerate(rounds)]  # fmt: skip
-    (out / "targets.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "targets.md", "\n".join(lines) + "\n")
 
 
 def export(adapter_dir: str, folder: Path) -> None:
     """The adapter, in fp16, as the embedded default (``<folder>/emoji_adapter``); it runs on the shipped base
-    model (``World.pipeline()``), so the base weights are not stored twice."""
-    import shutil
-
+    model (``World.pipeline()``), so the base weights are not stored twice. Atomic: a kill while exporting leaves the
+    previous default in place."""
     import torch
 
     from emojidiff_pipeline import EmojiDiffAdapter
 
-    shutil.rmtree(folder, ignore_errors=True)
-    EmojiDiffAdapter.from_pretrained(adapter_dir).to(torch.float16).save_pretrained(folder / "emoji_adapter")
+    adapter = EmojiDiffAdapter.from_pretrained(adapter_dir).to(torch.float16)
+    with atomic_path(folder) as tmp:
+        adapter.save_pretrained(tmp / "emoji_adapter")
     logger.info("Exported the embedded default to %s", folder)
 
 

@@ -13,12 +13,12 @@ Round-0 data: `--same_identity_from <collection manifest.jsonl>` builds same-ide
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from emojidiff_pipeline.train import setup
 from emojidiff_pipeline.train.triplets import (
+    read_collection,
     read_triplets,
     same_identity_triplets,
     strip_prompt_phrases,
@@ -58,16 +58,20 @@ def main(args: argparse.Namespace) -> list[float]:
     output_dir = Path(args.output_dir)
     if not args.overwrite_output_dir:  # refuse another run's folder before writing anything (else: cleared later)
         prepare_run_folder(output_dir, bool(args.resume_from_checkpoint), overwrite=False)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if args.same_identity_from:
-        records = [json.loads(line) for line in Path(args.same_identity_from).read_text().splitlines() if line.strip()]
+    if args.same_identity_from:  # read and check the inputs before anything is written
+        records = read_collection(args.same_identity_from, "`--same_identity_from` collection")
         triplets = same_identity_triplets(records, Path(args.same_identity_from).parent, args.num_references, args.seed)
+        if not triplets:
+            raise ValueError(f"`--same_identity_from` collection {args.same_identity_from!r} gives no same-identity "
+                             "triplet: no identity has two or more distinct photos.")  # fmt: skip
+        output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
             write_triplets(triplets, output_dir / "triplets.jsonl")
         accelerator.wait_for_everyone()
         triplets = read_triplets(output_dir / "triplets.jsonl")
     else:
         triplets = read_triplets(args.triplets)
+        output_dir.mkdir(parents=True, exist_ok=True)
     if args.strip_prompt_words:
         triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
     logger.info("%d triplets", len(triplets))

@@ -145,3 +145,22 @@ def _far_expression(expression, rng: np.random.Generator, tries: int = 32):
 
     draws = [Expression.random(rng) for _ in range(tries)]
     return max(draws, key=lambda e: float(np.abs(e.to_vector() - expression.to_vector()).mean()))
+
+
+def save_identity_sheet(images, cases, path: str | Path, columns: int = 16) -> Path:
+    """One reference person across every template: the reference top-left, then pairs of rows (templates above,
+    generated images below), `columns` per row. `images` and `cases` are that person's, in template order."""
+    size = images[0].shape[0]
+    n = len(images)
+    rows = -(-n // columns)
+    sheet = np.full(((2 * rows + 1) * size, columns * size, 3), 255, np.uint8)
+    sheet[:size, :size] = np.asarray(Image.fromarray(cases[0].reference).resize((size, size)))
+    for k, (img, c) in enumerate(zip(images, cases)):
+        r, col = divmod(k, columns)
+        y, x = (2 * r + 1) * size, col * size
+        sheet[y : y + size, x : x + size] = np.asarray(Image.fromarray(c.template).resize((size, size)))
+        sheet[y + size : y + 2 * size, x : x + size] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    return path

@@ -28,7 +28,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .triplets import Triplet, read_triplets, write_triplets
+from .atomic import atomic_path, write_text_atomic
+from .triplets import Triplet, open_rgb, read_triplets, unique_records, write_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def plan_pairs(records: Sequence[dict], num_pairs: int, num_references: int = 2,
     """
     by_identity: dict[str, list[dict]] = defaultdict(list)
     for r in records:
+        if "identity" not in r or "path" not in r:
+            raise ValueError(f"collection record {r!r} needs `identity` and `path` fields.")
         by_identity[r["identity"]].append(r)
     identities = sorted(by_identity)
     if len(identities) < 2:
@@ -210,7 +213,7 @@ class IDIRound:
         self.filters, self.config, self.root = filters, config, Path(collection_root)
 
     def _image(self, record) -> np.ndarray:
-        return np.asarray(PIL.Image.open(self.root / record["path"]).convert("RGB"))
+        return np.asarray(open_rgb(self.root / record["path"], "collection image"))
 
     def _process_pair(self, pair: Pair, images_dir: Path) -> tuple[Triplet | None, dict]:
         seed = self.config.seed * 1_000_003 + pair.index
@@ -251,7 +254,8 @@ class IDIRound:
         if reasons:
             return None, stats
         path = images_dir / f"{pair.index:07d}.png"
-        PIL.Image.fromarray(result).save(path)
+        with atomic_path(path) as tmp:
+            PIL.Image.fromarray(result).save(tmp, format="PNG")
         triplet = Triplet(
             template=str(self.root / pair.template["path"]),
             references=[str(self.root / r["path"]) for r in pair.references],
@@ -284,6 +288,7 @@ class IDIRound:
             num_processes: int = 1) -> list[int]:  # fmt: skip
         """Process this process's unfinished shards; returns the shard ids it finished now."""
         out_dir = Path(out_dir)
+        records = unique_records(records, self.root)  # a photo listed twice would be drawn twice as a reference
         pairs = plan_pairs(records, self.config.num_pairs, self.config.num_references, self.config.seed)
         shards = [pairs[i : i + self.config.shard_size] for i in range(0, len(pairs), self.config.shard_size)]
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
@@ -301,9 +306,7 @@ class IDIRound:
                 stats.append(pair_stats)
                 if triplet is not None:
                     triplets.append(triplet)
-            tmp = out_dir / "shards" / f"{shard_id:05d}.stats.json.tmp"
-            tmp.write_text(json.dumps(stats))
-            os.replace(tmp, out_dir / "shards" / f"{shard_id:05d}.stats.json")
+            write_text_atomic(out_dir / "shards" / f"{shard_id:05d}.stats.json", json.dumps(stats))
             write_triplets(triplets, out_dir / "shards" / f"{shard_id:05d}.jsonl")  # atomic; marks the shard done
             logger.info("IDI shard %d: kept %d of %d pairs.", shard_id, len(triplets), len(shard))
             done_now.append(shard_id)
@@ -334,7 +337,5 @@ def assemble_round(out_dir: str | os.PathLike, num_shards: int) -> dict:
     summary = {"pairs": len(stats), "accepted": len(triplets), "yield": len(triplets) / max(1, len(stats)),
                "rejected_by": dict(sorted(reasons.items())), "compute_seconds": round(seconds, 1),
                "accepted_per_compute_minute": round(60 * len(triplets) / seconds, 2) if seconds else None}  # fmt: skip
-    tmp = out_dir / "round_stats.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out_dir / "round_stats.json")
+    write_text_atomic(out_dir / "round_stats.json", json.dumps(summary, indent=1))  # last: marks the round done
     return summary

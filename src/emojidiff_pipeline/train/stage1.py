@@ -29,16 +29,65 @@ from safetensors.torch import load_file, save_file
 from ..adapter import EmojiDiffAdapter
 from ..attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
 from ..layers import unet_layers
-from .triplets import Triplet
+from .atomic import atomic_path, write_text_atomic
+from .triplets import Triplet, open_rgb
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- cache
+def _file_stamp(path: str | os.PathLike, what: str) -> str:
+    """``path|size|mtime_ns`` of a file the cache depends on (replacing it in place changes the stamp)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise FileNotFoundError(f"{what} {str(path)!r} cannot be read: {err.strerror}.") from err
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _model_identity(model, what: str) -> str:
+    """What identifies a frozen model: its model file's stamp when it has one (insightface models), else its repr
+    without memory addresses (stable across processes)."""
+    model_file = getattr(model, "model_file", None)
+    if model_file:
+        return f"{type(model).__name__}({_file_stamp(model_file, what)})"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))
+
+
+def _config_json(component) -> str:
+    config = getattr(component, "config", None)
+    config = component.to_dict() if config is None and hasattr(component, "to_dict") else config
+    if config is None:
+        return "None" if component is None else type(component).__name__
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def cache_dependencies(pipe, face_analyzer, with_image_tokens: bool = True) -> str:
+    """Everything besides the triplets that the cached values depend on: the face front-end (recognizer and detector
+    identities, its settings) and, with image tokens, the image encoder and feature extractor configs."""
+    parts = [
+        f"recognizer={_model_identity(getattr(face_analyzer, 'recognizer', None), 'the recognizer model file')}",
+        f"detector={_model_identity(getattr(face_analyzer, 'detector', None), 'the detector model file')}",
+        f"face={_model_identity(face_analyzer, 'the face front-end model file')}",
+    ]
+    if with_image_tokens:
+        parts.append(f"image_encoder={_config_json(getattr(pipe, 'image_encoder', None))}")
+        parts.append(f"feature_extractor={_config_json(getattr(pipe, 'feature_extractor', None))}")
+    return "|".join(parts)
+
+
 def _cache_key(triplets: list[Triplet], resolution: int, extra: str) -> str:
+    """Hash of the resolution, `extra` (pipeline and model identities) and the triplets, including the size and
+    mtime of every image they reference."""
     h = hashlib.sha256(f"{resolution}|{extra}".encode())
-    for t in triplets:
+    stamps: dict[str, str] = {}
+    for n, t in enumerate(triplets):
         h.update(json.dumps(t.to_json(), sort_keys=True).encode())
+        for path in (t.template, *t.references, t.target):
+            if path not in stamps:
+                stamps[path] = _file_stamp(path, f"an image of triplet {n}")
+            h.update(stamps[path].encode())
     return h.hexdigest()[:16]
 
 
@@ -65,7 +114,7 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
         raise ValueError("The pipeline has no `image_encoder`/`feature_extractor`; the image stream needs both.")
 
     def load(path, size=None):
-        img = PIL.Image.open(path).convert("RGB")
+        img = open_rgb(path, "training image")
         return img.resize((size, size), PIL.Image.BICUBIC) if size and img.size != (size, size) else img
 
     # targets -> latents
@@ -178,10 +227,13 @@ def face_loss_weights(kps: torch.Tensor, latent_size: tuple[int, int], resolutio
 def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path,
                           with_target_kps: bool = False, expression_encoder=None,
                           with_image_tokens: bool = True, template_crop: str = "arcface") -> dict:  # fmt: skip
-    """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it."""
+    """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it. The hash covers
+    the triplets and their images' size and mtime, the resolution, the pipeline's name, the image encoder, the face
+    front-end (recognizer and detector) and the expression encoder, so a change to any of them re-encodes."""
     extra = (getattr(pipe, "name_or_path", "") or "") + ("|target_kps" if with_target_kps else "")
     extra += f"|codes={getattr(expression_encoder, 'name', None)}|image_tokens={with_image_tokens}"
-    extra += "" if template_crop == "arcface" else f"|crop={template_crop}"  # old caches keep their key
+    extra += "" if template_crop == "arcface" else f"|crop={template_crop}"
+    extra += "|" + cache_dependencies(pipe, face_analyzer, with_image_tokens)
     key = _cache_key(triplets, resolution, extra)
     path = cache_dir / f"cache-{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
@@ -189,9 +241,8 @@ def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution
         cache = prepare_cache(pipe, face_analyzer, triplets, resolution, with_target_kps=with_target_kps,
                               expression_encoder=expression_encoder, with_image_tokens=with_image_tokens,
                               template_crop=template_crop)  # fmt: skip
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in cache.items()}, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
     accelerator.wait_for_everyone()
     return load_file(path)
 
@@ -199,15 +250,12 @@ def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution
 # ----------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.optim.Optimizer, step: int) -> None:
     """Write ``folder`` atomically: adapter/ (a loadable adapter folder), optimizer.safetensors, state.json."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    adapter.save_pretrained(tmp / "adapter")
     state = optimizer.state_dict()
     tensors = {f"{idx}.{k}": v.detach().cpu().contiguous() for idx, s in state["state"].items() for k, v in s.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        adapter.save_pretrained(tmp / "adapter")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
 
 
 CHECKPOINT_FILES = ("state.json", "optimizer.safetensors", "adapter/config.json",
@@ -498,7 +546,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         logger.info("Resumed from %s at step %d.", folder, start_step)
         if accelerator.is_main_process and log_path.exists():  # drop log lines written after that checkpoint
             kept = [r for r in _read_log(log_path) if r["step"] < start_step]
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept))
             elapsed_before = kept[-1].get("elapsed_s", 0.0) if kept else 0.0
         accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(adapter, optimizer)
@@ -516,7 +564,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     if accelerator.is_main_process:
         info = {"num_processes": accelerator.num_processes, "global_batch": global_batch, "num_triplets": n,
                 "start_step": start_step, "config": config.__dict__}  # fmt: skip
-        (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+        write_text_atomic(output_dir / "run_info.json", json.dumps(info, indent=1))
     null_text = torch.zeros_like(cache["prompt_embeds"][:1])
     null_pooled = torch.zeros_like(cache["pooled"][:1])
     losses = []
@@ -598,17 +646,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
 
 def _save_adapter(adapter: EmojiDiffAdapter, folder: Path) -> None:
     """save_pretrained into a temporary folder, then rename into place: a finished folder is never half written."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    adapter.save_pretrained(tmp)
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        adapter.save_pretrained(tmp)
 
 
 def _best_validation(val_log: Path, start_step: int, rewrite: bool) -> tuple[float, int] | None:
@@ -623,7 +662,7 @@ def _best_validation(val_log: Path, start_step: int, rewrite: bool) -> tuple[flo
             continue
     lines = [r for r in lines if r["step"] < start_step]
     if rewrite:  # drop lines written after the checkpoint, as for loss_log.jsonl
-        val_log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        write_text_atomic(val_log, "".join(json.dumps(r) + "\n" for r in lines))
     if not lines:
         return None
     losses = [r["loss"] for r in lines]

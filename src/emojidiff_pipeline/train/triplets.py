@@ -14,14 +14,20 @@ without them the face front-end detects the face (``target_kps`` is only read by
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
+
+from .atomic import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,49 +66,120 @@ def _kps(value: Any, where: str) -> list:
     return arr.tolist()
 
 
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest"
+               ) -> Iterator[tuple[str, dict]]:  # fmt: skip
+    """(``"file:line"``, record) for each non-blank line of a JSON Lines file, in order. Every error names the file
+    and line: invalid UTF-8, invalid JSON, a line that is not an object, a record without a `required` field. The
+    one reader of every JSONL file that training reads (collection and triplet manifests)."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {str(path)!r} {state}.")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}): "
+                                 f"{raw[:80]!r}") from err  # fmt: skip
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}): {line[:80]!r}") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+            missing = [k for k in required if k not in record]
+            if missing:
+                raise ValueError(f"{where}: the record has no {', '.join(f'`{k}`' for k in missing)} field "
+                                 f"(it has {sorted(record)}).")  # fmt: skip
+            yield where, record
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest") -> list[dict]:
+    """The records of a JSON Lines file (see :func:`iter_jsonl`); a file without any is refused by its name."""
+    records = [record for _, record in iter_jsonl(path, required, what)]
+    if not records:
+        raise ValueError(f"{what} {str(path)!r} holds no records (the file is empty).")
+    return records
+
+
+def open_rgb(path: str | os.PathLike, what: str = "image") -> PIL.Image.Image:
+    """An image file fully decoded to RGB; a missing, truncated or non-image file is refused by its path."""
+    try:
+        with PIL.Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, PIL.UnidentifiedImageError, ValueError) as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read as an image: {err}") from err
+
+
+COLLECTION_FIELDS = ("path", "identity", "caption")
+
+
+def read_collection(path: str | os.PathLike, what: str = "collection manifest") -> list[dict]:
+    """A collection manifest's records (``path``, ``identity``, ``caption``[, ``kps``]); errors give file:line."""
+    records = []
+    for where, record in iter_jsonl(path, COLLECTION_FIELDS, what):
+        for key in ("path", "caption"):
+            if not isinstance(record[key], str) or (key == "path" and not record[key]):
+                raise ValueError(f"{where}: `{key}` must be a {'non-empty ' if key == 'path' else ''}string, "
+                                 f"got {record[key]!r}.")  # fmt: skip
+        records.append(record)
+    if not records:
+        raise ValueError(f"{what} {str(path)!r} holds no records (the file is empty).")
+    return records
+
+
+def unique_records(records: Sequence[dict], root: str | os.PathLike) -> list[dict]:
+    """`records` without repeats of a photo (same resolved ``path``; the first is kept), logging how many were
+    dropped. A photo listed under two identities is refused: its identity is unknown."""
+    root = Path(root).resolve()
+    first: dict[str, dict] = {}
+    for n, r in enumerate(records):
+        for key in ("path", "identity"):
+            if key not in r:
+                raise ValueError(f"collection record {n} has no `{key}` field (it has {sorted(r)}).")
+        key = os.path.normpath(root / r["path"])
+        if key in first and first[key]["identity"] != r["identity"]:
+            raise ValueError(f"collection records list {r['path']!r} under two identities: "
+                             f"{first[key]['identity']!r} and {r['identity']!r} (record {n}).")  # fmt: skip
+        first.setdefault(key, r)
+    dropped = len(records) - len(first)
+    if dropped:
+        logger.warning("Dropped %d duplicate collection record(s) (a photo listed more than once).", dropped)
+    return list(first.values())
+
+
 def read_triplets(manifest: str | os.PathLike) -> list[Triplet]:
     """Read and validate a triplet manifest; errors name the file, the line and what is wrong."""
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"`triplets` manifest {str(manifest)!r} does not exist.")
     root = manifest.resolve().parent
     triplets = []
-    with open(manifest, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg}): {line[:80]!r}") from err
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}.")
-            missing = [k for k in ("template", "references", "target", "prompt") if k not in item]
-            if missing:
-                raise ValueError(f"{where}: missing field(s) {missing}.")
-            refs = item["references"]
-            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-                raise ValueError(f"{where}: `references` must be a non-empty list of paths, got {refs!r}.")
-            if not isinstance(item["prompt"], str):
-                raise ValueError(f"{where}: `prompt` must be a string, got {item['prompt']!r}.")
-            paths = [item["template"], *refs, item["target"]]
-            resolved = [str((root / p).resolve()) for p in paths]
-            absent = [p for p, r in zip(paths, resolved) if not os.path.isfile(r)]
-            if absent:
-                raise ValueError(f"{where}: image file(s) not found: {absent}.")
-            template_kps = _kps(item["template_kps"], f"{where} `template_kps`") if "template_kps" in item else None
-            reference_kps = None
-            if "reference_kps" in item:
-                if not isinstance(item["reference_kps"], list) or len(item["reference_kps"]) != len(refs):
-                    raise ValueError(f"{where}: `reference_kps` must hold one keypoint set per reference.")
-                reference_kps = [_kps(k, f"{where} `reference_kps`") for k in item["reference_kps"]]
-            target_kps = _kps(item["target_kps"], f"{where} `target_kps`") if "target_kps" in item else None
-            known = {"template", "references", "target", "prompt", "template_kps", "reference_kps", "target_kps"}
-            triplets.append(
-                Triplet(resolved[0], resolved[1:-1], resolved[-1], item["prompt"], template_kps, reference_kps,
-                        {k: v for k, v in item.items() if k not in known}, target_kps)
-            )  # fmt: skip
+    for where, item in iter_jsonl(manifest, ("template", "references", "target", "prompt"), "`triplets` manifest"):
+        refs = item["references"]
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"{where}: `references` must be a non-empty list of paths, got {refs!r}.")
+        if not isinstance(item["prompt"], str):
+            raise ValueError(f"{where}: `prompt` must be a string, got {item['prompt']!r}.")
+        paths = [item["template"], *refs, item["target"]]
+        resolved = [str((root / p).resolve()) for p in paths]
+        absent = [p for p, r in zip(paths, resolved) if not os.path.isfile(r)]
+        if absent:
+            raise ValueError(f"{where}: image file(s) not found: {absent}.")
+        template_kps = _kps(item["template_kps"], f"{where} `template_kps`") if "template_kps" in item else None
+        reference_kps = None
+        if "reference_kps" in item:
+            if not isinstance(item["reference_kps"], list) or len(item["reference_kps"]) != len(refs):
+                raise ValueError(f"{where}: `reference_kps` must hold one keypoint set per reference.")
+            reference_kps = [_kps(k, f"{where} `reference_kps`") for k in item["reference_kps"]]
+        target_kps = _kps(item["target_kps"], f"{where} `target_kps`") if "target_kps" in item else None
+        known = {"template", "references", "target", "prompt", "template_kps", "reference_kps", "target_kps"}
+        triplets.append(
+            Triplet(resolved[0], resolved[1:-1], resolved[-1], item["prompt"], template_kps, reference_kps,
+                    {k: v for k, v in item.items() if k not in known}, target_kps)
+        )  # fmt: skip
     if not triplets:
         raise ValueError(f"`triplets` manifest {str(manifest)!r} holds no triplets.")
     return triplets
@@ -113,11 +190,9 @@ def write_triplets(triplets: Iterable[Triplet], manifest: str | os.PathLike) -> 
     manifest = Path(manifest)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     root = manifest.resolve().parent
-    tmp = manifest.with_suffix(manifest.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for t in triplets:
             f.write(json.dumps(t.to_json(root)) + "\n")
-    os.replace(tmp, manifest)
     return manifest
 
 
@@ -130,21 +205,22 @@ def same_identity_triplets(
     Args:
         records: dicts with ``path`` (relative to `root`), ``identity``, ``caption`` and optionally ``kps``.
         num_references: references per triplet (identities with fewer other photos use what they have; identities
-            with a single photo are skipped).
+            with a single photo are skipped). Repeated records of a photo are dropped (:func:`unique_records`).
     """
     if num_references < 1:
         raise ValueError(f"`num_references` must be >= 1, got {num_references}.")
     root = Path(root).resolve()
     by_identity: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
+    for r in unique_records(records, root):
         by_identity[r["identity"]].append(r)
     rng = np.random.default_rng(seed)
     triplets = []
     for identity, photos in by_identity.items():
         if len(photos) < 2:
             continue
-        for i, target in enumerate(photos):
-            others = [p for j, p in enumerate(photos) if j != i]
+        for target in photos:
+            target_path = os.path.normpath(root / target["path"])  # by path: a photo is never its own reference
+            others = [p for p in photos if os.path.normpath(root / p["path"]) != target_path]
             chosen = [others[k] for k in rng.permutation(len(others))[:num_references]]
             kps_known = "kps" in target and all("kps" in p for p in chosen)
             triplets.append(
