@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from face_standins import make_arcface_standin
@@ -372,3 +373,21 @@ def test_resume_tolerates_a_torn_last_line_and_skips_an_incomplete_checkpoint(wo
     assert resumed == world[1][2:]  # from checkpoint-2, bit-identical to the uninterrupted run
     assert any("checkpoint-4" in r.getMessage() and "optimizer.safetensors" in r.getMessage() for r in caplog.records)
     assert [json.loads(x)["loss"] for x in log.read_text().splitlines()] == world[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": []}, "`prompt` is an empty list"),
+        ({"expression_image": np.zeros((0, 0, 3), np.uint8)}, "`expression_image` is empty"),
+        ({"expression_image": PIL.Image.new("RGB", (0, 0))}, "`expression_image` is empty"),
+        ({"expression_mask": np.ones((64, 64), np.float32)}, "`expression_mask` was given without an expression"),
+    ],
+)
+def test_edge_inputs_are_refused_before_library_internals(kwargs, match):
+    """Issue 11, class 11: edge inputs get an error naming the argument, not a tokenizer or transformers error."""
+    components = tiny_components()
+    pipe = EmojiDiffPipeline(**components, emoji_adapter=tiny_adapter(components["unet"]))
+    call = {"prompt": "a face", "identity_embeds": random_identity(), "num_inference_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(**call)

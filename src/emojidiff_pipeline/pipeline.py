@@ -212,6 +212,11 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                 "`expression_image` must be an image (PIL or HxWx3 array) or a list of one per prompt; got "
                 f"{type(expression_image).__name__}."
             )
+        for i, img in enumerate(templates):
+            size = img.size if isinstance(img, PIL.Image.Image) else tuple(img.shape[:2])
+            if 0 in size:
+                name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
+                raise ValueError(f"`{name}` is empty (size {size}); give an image with a face.")
         return templates
 
     def _template_crops(self, expression_image, batch_size: int) -> list[PIL.Image.Image]:
@@ -324,6 +329,8 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         if isinstance(prompt, str):
             return 1
         if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError("`prompt` is an empty list; give at least one prompt.")
             return len(prompt)
         if prompt_embeds is not None:
             return prompt_embeds.shape[0]
@@ -512,6 +519,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             self._check_embeds("expression_codes", expression_codes[:, None], config.expression_code_dim, batch_size,
                                "expression_code_dim")  # fmt: skip
         mask = None
+        if expression_mask is not None and not has_expression:
+            raise ValueError("`expression_mask` was given without an expression input (`expression_image`, "
+                             "`expression_embeds` or `expression_codes`); it would be ignored.")  # fmt: skip
         if expression_mask is not None:
             h = height or self.default_sample_size * self.vae_scale_factor
             w = width or self.default_sample_size * self.vae_scale_factor
