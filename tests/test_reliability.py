@@ -391,3 +391,14 @@ def test_edge_inputs_are_refused_before_library_internals(kwargs, match):
     call = {"prompt": "a face", "identity_embeds": random_identity(), "num_inference_steps": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         pipe(**call)
+
+
+@pytest.mark.parametrize("spec", ["a@exp=-1", "a@exp=nan", "a@exp=inf", "a@exp=x"])
+def test_evaluate_row_scales_are_checked_at_parse_time(spec):
+    """Issue 11, class 13: a bad '@exp=' scale is refused before any model loads, naming the --row spec."""
+    import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--row", f"r={spec}"])
+    with pytest.raises(ValueError, match=f"--row spec '{spec}'"):
+        evaluate.parse_row_spec(spec)

@@ -133,9 +133,12 @@ def parse_row_spec(spec: str) -> tuple[str, float]:
         return folder, 0.0
     if folder and option.startswith("exp="):
         try:
-            return folder, float(option[len("exp=") :])
+            scale = float(option[len("exp=") :])
         except ValueError:
             raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp='):]!r}.") from None
+        if not np.isfinite(scale) or scale < 0:
+            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a finite scale >= 0, got {scale}.")
+        return folder, scale
     return spec, 1.0
 
 
