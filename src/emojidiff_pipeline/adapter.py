@@ -83,25 +83,34 @@ def _safetensors_shapes(pretrained_model_name_or_path, variant: str | None, hub:
     return files[0] if len(files) == 1 else files, shapes
 
 
-class IdentityProjection(nn.Module):
+class TokenProjection(nn.Module):
+    """A vector -> a few tokens: (B, D) -> (B, N, C), an MLP then LayerNorm (IP-Adapter-FaceID's projection)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, cross_attention_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.cross_attention_dim = cross_attention_dim
+        self.proj = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
+        )
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).view(x.shape[0], self.num_tokens, self.cross_attention_dim)  # (B, N, C)
+        return self.norm(x)
+
+
+class IdentityProjection(TokenProjection):
     """Normed face embedding(s) -> identity tokens: (B, n_ref, D) -> (B, N, C).
 
     Several references of one person are averaged and renormalised before projection (order-invariant).
     """
 
     def __init__(self, embed_dim: int, cross_attention_dim: int, num_tokens: int):
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.cross_attention_dim = cross_attention_dim
-        self.proj = nn.Sequential(
-            nn.Linear(embed_dim, embed_dim * 2), nn.GELU(), nn.Linear(embed_dim * 2, cross_attention_dim * num_tokens)
-        )
-        self.norm = nn.LayerNorm(cross_attention_dim)
+        super().__init__(embed_dim, embed_dim * 2, cross_attention_dim, num_tokens)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(F.normalize(embeds, dim=-1).mean(dim=1), dim=-1)  # (B, D)
-        x = self.proj(x).view(x.shape[0], self.num_tokens, self.cross_attention_dim)  # (B, N, C)
-        return self.norm(x)
+        return super().forward(F.normalize(F.normalize(embeds, dim=-1).mean(dim=1), dim=-1))  # (B, D) -> (B, N, C)
 
 
 class PerceiverAttention(nn.Module):
@@ -157,7 +166,7 @@ class ExpressionResampler(nn.Module):
         return self.norm_out(self.proj_out(latents))  # (B, N, C)
 
 
-class ExpressionCodeProjection(nn.Module):
+class ExpressionCodeProjection(TokenProjection):
     """Expression code(s) from an expression encoder -> expression tokens: (B, K) -> (B, N, C).
 
     The code stream of the expression branch: a low-dimensional code (blendshapes, action units, the synthetic
@@ -166,17 +175,7 @@ class ExpressionCodeProjection(nn.Module):
     """
 
     def __init__(self, code_dim: int, cross_attention_dim: int, num_tokens: int, hidden_dim: int):
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.cross_attention_dim = cross_attention_dim
-        self.proj = nn.Sequential(
-            nn.Linear(code_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
-        )
-        self.norm = nn.LayerNorm(cross_attention_dim)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        x = self.proj(codes).view(codes.shape[0], self.num_tokens, self.cross_attention_dim)  # (B, N, C)
-        return self.norm(x)
+        super().__init__(code_dim, hidden_dim, cross_attention_dim, num_tokens)
 
 
 EXPRESSION_STREAMS = ("image", "code", "both")
