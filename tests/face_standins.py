@@ -198,3 +198,29 @@ def write_model_pack(
     make_scrfd_standin(folder / "det_10g.onnx", faces, image_size=image_size, input_size=input_size)
     make_arcface_standin(folder / "w600k_r50.onnx", seed=seed)
     return folder
+
+
+def _tiny_face_net(out_dim: int, seed: int, squash: bool) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.AvgPool2d(4), nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(out_dim)]
+    net = nn.Sequential(*layers, *([nn.Sigmoid()] if squash else []))
+    net(torch.zeros(1, 3, 112, 112))  # materialise the lazy layer
+    return net
+
+
+def tiny_expression_loss_model():
+    """`module:factory` hook: a seeded tiny conv net as a differentiable expression estimator (11 factors)."""
+    from emojidiff_pipeline.train.face_losses import DifferentiableFaceModel
+
+    return DifferentiableFaceModel(_tiny_face_net(11, 3, squash=True), name="tiny/expression")
+
+
+def tiny_identity_loss_model():
+    """`module:factory` hook: a seeded tiny conv net as a differentiable face recognizer (16-d)."""
+    from emojidiff_pipeline.train.face_losses import DifferentiableFaceModel
+
+    return DifferentiableFaceModel(_tiny_face_net(16, 4, squash=False), name="tiny/identity")
+
+
+def not_a_face_model():
+    return nn.Linear(2, 2)

@@ -103,6 +103,27 @@ def train_expression_encoder():
     return expression_encoder("train")
 
 
+def face_loss_model(kind: str, side: str = "train"):
+    """The world's `kind` ("expression" or "identity") instrument of `side` as a
+    :class:`~emojidiff_pipeline.train.face_losses.DifferentiableFaceModel` (torch, on ArcFace-aligned 112 crops in
+    [-1, 1]) for stage 1's face losses. Training uses the train side; evaluation measures with the eval side."""
+    from ..train.face_losses import DifferentiableFaceModel
+    from .instruments import load_expression_estimator, load_identity_encoder
+
+    loaders = {"expression": load_expression_estimator, "identity": load_identity_encoder}
+    if kind not in loaders:
+        raise ValueError(f"`kind` must be one of {sorted(loaders)}, got {kind!r}.")
+    return DifferentiableFaceModel(loaders[kind](_check_side(side)), name=f"emojidiff-synthetic/{kind}-{side}")
+
+
+def train_expression_loss_model():
+    return face_loss_model("expression", "train")
+
+
+def train_identity_loss_model():
+    return face_loss_model("identity", "train")
+
+
 @dataclass
 class World:
     """Handles to the shipped world. Heavy parts load on first use."""

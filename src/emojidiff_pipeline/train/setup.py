@@ -104,6 +104,17 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--text_drop", type=float, default=0.05)
     g.add_argument("--face_loss_weight", type=float, default=0.0,
                    help="extra diffusion-loss weight around the target's face keypoints (0: the standard loss)")
+    g.add_argument("--expression_loss_weight", type=float, default=0.0,
+                   help="weight of the expression loss read by --expression_loss_model on the one-step x0 (0: off)")
+    g.add_argument("--expression_loss_model", default=None,
+                   help="'module:factory' returning a DifferentiableFaceModel expression estimator "
+                        "(emojidiff_pipeline.train.face_losses); not the one evaluation measures with")  # fmt: skip
+    g.add_argument("--identity_loss_weight", type=float, default=0.0,
+                   help="weight of the identity loss 1 - cos read by --identity_loss_model on the one-step x0")
+    g.add_argument("--identity_loss_model", default=None,
+                   help="'module:factory' returning a DifferentiableFaceModel face recognizer")
+    g.add_argument("--face_loss_max_timestep", type=int, default=400,
+                   help="the face losses apply to rows with timestep <= this (a one-step x0 from more noise is a blur)")
     g.add_argument("--strip_prompt_words", default=None,
                    help="comma-separated phrases removed from training prompts (e.g. expression words)")
     g.add_argument("--num_validation", type=int, default=0, help="triplets held out for the validation loss")
@@ -125,6 +136,16 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.face_loss_weight < 0:
         parser.error(f"--face_loss_weight must be >= 0, got {args.face_loss_weight}")
+    for kind in ("expression", "identity"):
+        weight, model = getattr(args, f"{kind}_loss_weight"), getattr(args, f"{kind}_loss_model")
+        if not weight >= 0 or weight == float("inf"):
+            parser.error(f"--{kind}_loss_weight must be a finite number >= 0, got {weight}")
+        if weight > 0 and not model:
+            parser.error(f"--{kind}_loss_weight {weight} needs --{kind}_loss_model (module:factory)")
+        if model and weight == 0:
+            parser.error(f"--{kind}_loss_model is given but --{kind}_loss_weight is 0: it would be ignored")
+    if args.face_loss_max_timestep < 0:
+        parser.error(f"--face_loss_max_timestep must be >= 0, got {args.face_loss_max_timestep}")
     for name in ("num_validation", "early_stopping_patience"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
@@ -137,8 +158,31 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("identity embeddings need --recognizer (ONNX) or --face_pack (an insightface model pack)")
 
 
+def build_face_loss_models(args: argparse.Namespace) -> tuple:
+    """(expression model or None, identity model or None) from --expression_loss_model / --identity_loss_model."""
+    from .face_losses import DifferentiableFaceModel
+    from .idi import load_callable
+
+    models = []
+    for kind in ("expression", "identity"):
+        spec = getattr(args, f"{kind}_loss_model", None)
+        model = load_callable(spec, f"--{kind}_loss_model") if spec else None
+        if model is not None and not isinstance(model, DifferentiableFaceModel):
+            raise ValueError(f"`--{kind}_loss_model` {spec!r} must return a DifferentiableFaceModel, got "
+                             f"{type(model).__name__}.")  # fmt: skip
+        models.append(model)
+    return tuple(models)
+
+
 def stage1_config(args: argparse.Namespace, max_steps: int):
+    from .face_losses import FaceLossConfig
     from .stage1 import Stage1Config
+
+    face = FaceLossConfig(
+        expression_weight=getattr(args, "expression_loss_weight", 0.0),
+        identity_weight=getattr(args, "identity_loss_weight", 0.0),
+        max_timestep=getattr(args, "face_loss_max_timestep", 400),
+    )
 
     return Stage1Config(
         max_steps=max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -148,6 +192,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         num_validation=args.num_validation, validation_steps=args.validation_steps,
         early_stopping_patience=args.early_stopping_patience,
         overwrite_output_dir=getattr(args, "overwrite_output_dir", False),
+        face_losses=face if face.enabled else None,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ Checkpoints hold safetensors only (adapter folder + optimizer tensors) and a JSO
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from ..adapter import EmojiDiffAdapter
 from ..attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
 from ..layers import unet_layers
 from .atomic import atomic_path, write_text_atomic
+from .face_losses import FaceLossConfig, face_losses
 from .triplets import Triplet, open_rgb
 
 logger = logging.getLogger(__name__)
@@ -392,6 +394,7 @@ class Stage1Config:
     num_validation: int = 0  # triplets held out of training for the validation loss (0: none)
     validation_steps: int = 250  # validate every this many steps (and at the last step)
     early_stopping_patience: int = 0  # stop after this many validations without a new best loss (0: never)
+    face_losses: FaceLossConfig | None = None  # expression / identity read back from the one-step x0 (None: off)
 
 
 def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -427,10 +430,14 @@ def adapted_prediction(model, unet, cache: dict, rows: torch.Tensor, noisy, time
 
 @torch.no_grad()
 def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, layers, id_scale, exp_scale, device,
-                      seed: int, batch_size: int) -> dict[str, float]:  # fmt: skip
+                      seed: int, batch_size: int, face: dict | None = None) -> dict[str, float]:  # fmt: skip
     """Held-out diffusion loss at fixed noise and evenly spread timesteps, and two probes of the expression branch:
     the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
     (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
+
+    `face` (``{"vae", "config", "expression_model", "identity_model"}``) adds the face losses of the right-template
+    prediction (``face_expression`` / ``face_identity``, means over the rows with ``t <= max_timestep``) and
+    ``objective``: ``loss`` plus their weighted sum, what the best adapter is chosen on.
     """
     n = len(rows)
     g = torch.Generator().manual_seed(seed * 31 + 17)
@@ -439,6 +446,7 @@ def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, l
     shift = max(1, n // 2)  # a derangement: row i takes the template of row i + n/2
     swapped = rows[(torch.arange(n) + shift) % n]
     sums = {"loss": 0.0, "loss_template_swap": 0.0, "loss_no_expression": 0.0}
+    face_sums, face_rows = {}, 0
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         r, t = rows[sl], timesteps[sl]
@@ -453,8 +461,22 @@ def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, l
             pred = adapted_prediction(model, unet, cache, r, noisy, t, text, pooled, ones, keep_exp, layers, id_scale,
                                       exp_scale, device, template_rows=tpl)  # fmt: skip
             sums[key] += F.mse_loss(pred.float(), target, reduction="sum").item()
+            if face is not None and key == "loss":
+                parts = face_losses(face["vae"], scheduler, noisy, pred, latents, t, cache["target_kps"][r],
+                                    face["config"], face["expression_model"], face["identity_model"])  # fmt: skip
+                m = int((t <= face["config"].max_timestep).sum())
+                for name, value in parts.items():
+                    if name != "total":
+                        face_sums[name] = face_sums.get(name, 0.0) + value.item() * m
+                face_rows += m
     total = n * cache["latents"][0].numel()
-    return {k: v / total for k, v in sums.items()}
+    out = {k: v / total for k, v in sums.items()}
+    if face is not None:
+        out.update({f"face_{k}": v / max(1, face_rows) for k, v in face_sums.items()})
+        cfg = face["config"]
+        out["objective"] = (out["loss"] + cfg.expression_weight * out.get("face_expression", 0.0)
+                            + cfg.identity_weight * out.get("face_identity", 0.0))  # fmt: skip
+    return out
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -508,15 +530,21 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, output_dir: Path,
-                 resume_from_checkpoint: str | None = None) -> list[float]:  # fmt: skip
+                 resume_from_checkpoint: str | None = None, expression_loss_model=None,
+                 identity_loss_model=None) -> list[float]:  # fmt: skip
     """Run the loop; returns this run's per-step losses (mean over processes). Writes loss_log.jsonl,
-    checkpoint-<step>/ folders and the final adapter/ folder under `output_dir`."""
+    checkpoint-<step>/ folders and the final adapter/ folder under `output_dir`.
+
+    With ``config.face_losses`` the loss adds :func:`~.face_losses.face_losses` read by the frozen
+    `expression_loss_model` / `identity_loss_model` (:class:`~.face_losses.DifferentiableFaceModel`)."""
     from tqdm.auto import tqdm
 
     unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
     resolution = int(cache["add_time_ids"][0, 0])
     if config.face_loss_weight > 0 and "target_kps" not in cache:
         raise ValueError("`face_loss_weight` > 0 needs a cache prepared with `with_target_kps=True`.")
+    face = _face_loss_setup(pipe, config.face_losses, cache, expression_loss_model, identity_loss_model,
+                            accelerator.device)  # fmt: skip
     if adapter.uses_code_stream and "template_codes" not in cache:
         raise ValueError("The adapter's expression branch has a code stream: prepare the cache with its "
                          f"`expression_encoder` ({adapter.config.expression_encoder!r}).")  # fmt: skip
@@ -563,7 +591,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     global_batch = per_process * accelerator.num_processes
     if accelerator.is_main_process:
         info = {"num_processes": accelerator.num_processes, "global_batch": global_batch, "num_triplets": n,
-                "start_step": start_step, "config": config.__dict__}  # fmt: skip
+                "start_step": start_step, "config": dataclasses.asdict(config)}  # fmt: skip
         write_text_atomic(output_dir / "run_info.json", json.dumps(info, indent=1))
     null_text = torch.zeros_like(cache["prompt_embeds"][:1])
     null_pooled = torch.zeros_like(cache["pooled"][:1])
@@ -599,6 +627,13 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
             loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
         else:
             loss = F.mse_loss(pred.float(), target)
+        record = {}
+        if face is not None:
+            parts = face_losses(face["vae"], scheduler, noisy, pred, latents, timesteps, cache["target_kps"][rows],
+                                face["config"], face["expression_model"], face["identity_model"])  # fmt: skip
+            record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
+            record["diffusion_loss"] = loss.item()
+            loss = loss + parts["total"]
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -613,9 +648,10 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         if config.num_validation and (done % config.validation_steps == 0 or done == config.max_steps):
             # every process computes the same numbers, so all take the same early-stopping decision
             val = validation_losses(model, unet, scheduler, cache, val_rows, layers, id_scale, exp_scale, device,
-                                    config.seed, per_process)  # fmt: skip
-            improved = best_loss is None or val["loss"] < best_loss
-            best_loss, stale = (val["loss"], 0) if improved else (best_loss, stale + 1)
+                                    config.seed, per_process, face)  # fmt: skip
+            score = val.get("objective", val["loss"])
+            improved = best_loss is None or score < best_loss
+            best_loss, stale = (score, 0) if improved else (best_loss, stale + 1)
             stop = bool(config.early_stopping_patience) and stale >= config.early_stopping_patience
             if accelerator.is_main_process:
                 if improved:  # the best adapter so far, written atomically
@@ -627,7 +663,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 elapsed = round(elapsed_before + time.monotonic() - clock, 2)
-                f.write(json.dumps({"step": step, "loss": mean_loss, "elapsed_s": elapsed}) + "\n")
+                f.write(json.dumps({"step": step, "loss": mean_loss, **record, "elapsed_s": elapsed}) + "\n")
             if done % config.checkpointing_steps == 0 or done == config.max_steps or stop:
                 save_checkpoint(output_dir / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, done)
                 _prune(output_dir, config.checkpoints_total_limit)
@@ -642,6 +678,32 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         _save_adapter(final, output_dir / "adapter")
     accelerator.wait_for_everyone()
     return losses
+
+
+def _face_losses_on(config: Stage1Config) -> bool:
+    return config.face_losses is not None and config.face_losses.enabled
+
+
+def _face_loss_setup(pipe, config: FaceLossConfig | None, cache: dict, expression_model, identity_model,
+                     device) -> dict | None:  # fmt: skip
+    """What :func:`face_losses` needs, checked up front (None when the face losses are off)."""
+    if config is None or not config.enabled:
+        return None
+    if "target_kps" not in cache:
+        raise ValueError("The face losses need the targets' keypoints: prepare the cache with `with_target_kps=True`.")
+    if pipe.vae is None:
+        raise ValueError("The face losses decode the one-step prediction: the pipeline needs a `vae`.")
+    if config.expression_weight > 0 and expression_model is None:
+        raise ValueError("`expression_weight` > 0 needs an `expression_loss_model` (a DifferentiableFaceModel).")
+    if config.identity_weight > 0 and identity_model is None:
+        raise ValueError("`identity_weight` > 0 needs an `identity_loss_model` (a DifferentiableFaceModel).")
+    pipe.vae.to(device)
+    return {
+        "vae": pipe.vae,
+        "config": config,
+        "expression_model": expression_model.to(device) if config.expression_weight > 0 else None,
+        "identity_model": identity_model.to(device) if config.identity_weight > 0 else None,
+    }
 
 
 def _save_adapter(adapter: EmojiDiffAdapter, folder: Path) -> None:
@@ -665,7 +727,7 @@ def _best_validation(val_log: Path, start_step: int, rewrite: bool) -> tuple[flo
         write_text_atomic(val_log, "".join(json.dumps(r) + "\n" for r in lines))
     if not lines:
         return None
-    losses = [r["loss"] for r in lines]
+    losses = [r.get("objective", r["loss"]) for r in lines]
     i = int(np.argmin(losses))
     return losses[i], len(losses) - 1 - i
 
@@ -679,8 +741,8 @@ def _prune(output_dir: Path, limit: int | None) -> None:
 
 
 def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
-               config: Stage1Config, resume_from_checkpoint: str | None = None,
-               expression_encoder=None) -> list[float]:  # fmt: skip
+               config: Stage1Config, resume_from_checkpoint: str | None = None, expression_encoder=None,
+               expression_loss_model=None, identity_loss_model=None) -> list[float]:  # fmt: skip
     """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`. An adapter with a code stream
     needs the `expression_encoder` it was built for."""
     if adapter.uses_code_stream:
@@ -693,8 +755,9 @@ def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: 
     prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
                        accelerator.is_main_process)  # refuse before the cache is written into a used folder
     cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache",
-                                  with_target_kps=config.face_loss_weight > 0,
+                                  with_target_kps=config.face_loss_weight > 0 or _face_losses_on(config),
                                   expression_encoder=expression_encoder if adapter.uses_code_stream else None,
                                   with_image_tokens=adapter.uses_image_stream,
                                   template_crop=adapter.config.template_crop)  # fmt: skip
-    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint)
+    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint,
+                        expression_loss_model, identity_loss_model)  # fmt: skip

@@ -1,0 +1,182 @@
+"""Face losses on the one-step prediction: expression and identity read back from the generated face.
+
+The diffusion loss weighs every latent cell alike, and a mouth corner or an eyelid is a few cells of a face; a
+branch can lower it a lot while the expression it draws is still wrong. These losses read what a differentiable face
+model sees in the image the UNet predicts in one step (ControlNet++'s cycle consistency, PuLID's identity loss):
+
+    x0 = one_step_x0(noisy, prediction, t)                        # (B, 4, h, w), from the UNet's prediction
+    image = vae.decode(x0 / scaling_factor)                       # (B, 3, H, W) in about [-1, 1]
+    crop = warp_faces(image, target keypoints, model template)    # (B, 3, S, S), differentiable in `image`
+    expression loss = |E(crop) - E(crop of the decoded target)|   # E: an expression estimator, (B, C)
+    identity loss   = 1 - cos(F(crop), F(crop of the decoded target))  # F: a face recognizer, (B, D)
+
+Only rows whose timestep is at most ``max_timestep`` count (a one-step x0 from a very noisy latent is a blur).
+Both models are frozen and should not be the ones evaluation measures with. A model is a
+:class:`DifferentiableFaceModel`: a torch module over aligned crops plus the 5-point template it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..face import _similarity_matrix, arcface_template
+
+
+def _check_images(images: torch.Tensor, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"`{name}` must be a (N, 3, H, W) tensor, got {got}.")
+
+
+def _check_keypoints(kps, n: int) -> np.ndarray:
+    kps = np.asarray(kps.detach().cpu() if isinstance(kps, torch.Tensor) else kps, dtype=np.float64)
+    if kps.shape != (n, 5, 2):
+        raise ValueError(f"`kps` must have shape ({n}, 5, 2) (5 face points per image, pixels), got {kps.shape}.")
+    if not np.all(np.isfinite(kps)):
+        raise ValueError("`kps` contains non-finite values.")
+    return kps
+
+
+def warp_faces(images: torch.Tensor, kps, template: np.ndarray, size: int) -> torch.Tensor:
+    """Similarity-align each image's face onto `template`: differentiable in `images`.
+
+    images: (N, 3, H, W) in [-1, 1]; kps: (N, 5, 2) pixel (x, y) in `images`, insightface order; template: (5, 2)
+    where the points land in a `size` crop. -> (N, 3, size, size). Same geometry and bilinear sampling as
+    insightface's ``norm_crop`` (cv2 ``warpAffine``, pixel centres at integers, black outside the image).
+    """
+    _check_images(images)
+    n, _, h, w = images.shape
+    kps = _check_keypoints(kps, n)
+    template = np.asarray(template, dtype=np.float64)
+    inverse = []
+    for k in kps:
+        m = np.vstack([_similarity_matrix(k, template), [0.0, 0.0, 1.0]])
+        inverse.append(np.linalg.inv(m)[:2])  # crop pixel -> image pixel
+    inverse = torch.as_tensor(np.stack(inverse), dtype=images.dtype, device=images.device)  # (N, 2, 3)
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=images.dtype, device=images.device),
+        torch.arange(size, dtype=images.dtype, device=images.device),
+        indexing="ij",
+    )
+    crop_points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)  # (1, S*S, 3)
+    source = crop_points @ inverse.transpose(1, 2)  # (N, S*S, 2) image pixels
+    scale = torch.tensor([w, h], dtype=images.dtype, device=images.device)
+    grid = ((2 * source + 1) / scale - 1).view(n, size, size, 2)  # grid_sample's align_corners=False convention
+    # sample (x + 1) with zero padding, so outside the image is -1 (black), as norm_crop's border value 0
+    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
+class DifferentiableFaceModel(nn.Module):
+    """A frozen torch face model over aligned crops, for training losses.
+
+    module: (N, 3, S, S) RGB in [-1, 1] -> (N, D) (an expression code, or an identity embedding); `template` (5, 2)
+    says where the 5 points land in its S x S crop (default: insightface's ArcFace template, as ArcFace models use).
+    ``model(images, kps)`` aligns (N, 3, H, W) images in [-1, 1] with their (N, 5, 2) keypoints and runs the module.
+    """
+
+    def __init__(self, module: nn.Module, name: str, crop_size: int = 112, template: np.ndarray | None = None):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
+        self.module = module.eval().requires_grad_(False)
+        self.name = name
+        self.crop_size = int(crop_size)
+        self.template = np.asarray(arcface_template(crop_size) if template is None else template, np.float64)
+        if self.template.shape != (5, 2):
+            raise ValueError(f"`template` must have shape (5, 2), got {self.template.shape}.")
+
+    def train(self, mode: bool = True):  # always frozen: BatchNorm statistics and dropout stay in eval mode
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, kps) -> torch.Tensor:
+        crops = warp_faces(images, kps, self.template, self.crop_size)
+        return self.module(crops.to(next(self.module.parameters()).dtype))
+
+
+def one_step_x0(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """x0 predicted in one step from `noisy` (B, C, h, w) at integer `timesteps` (B,) by a DDPM-family scheduler's
+    epsilon or v `prediction`."""
+    alphas = scheduler.alphas_cumprod.to(noisy.device, torch.float32)[timesteps.to(noisy.device)]
+    a = alphas.sqrt().view(-1, 1, 1, 1)
+    s = (1 - alphas).sqrt().view(-1, 1, 1, 1)
+    noisy, prediction = noisy.float(), prediction.float()
+    if scheduler.config.prediction_type == "epsilon":
+        return (noisy - s * prediction) / a
+    if scheduler.config.prediction_type == "v_prediction":
+        return a * noisy - s * prediction
+    raise ValueError(f"Unsupported `prediction_type` {scheduler.config.prediction_type!r} (epsilon or v_prediction).")
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) scaled latents -> (B, 3, H, W) images in about [-1, 1] (not clamped: gradients pass)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents / vae.config.scaling_factor + shift
+    return vae.decode(z.to(vae.dtype)).sample.float()
+
+
+@dataclass
+class FaceLossConfig:
+    """Weights of the face losses (0: off) and the largest timestep they apply at."""
+
+    expression_weight: float = 0.0
+    identity_weight: float = 0.0
+    max_timestep: int = 400
+
+    def __post_init__(self):
+        for name in ("expression_weight", "identity_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if isinstance(self.max_timestep, bool) or not isinstance(self.max_timestep, int) or self.max_timestep < 0:
+            raise ValueError(f"`max_timestep` must be an int >= 0, got {self.max_timestep!r}.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.expression_weight > 0 or self.identity_weight > 0
+
+
+def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, config: FaceLossConfig,
+                expression_model: DifferentiableFaceModel | None = None,
+                identity_model: DifferentiableFaceModel | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The weighted face losses of a batch, and their parts.
+
+    noisy, prediction, latents: (B, C, h, w) (the UNet's input, its output, the clean target latents); timesteps
+    (B,); kps (B, 5, 2) the target's keypoints in decoded-image pixels. Returns ``{"total": scalar}`` plus
+    ``"expression"`` / ``"identity"`` (unweighted means over the rows with ``t <= max_timestep``) for the enabled
+    losses; ``total`` is 0 (with a graph) when no row qualifies.
+    """
+    if config.expression_weight > 0 and expression_model is None:
+        raise ValueError("`expression_weight` > 0 needs an `expression_model`.")
+    if config.identity_weight > 0 and identity_model is None:
+        raise ValueError("`identity_weight` > 0 needs an `identity_model`.")
+    rows = (timesteps <= config.max_timestep).nonzero().flatten()
+    total = prediction.float().sum() * 0.0
+    out = {}
+    if not config.enabled or len(rows) == 0:
+        return {"total": total}
+    idx = rows.to(prediction.device)
+    x0 = one_step_x0(scheduler, noisy[idx.cpu()].to(prediction.device), prediction[idx], timesteps[rows])
+    image = decode_latents(vae, x0)
+    with torch.no_grad():
+        reference = decode_latents(vae, latents[rows.cpu()].to(prediction.device).float())
+    k = kps[rows.cpu()]
+    if config.expression_weight > 0:
+        with torch.no_grad():
+            want = expression_model(reference, k)
+        out["expression"] = (expression_model(image, k) - want).abs().mean()
+        total = total + config.expression_weight * out["expression"]
+    if config.identity_weight > 0:
+        with torch.no_grad():
+            anchor = F.normalize(identity_model(reference, k).float(), dim=-1)
+        got = F.normalize(identity_model(image, k).float(), dim=-1)
+        out["identity"] = (1 - (got * anchor).sum(-1)).mean()
+        total = total + config.identity_weight * out["identity"]
+    out["total"] = total
+    return out

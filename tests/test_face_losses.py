@@ -1,0 +1,178 @@
+"""Face losses on the one-step x0 (train/face_losses.py): the differentiable crop, x0, the losses and stage 1 with them."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from face_standins import ASTRONAUT_KPS, tiny_expression_loss_model
+from tiny_models import tiny_components, write_tiny_collection
+
+from emojidiff_pipeline import EmojiDiffPipeline
+from emojidiff_pipeline.face import align_face, arcface_template
+from emojidiff_pipeline.train.face_losses import (
+    DifferentiableFaceModel,
+    FaceLossConfig,
+    face_losses,
+    one_step_x0,
+    warp_faces,
+)
+
+pytest.importorskip("accelerate")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import train_decoupled  # noqa: E402
+
+FACTORIES = "--expression_loss_model", "face_standins:tiny_expression_loss_model"
+ID_FACTORIES = "--identity_loss_model", "face_standins:tiny_identity_loss_model"
+
+
+def astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut()
+
+
+def test_warp_matches_insightface_norm_crop_and_passes_gradients():
+    image = astronaut()
+    want = align_face(image, ASTRONAUT_KPS, 112).astype(np.float32)
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1).requires_grad_(True)
+    crop = warp_faces(x, ASTRONAUT_KPS[None], arcface_template(112), 112)
+    got = ((crop[0].detach() + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert crop.shape == (1, 3, 112, 112)
+    assert np.abs(got - want).mean() < 1.0  # of 255: the same crop, bilinear both
+    crop.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_warp_fills_outside_with_black_and_checks_inputs():
+    x = torch.zeros(1, 3, 32, 32)  # mid-grey image; points near a corner put most of the crop outside it
+    kps = np.array([[[1.0, 1.0], [4.0, 1.0], [2.5, 2.5], [1.5, 4.0], [3.5, 4.0]]])
+    crop = warp_faces(x, kps, arcface_template(112), 112)
+    assert crop.min().item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="`kps` must have shape"):
+        warp_faces(x, kps[:, :3], arcface_template(112), 112)
+    with pytest.raises(ValueError, match="`images` must be a"):
+        warp_faces(torch.zeros(3, 32, 32), kps, arcface_template(112), 112)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_one_step_x0_inverts_the_forward_process(prediction_type):
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 400, 900])
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    assert torch.allclose(one_step_x0(scheduler, noisy, target, t), x0, atol=1e-3)
+
+
+def test_config_and_model_checks():
+    with pytest.raises(ValueError, match="expression_weight"):
+        FaceLossConfig(expression_weight=-1.0)
+    with pytest.raises(ValueError, match="max_timestep"):
+        FaceLossConfig(max_timestep=1.5)
+    assert not FaceLossConfig().enabled and FaceLossConfig(identity_weight=0.1).enabled
+    with pytest.raises(ValueError, match="`module` must be a torch.nn.Module"):
+        DifferentiableFaceModel(lambda x: x, name="f")
+    model = tiny_expression_loss_model()
+    model.train()
+    assert not model.module.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_face_losses_rows_above_max_timestep_do_not_count():
+    pipe = EmojiDiffPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    noise = torch.randn(2, 4, 8, 8, generator=g)
+    prediction = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(2, 5, 2)
+    model = tiny_expression_loss_model()
+    config = FaceLossConfig(expression_weight=1.0, max_timestep=500)
+    t = torch.tensor([100, 900])
+    noisy = scheduler.add_noise(latents, noise, t)
+    both = face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model)
+    first = face_losses(pipe.vae, scheduler, noisy[:1], prediction[:1], latents[:1], t[:1], kps[:1], config, model)
+    assert both["expression"].item() == pytest.approx(first["expression"].item(), rel=1e-5)
+    both["total"].backward()
+    assert prediction.grad[0].abs().sum() > 0 and prediction.grad[1].abs().sum() == 0
+    none = face_losses(pipe.vae, scheduler, noisy, prediction, latents, torch.tensor([800, 900]), kps, config, model)
+    assert set(none) == {"total"} and none["total"].item() == 0.0
+    with pytest.raises(ValueError, match="needs an `expression_model`"):
+        face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("face_losses")
+    EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
+    from face_standins import make_arcface_standin
+
+    make_arcface_standin(root / "arcface.onnx", seed=1)
+    write_tiny_collection(root, num_identities=3, photos_per_identity=3)
+    return root
+
+
+def args_for(world, out, *extra):
+    return train_decoupled.parse_args([
+        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
+        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
+        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--resampler_depth", "1",
+        "--num_expression_tokens", "4", "--face_loss_max_timestep", "999", *extra,
+    ])  # fmt: skip
+
+
+def test_stage1_with_face_losses_logs_validates_and_resumes_exactly(world, tmp_path):
+    face = (*FACTORIES, "--expression_loss_weight", "1.0", *ID_FACTORIES, "--identity_loss_weight", "0.5",
+            "--num_validation", "2", "--validation_steps", "2")  # fmt: skip
+    full = train_decoupled.main(args_for(world, tmp_path / "full", "--max_steps", "4", *face))
+    assert len(full) == 4 and all(np.isfinite(full))
+    log = [json.loads(x) for x in (tmp_path / "full" / "loss_log.jsonl").read_text().splitlines()]
+    for record in log:
+        assert record["face_expression"] > 0 and record["face_identity"] > 0
+        want = record["diffusion_loss"] + record["face_expression"] + 0.5 * record["face_identity"]
+        assert record["loss"] == pytest.approx(want, rel=1e-5)
+    val = [json.loads(x) for x in (tmp_path / "full" / "val_log.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in val] == [1, 3]
+    assert all(v["objective"] > v["loss"] and "face_identity" in v for v in val)
+    plain = train_decoupled.main(args_for(world, tmp_path / "plain", "--max_steps", "4"))
+    assert plain != full  # the face losses change training
+
+    first = train_decoupled.main(args_for(world, tmp_path / "split", "--max_steps", "2", *face))
+    resumed = train_decoupled.main(
+        args_for(world, tmp_path / "split", "--max_steps", "4", "--resume_from_checkpoint", "latest", *face)
+    )
+    assert first + resumed == full  # bit-identical
+
+
+def test_face_loss_flags_are_checked(world, tmp_path):
+    with pytest.raises(SystemExit):  # a weight without a model
+        args_for(world, tmp_path / "a", "--max_steps", "2", "--expression_loss_weight", "1")
+    with pytest.raises(SystemExit):  # a model that would be ignored
+        args_for(world, tmp_path / "b", "--max_steps", "2", *FACTORIES)
+    with pytest.raises(SystemExit):
+        args_for(world, tmp_path / "c", "--max_steps", "2", *ID_FACTORIES, "--identity_loss_weight", "-1")
+    bad = args_for(world, tmp_path / "d", "--max_steps", "2", "--expression_loss_model",
+                   "face_standins:not_a_face_model", "--expression_loss_weight", "1")  # fmt: skip
+    with pytest.raises(ValueError, match="must return a DifferentiableFaceModel, got Linear"):
+        train_decoupled.main(bad)
+
+
+def test_synthetic_world_face_loss_models_read_as_its_scorers():
+    from emojidiff_pipeline.synthetic.load import expression_scorer, face_loss_model
+    from emojidiff_pipeline.synthetic.renderer import Expression, Identity, Pose, Style, render
+
+    renders = [render(Identity.from_seed(s), Expression.random(s), Style.random(s), Pose.random(s)) for s in range(4)]
+    images = np.stack([np.asarray(r.image.convert("RGB")) if hasattr(r.image, "convert") else r.image for r in renders])
+    kps = np.stack([r.keypoints for r in renders]).astype(np.float32)
+    want = expression_scorer("train")(list(images), list(kps))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        got = face_loss_model("expression", "train")(x, kps).numpy()
+    assert np.abs(got - want).max() < 0.02  # the differentiable crop reads as insightface's norm_crop
+    assert face_loss_model("identity").name == "emojidiff-synthetic/identity-train"
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        face_loss_model("style")
