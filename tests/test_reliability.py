@@ -402,3 +402,19 @@ def test_evaluate_row_scales_are_checked_at_parse_time(spec):
         evaluate.parse_args(["--row", f"r={spec}"])
     with pytest.raises(ValueError, match=f"--row spec '{spec}'"):
         evaluate.parse_row_spec(spec)
+
+
+@pytest.mark.parametrize("path", ["runs_here/missing_adapter", "./missing", "/nonexistent/run/adapter", "a/b/c"])
+def test_missing_local_adapter_folder_fails_at_once_without_hub_lookup(path, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs_here").mkdir()
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    with pytest.raises(FileNotFoundError, match="this local path does not exist"):
+        EmojiDiffAdapter.from_pretrained(path)
+    assert calls == []
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not an adapter folder"):
+        EmojiDiffAdapter.from_pretrained("f.txt")

@@ -191,6 +191,23 @@ class AdapterOutput:
     expression_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def _refuse_missing_local_folder(path, where: str) -> None:
+    """A path meant as a local folder that does not exist fails here, at once, instead of after huggingface_hub's
+    network retries. Local means: starts with ``.``, ``/`` or ``~``, has two or more ``/``, or its first component is
+    an existing local folder (``runs/x`` where ``runs/`` exists). ``owner/name`` alone stays a Hub id."""
+    text = os.fspath(path)
+    if os.path.isdir(os.path.expanduser(text)):
+        return
+    first = text.split("/")[0]
+    local = text.startswith((".", "/", "~")) or text.count("/") >= 2 or "\\" in text or (
+        "/" in text and first != "" and os.path.isdir(first)
+    )
+    if local or os.path.isfile(os.path.expanduser(text)):
+        what = "is a file, not an adapter folder" if os.path.isfile(os.path.expanduser(text)) else "does not exist"
+        raise FileNotFoundError(f"{where}: this local path {what}. Pass the adapter's folder (with config.json and "
+                                "diffusion_pytorch_model.safetensors) or a Hub id `owner/name`.")  # fmt: skip
+
+
 class EmojiDiffAdapter(ModelMixin, ConfigMixin):
     r"""The E-Adapter of EmojiDiff: decoupled identity and expression cross-attention for a frozen UNet.
 
@@ -362,6 +379,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         where = f"`pretrained_model_name_or_path`={str(pretrained_model_name_or_path)!r}" + (
             f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else ""
         )
+        _refuse_missing_local_folder(pretrained_model_name_or_path, where)
         try:
             cls._check_checkpoint(pretrained_model_name_or_path, where, kwargs)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
