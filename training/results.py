@@ -6,6 +6,8 @@ Rows (each a call into the stage scripts, with the train-side instruments of the
 256 triplets and stops when their loss has not improved for 6 validations, or at --steps):
  1. stage 1 on same-identity pairs with the code stream (the train-side expression estimator as encoder);
  2. the same with the expression branch in all cross-attention layers (preset comparison);
+ 2b. row 1 fine-tuned with the face losses (expression and identity read back from the one-step x0 by the train-side
+    instruments, train/face_losses.py);
  3. stage 1 on oracle cross-identity pairs rendered directly (upper bound; reads the renderer's ground truth);
  4. --stream_rows: the same-identity row with the image stream and with both streams;
  5. --idi_rounds IDI rounds from row 1 (diffusion re-identification backend), each fine-tuning stage 1;
@@ -36,6 +38,8 @@ logger = logging.getLogger("results")
 DETECTOR = "emojidiff_pipeline.synthetic.load:train_detector"
 SCORER = "emojidiff_pipeline.synthetic.load:train_expression_scorer"
 ENCODER = "emojidiff_pipeline.synthetic.load:train_expression_encoder"
+EXPRESSION_LOSS_MODEL = "emojidiff_pipeline.synthetic.load:train_expression_loss_model"
+IDENTITY_LOSS_MODEL = "emojidiff_pipeline.synthetic.load:train_identity_loss_model"
 MOUTH_AND_EYES = ("smile", "frown", "jaw_open", "pucker", "eye_close_left", "eye_close_right")
 
 
@@ -48,6 +52,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--all_layers_steps", type=int, default=3500)
     p.add_argument("--oracle_steps", type=int, default=2000)
     p.add_argument("--idi_steps", type=int, default=1000, help="stage-1 steps after each IDI round (fine-tuning)")
+    p.add_argument("--face_loss_steps", type=int, default=3000, help="most steps of the face-loss fine-tuning row")
+    p.add_argument("--face_loss_learning_rate", type=float, default=3e-4)
+    p.add_argument("--expression_loss_weight", type=float, default=2.0, help="see train_decoupled.py")
+    p.add_argument("--identity_loss_weight", type=float, default=0.5, help="see train_decoupled.py")
+    p.add_argument("--face_loss_max_timestep", type=int, default=600, help="see train_decoupled.py")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
@@ -65,7 +74,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(input_args)
-    for name in ("steps", "all_layers_steps", "oracle_steps", "batch_size", "eval_identities", "eval_templates", "inference_steps"):
+    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "batch_size", "eval_identities",
+                 "eval_templates", "inference_steps"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     args.stream_rows = [x for x in args.stream_rows.split(",") if x]
@@ -105,6 +115,13 @@ def main(args: argparse.Namespace) -> dict:
     rows["identity_only"] = rows["stage1_same_identity_code"] + "@id_only"
     rows["same_identity_code_all_layers"] = stage1(work / "same_identity_code_all_layers", args.all_layers_steps, *same, *code,
                                                    "--expression_layers", "all")  # fmt: skip
+    rows["stage1_same_identity_code_face_losses"] = stage1(
+        work / "same_identity_code_face_losses", args.face_loss_steps, *same, *code,
+        "--adapter", rows["stage1_same_identity_code"], "--learning_rate", str(args.face_loss_learning_rate),
+        "--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(args.expression_loss_weight),
+        "--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight),
+        "--face_loss_max_timestep", str(args.face_loss_max_timestep),
+    )  # fmt: skip
     if not (work / "oracle_data" / "triplets.jsonl").exists():
         build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
     rows["stage1_oracle_code"] = stage1(work / "oracle_code", args.oracle_steps, "--triplets",
@@ -154,7 +171,7 @@ def training_summary(run_dir: Path) -> dict:
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
     log, val = lines("loss_log.jsonl"), lines("val_log.jsonl")
-    best = min(val, key=lambda r: r["loss"]) if val else None
+    best = min(val, key=lambda r: r.get("objective", r["loss"])) if val else None
     return {
         "steps": log[-1]["step"] + 1 if log else 0,
         "wall_clock_min": round(log[-1]["elapsed_s"] / 60, 1) if log and "elapsed_s" in log[-1] else None,
