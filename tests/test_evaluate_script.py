@@ -161,11 +161,13 @@ def test_base_without_image_encoder_is_named_before_generating(world, tmp_path):
 def test_write_report_shows_n_a_only_for_columns_not_measured(tmp_path):
     nan = float("nan")
     row = {"identity_similarity": nan, "expression_error": 0.5, "identity_leakage": 0.0, "style_leakage": nan,
-           "style_following": nan, "no_face_rate": 1.0, "num_cases": 2}  # fmt: skip
+           "style_following": nan, "face_sharpness": 20.0, "frechet_to_real": nan, "no_face_rate": 1.0,
+           "num_cases": 2}  # fmt: skip
     plain = write_report({"r": row}, {}, tmp_path / "plain", "cmd", "T").read_text()
-    assert "| r | nan | 0.500 | 0.000 | nan | nan | 1.000 |" in plain  # as before (the synthetic report)
-    user = write_report({"r": row}, {}, tmp_path / "user", "cmd", "T", not_measured=evaluate.STYLE_COLUMNS)
-    assert "| r | nan | 0.500 | 0.000 | n/a | n/a | 1.000 |" in user.read_text()
+    assert "| r | nan | 0.500 | 0.000 | nan | nan | 20.000 | nan | 1.000 |" in plain  # as before (the synthetic report)
+    user = write_report({"r": row}, {}, tmp_path / "user", "cmd", "T",
+                        not_measured=(*evaluate.STYLE_COLUMNS, "frechet_to_real"))  # fmt: skip
+    assert "| r | nan | 0.500 | 0.000 | n/a | n/a | 20.000 | n/a | 1.000 |" in user.read_text()
 
 
 def test_row_specs_give_folder_and_expression_scale():

@@ -68,3 +68,22 @@ def test_ridge_probe_reads_a_linear_signal_on_held_out_groups():
     assert out["ridge_lambda"] in out["validation_mae_by_lambda"]
     noise = ridge_probe(rng.normal(size=(400, 70)), y, groups, seed=0)  # no signal: no better than the mean
     assert noise["probe_mae"] >= 0.9 * noise["mean_predictor_mae"] and noise["r2"] < 0.1
+
+
+def test_frechet_distance_and_face_sharpness():
+    from emojidiff_pipeline.evaluation import face_sharpness, frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 4)), rng.normal(size=(400, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.2 < frechet_distance(a, b + 1.0)  # a shift of 1 in 4 dims adds ~4
+    with pytest.raises(ValueError, match="Frechet distance needs"):
+        frechet_distance(a, b[:, :3])
+    skimage_data = pytest.importorskip("skimage.data")
+    from face_standins import ASTRONAUT_KPS
+
+    image = skimage_data.astronaut()
+    blurred = image.astype(np.float32)
+    for _ in range(3):  # a box blur
+        blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, 1, 1) + np.roll(blurred, (1, 1), (0, 1))) / 4
+    assert face_sharpness(blurred.round().astype(np.uint8), ASTRONAUT_KPS) < 0.5 * face_sharpness(image, ASTRONAUT_KPS)

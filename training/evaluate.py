@@ -47,6 +47,7 @@ import torch
 from emojidiff_pipeline.train import setup
 
 logger = logging.getLogger("evaluate")
+METRICS_VERSION = 2  # bump when score_row measures something new: cached rows are then scored again
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 USER_TITLE = "EmojiDiff on user references and templates"
@@ -310,7 +311,7 @@ def main_user(args: argparse.Namespace) -> dict:
         "style_metrics": "n/a (user data has no style labels)",
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
-    write_report(rows, extra, out, command, args.title, not_measured=STYLE_COLUMNS)
+    write_report(rows, extra, out, command, args.title, not_measured=(*STYLE_COLUMNS, "frechet_to_real"))
     return {"rows": rows, **extra}
 
 
@@ -342,6 +343,7 @@ def main(args: argparse.Namespace) -> dict:
         style=lambda images: classify_styles(style, np.stack(images))["labels"],
         expression_fields=EXPRESSION_FIELDS,
     )
+    inst.real_identity_features = identity_features(lines["perfect"], world.eval_face)
     encoder = load_encoder_factory(args.expression_encoder) or (lambda: expression_encoder("train"))
     out = Path(args.out)
     # reference lines: what ignoring the template scores, and what a perfect output scores
@@ -373,10 +375,24 @@ def main(args: argparse.Namespace) -> dict:
                  "(44 single-factor templates covering all 11 factors, the rest random)",
         "reference_lines": references,
         "template_probe": probes,
+        "image_quality": "face_sharpness: variance of the Laplacian of the grey 112 px aligned face crop (higher is "
+                         "sharper; compare with the perfect outputs, real renders of the same cases); frechet_to_real: "
+                         "Frechet distance of the eval identity features to the perfect outputs' (0 for that line by "
+                         "construction; the neutral line shows what a real render with another expression scores)",
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title)
     return {"rows": rows, **extra}
+
+
+def identity_features(images, face) -> np.ndarray:
+    """(M, D) eval-side identity embeddings of the images whose face is detected."""
+    out = []
+    for image in images:
+        faces = face.detect(image, "image")
+        if faces:
+            out.append(face.identity_embedding(image, "image", kps=face.select(faces, "image").kps))
+    return np.stack(out)
 
 
 def row_key(row_spec: str, args: argparse.Namespace) -> str:
@@ -387,7 +403,8 @@ def row_key(row_spec: str, args: argparse.Namespace) -> str:
     weights = Path(folder) / "diffusion_pytorch_model.safetensors"
     stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.exists() else ""
     settings = [row_spec, stamp, args.pretrained_model, args.num_identities, args.num_templates, args.steps,
-                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder]  # fmt: skip
+                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder,
+                METRICS_VERSION]  # fmt: skip
     return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
 

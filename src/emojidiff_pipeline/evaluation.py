@@ -7,7 +7,10 @@ image ``g``:
 - expression error: mean absolute difference of the expression factors ``|E(g) - E(template)|``;
 - identity leakage: ``cos(F(g), F(template)) - mean_s cos(F(g), F(stranger_s))`` over the other cases' people;
 - style leakage (when a style classifier is given): the share of style heads on which the output shows the
-  template's style where the prompt asked for another one.
+  template's style where the prompt asked for another one;
+- image quality: face sharpness (variance of the Laplacian of the aligned grey face crop; compare it with real
+  images of the same cases) and, when ``Instruments.real_identity_features`` is given, the Frechet distance between
+  the generated faces' identity features and those real ones.
 
 ``F``, ``E`` and the style classifier must be evaluation-side instruments that played no part in training.
 """
@@ -45,6 +48,33 @@ class Instruments:
     expression: Callable[[Sequence[np.ndarray], Sequence[Any]], np.ndarray]
     style: Callable[[Sequence[np.ndarray]], dict[str, list[str]]] | None = None
     expression_fields: Sequence[str] | None = None  # names of the K expression outputs, for per-factor errors
+    real_identity_features: np.ndarray | None = None  # (M, D) F of real images, for the Frechet distance
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets (N, D) and (M, D) (Heusel et al. 2017, FID):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"Frechet distance needs two (N >= 2, D) feature sets of one width, got {a.shape}, {b.shape}.")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    return float(
+        ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.sqrt(np.clip(cross, 0, None)).sum()
+    )
+
+
+def face_sharpness(image: np.ndarray, kps: Any, size: int = 112) -> float:
+    """Variance of the 4-neighbour Laplacian of the grey, ArcFace-aligned face crop (`size`, values 0-255): higher is
+    sharper. image (H, W, 3) uint8, kps (5, 2)."""
+    from .face import align_face
+
+    grey = align_face(image, kps, size).astype(np.float64).mean(-1)
+    lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    return float(lap.var())
 
 
 def standard_error_over(values: Sequence[float], groups: Sequence[str]) -> float:
@@ -70,7 +100,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     people = {**ref_emb, **tpl_emb}
     id_sim, leak, exp_err, style_leak, style_follow, failures = [], [], [], [], [], 0
     id_groups, exp_abs = [], np.zeros((0, 0))
-    gen_kps = []
+    gen_kps, sharp, features = [], [], []
     for g, c in zip(generated, cases):
         faces = inst.face.detect(g, "generated")
         if not faces:
@@ -80,6 +110,8 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         kps = inst.face.select(faces, "generated").kps
         gen_kps.append(kps)
         e = inst.face.identity_embedding(g, "generated", kps=kps)
+        sharp.append(face_sharpness(g, kps))
+        features.append(e)
         if ref_emb[c.reference_person] is not None:
             id_sim.append(float(e @ ref_emb[c.reference_person]))
             id_groups.append(c.template_person)
@@ -119,9 +151,13 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         "identity_leakage": mean(leak),
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
+        "face_sharpness": mean(sharp),
+        "face_sharpness_se": standard_error_over(sharp, [cases[i].template_person for i in ok]) if ok else float("nan"),
+        "frechet_to_real": (frechet_distance(np.stack(features), inst.real_identity_features)
+                            if inst.real_identity_features is not None and len(features) > 1 else float("nan")),
         "no_face_rate": failures / max(1, len(cases)),
         "num_cases": len(cases),
-    }
+    }  # fmt: skip
 
 
 def same_person_similarity(pairs: Sequence[tuple[np.ndarray, np.ndarray, Any, Any]], face) -> float:
@@ -164,7 +200,7 @@ def write_report(
     references = extra.get("reference_lines", {})
     everything = {**{f"*{k}*": v for k, v in references.items()}, **rows}
     cols = ["identity_similarity", "expression_error", "identity_leakage", "style_leakage", "style_following",
-            "no_face_rate"]  # fmt: skip
+            "face_sharpness", "frechet_to_real", "no_face_rate"]  # fmt: skip
     lines = [f"# {title}", "", f"Written by `{command}` (do not edit by hand).", "",
              "| row | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
     for name, r in everything.items():
