@@ -47,7 +47,6 @@ import torch
 from emojidiff_pipeline.train import setup
 
 logger = logging.getLogger("evaluate")
-METRICS_VERSION = 2  # bump when score_row measures something new: cached rows are then scored again
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 USER_TITLE = "EmojiDiff on user references and templates"
@@ -403,8 +402,7 @@ def row_key(row_spec: str, args: argparse.Namespace) -> str:
     weights = Path(folder) / "diffusion_pytorch_model.safetensors"
     stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.exists() else ""
     settings = [row_spec, stamp, args.pretrained_model, args.num_identities, args.num_templates, args.steps,
-                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder,
-                METRICS_VERSION]  # fmt: skip
+                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder]  # fmt: skip
     return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
 
