@@ -2,23 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg synthetic/setup.cfg constraints.txt | md5sum | cut -c1-8)
 
 .PHONY: install test demo world results style quality bench clean
 
-$(STAMP): setup.cfg constraints.txt
+$(STAMP): setup.cfg synthetic/setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./synthetic
 	$(BIN)/python -m pip install --quiet --no-deps insightface==2.1
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
-	$(BIN)/ruff check src training tests examples benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests synthetic/tests
+	$(BIN)/ruff check src training tests examples benchmarks synthetic
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/emojidiff generate
@@ -27,26 +28,26 @@ demo: $(STAMP)
 # reports). Every step resumes where it stopped when run again. Wall-clock per step: docs/collection.md,
 # docs/keypoints.md, docs/instruments.md, docs/base_model.md.
 world: $(STAMP)
-	$(BIN)/python training/build_collection.py --out data/collection
-	$(BIN)/python training/render_sheet.py --output docs/renderer_sheet.png
-	$(BIN)/python training/train_keypoints.py
-	$(BIN)/python training/train_instruments.py
-	$(BIN)/python training/train_base.py --collection data/collection --out runs/base --stage all --resume
-	$(BIN)/python training/evaluate_base.py
+	$(BIN)/python synthetic/scripts/build_collection.py --out data/collection
+	$(BIN)/python synthetic/scripts/render_sheet.py --output docs/renderer_sheet.png
+	$(BIN)/python synthetic/scripts/train_keypoints.py
+	$(BIN)/python synthetic/scripts/train_instruments.py
+	$(BIN)/python synthetic/scripts/train_base.py --collection data/collection --out runs/base --stage all --resume
+	$(BIN)/python synthetic/scripts/evaluate_base.py
 
-# The method's results table and the embedded default (docs/results/, synthetic/assets/emojidiff); needs `make world`.
+# The method's results table and the embedded default (docs/results/, synthetic/src/emojidiff_synthetic/assets/emojidiff); needs `make world`.
 results: $(STAMP)
 	$(BIN)/python training/results.py --collection data/collection --work runs/results
 
 style: $(STAMP)
-	$(BIN)/ruff check --fix src training tests examples benchmarks
-	$(BIN)/ruff format src training tests examples benchmarks
+	$(BIN)/ruff check --fix src training tests examples benchmarks synthetic
+	$(BIN)/ruff format src training tests examples benchmarks synthetic
 
 quality: $(STAMP)
-	$(BIN)/ruff check src training tests examples benchmarks
+	$(BIN)/ruff check src training tests examples benchmarks synthetic
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_attention.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info synthetic/build synthetic/src/*.egg-info

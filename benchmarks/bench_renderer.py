@@ -1,6 +1,6 @@
 """Measure synthetic renderer throughput (renders per second, one process, one thread) and write a markdown table.
 
-PYTHONPATH=src python benchmarks/bench_renderer.py --output docs/renderer_benchmark.md
+PYTHONPATH=src:synthetic/src python benchmarks/bench_renderer.py --output docs/renderer_benchmark.md
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from emojidiff_pipeline.synthetic import STYLE_CHOICES, Expression, Identity, Pose, Style, render
+from emojidiff_synthetic import STYLE_CHOICES, Expression, Identity, Pose, Style, render
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             rows.append(
                 {"size": size, "rendering": rendering or "all (random styles)", "best": best, "median": median}
             )
-    command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = "PYTHONPATH=src:synthetic/src python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
         "# Synthetic renderer benchmark",
         "",

@@ -40,8 +40,8 @@ def main(argv=None) -> None:
     from accelerate import Accelerator
 
     from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
-    from emojidiff_pipeline.synthetic.load import BASE_DIR
     from emojidiff_pipeline.train.stage1 import Stage1Config, train_stage1
+    from emojidiff_synthetic.load import BASE_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(BASE_DIR))

@@ -31,8 +31,8 @@ def kept_share(neutral, changed, geometry: str, size: int = 224) -> float:
 
 def main(argv=None) -> dict:
     from emojidiff_pipeline.face import EXPRESSION_CROPS
-    from emojidiff_pipeline.synthetic.renderer import EXPRESSION_FIELDS, Expression, Identity, Pose, Style, render
-    from emojidiff_pipeline.synthetic.world import DEFAULT_NUM_IDENTITIES, is_held_out
+    from emojidiff_synthetic.renderer import EXPRESSION_FIELDS, Expression, Identity, Pose, Style, render
+    from emojidiff_synthetic.world import DEFAULT_NUM_IDENTITIES, is_held_out
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--renders", type=int, default=32, help="identity/style/pose draws per factor")

@@ -55,7 +55,7 @@ def test_encoders_run_once_per_call(monkeypatch, tmp_path):
 
 
 def test_cli_without_embedded_model_explains(tmp_path, capsys, monkeypatch):
-    import emojidiff_pipeline.synthetic.load as load
+    import emojidiff_synthetic.load as load
 
     monkeypatch.setattr(load, "EMOJIDIFF_DIR", tmp_path / "missing")
     assert cli_main(["generate"]) == 0
@@ -63,7 +63,7 @@ def test_cli_without_embedded_model_explains(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_demo_draws_the_embedded_default(tmp_path, capsys):
-    from emojidiff_pipeline.synthetic.load import EMOJIDIFF_DIR
+    from emojidiff_synthetic.load import EMOJIDIFF_DIR
 
     if not (EMOJIDIFF_DIR / "emoji_adapter" / "config.json").is_file():
         pytest.skip(f"the embedded default is not built in this checkout ({EMOJIDIFF_DIR})")

@@ -13,7 +13,7 @@ from tiny_models import tiny_adapter, tiny_components
 
 from emojidiff_pipeline import EmojiDiffPipeline
 from emojidiff_pipeline.evaluation import write_report
-from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+from emojidiff_synthetic import Expression, Identity, Pose, Style, render
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))

@@ -9,7 +9,7 @@ from idi_standins import colour_scorer, fixed_detector
 
 from emojidiff_pipeline.evaluation import Case, Instruments, same_person_similarity, score_row, write_report
 from emojidiff_pipeline.face import FaceAnalyzer
-from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+from emojidiff_synthetic import Expression, Identity, Pose, Style, render
 
 
 @pytest.fixture(scope="module")

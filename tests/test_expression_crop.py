@@ -11,7 +11,7 @@ from emojidiff_pipeline.face import (
     expression_mask,
     expression_template,
 )
-from emojidiff_pipeline.synthetic.renderer import Expression, Identity, Pose, Style, render
+from emojidiff_synthetic.renderer import Expression, Identity, Pose, Style, render
 
 # hand-marked 5 points of skimage's astronaut photo (512 x 512): eyes, nose tip, mouth corners
 ASTRONAUT_KPS = np.array([[203, 101], [248, 102], [226.5, 125], [205.5, 141.5], [253, 140]], np.float32)

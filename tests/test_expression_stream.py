@@ -30,9 +30,9 @@ from emojidiff_pipeline.expression import (
     check_expression_encoder,
     load_expression_encoder,
 )
-from emojidiff_pipeline.synthetic.cases import benchmark_templates, expression_benchmark
-from emojidiff_pipeline.synthetic.renderer import EXPRESSION_FIELDS, Expression
 from emojidiff_pipeline.train.triplets import Triplet, strip_prompt_phrases
+from emojidiff_synthetic.cases import benchmark_templates, expression_benchmark
+from emojidiff_synthetic.renderer import EXPRESSION_FIELDS, Expression
 
 ENCODER_NAME = "mean-colour-v1"
 CODE_DIM = 3

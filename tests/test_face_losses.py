@@ -162,8 +162,8 @@ def test_face_loss_flags_are_checked(world, tmp_path):
 
 
 def test_synthetic_world_face_loss_models_read_as_its_scorers():
-    from emojidiff_pipeline.synthetic.load import expression_scorer, face_loss_model
-    from emojidiff_pipeline.synthetic.renderer import Expression, Identity, Pose, Style, render
+    from emojidiff_synthetic.load import expression_scorer, face_loss_model
+    from emojidiff_synthetic.renderer import Expression, Identity, Pose, Style, render
 
     renders = [render(Identity.from_seed(s), Expression.random(s), Style.random(s), Pose.random(s)) for s in range(4)]
     images = np.stack([np.asarray(r.image.convert("RGB")) if hasattr(r.image, "convert") else r.image for r in renders])

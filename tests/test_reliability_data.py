@@ -337,7 +337,7 @@ def test_unreadable_training_image_is_named(tmp_path, content):
 @pytest.fixture
 def cli_world(tmp_path, monkeypatch):
     import emojidiff_pipeline.pipeline as pipeline_module
-    import emojidiff_pipeline.synthetic.load as load
+    import emojidiff_synthetic.load as load
 
     def refuse_to_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")

@@ -143,7 +143,7 @@ def write_tiny_collection(root, num_identities: int, photos_per_identity: int):
     import numpy as np
     import PIL.Image
 
-    from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
+    from emojidiff_synthetic import Expression, Identity, Pose, Style, render
 
     root = Path(root)
     records = []

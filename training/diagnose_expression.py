@@ -95,7 +95,7 @@ def expression_probe(pipe, collection: Path, num_photos: int, seed: int, geometr
     import PIL.Image
 
     from emojidiff_pipeline.face import masked_template
-    from emojidiff_pipeline.synthetic.load import load_world
+    from emojidiff_synthetic.load import load_world
 
     face = load_world().train_face
     records = [json.loads(x) for x in (collection / "train.jsonl").read_text().splitlines() if x.strip()]
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
     from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
-    from emojidiff_pipeline.synthetic.load import BASE_DIR
+    from emojidiff_synthetic.load import BASE_DIR
 
     torch.manual_seed(args.seed)
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)

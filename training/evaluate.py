@@ -267,8 +267,8 @@ def main_user(args: argparse.Namespace) -> dict:
     """Every row on the --references x --templates cases, scored with the eval-side instruments given."""
     from emojidiff_pipeline import EmojiDiffPipeline
     from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
-    from emojidiff_pipeline.synthetic.cases import save_grid
     from emojidiff_pipeline.train.idi import load_callable
+    from emojidiff_synthetic.cases import save_grid
 
     cases, pairs, described = user_cases(args.references, args.templates, args.prompt)
     face = _face_analyzer("--face_pack" if args.face_pack else "--detector", recognizer=args.recognizer,
@@ -324,10 +324,10 @@ def main(args: argparse.Namespace) -> dict:
         template_use_probe,
         write_report,
     )
-    from emojidiff_pipeline.synthetic.cases import expression_benchmark, save_grid
-    from emojidiff_pipeline.synthetic.instruments import classify_styles
-    from emojidiff_pipeline.synthetic.load import BASE_DIR, expression_encoder, expression_scorer, load_world
-    from emojidiff_pipeline.synthetic.renderer import EXPRESSION_FIELDS
+    from emojidiff_synthetic.cases import expression_benchmark, save_grid
+    from emojidiff_synthetic.instruments import classify_styles
+    from emojidiff_synthetic.load import BASE_DIR, expression_encoder, expression_scorer, load_world
+    from emojidiff_synthetic.renderer import EXPRESSION_FIELDS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if getattr(args, "references", None) is not None:

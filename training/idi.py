@@ -9,7 +9,7 @@ Round r writes <output_dir>/round-r/data (sharded triplets, round_stats.json: yi
 <output_dir>/round-r/stage1 (the adapter retrained on all accepted triplets so far, started from the round's
 generation adapter). Everything resumes: finished shards and finished rounds are skipped, training continues
 from its latest checkpoint. `--expression_estimator` and `--detector` take 'module:factory' (train-side instruments;
-for the synthetic world see emojidiff_pipeline.synthetic).
+for the synthetic world see emojidiff_synthetic).
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ import idi  # noqa: E402
 import train_decoupled  # noqa: E402
 
 logger = logging.getLogger("results")
-DETECTOR = "emojidiff_pipeline.synthetic.load:train_detector"
-SCORER = "emojidiff_pipeline.synthetic.load:train_expression_scorer"
-ENCODER = "emojidiff_pipeline.synthetic.load:train_expression_encoder"
-EXPRESSION_LOSS_MODEL = "emojidiff_pipeline.synthetic.load:train_expression_loss_model"
-IDENTITY_LOSS_MODEL = "emojidiff_pipeline.synthetic.load:train_identity_loss_model"
+DETECTOR = "emojidiff_synthetic.load:train_detector"
+SCORER = "emojidiff_synthetic.load:train_expression_scorer"
+ENCODER = "emojidiff_synthetic.load:train_expression_encoder"
+EXPRESSION_LOSS_MODEL = "emojidiff_synthetic.load:train_expression_loss_model"
+IDENTITY_LOSS_MODEL = "emojidiff_synthetic.load:train_identity_loss_model"
 MOUTH_AND_EYES = ("smile", "frown", "jaw_open", "pucker", "eye_close_left", "eye_close_right")
 
 
@@ -85,10 +85,10 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from emojidiff_pipeline.synthetic.collection import EXPRESSION_WORDS
-    from emojidiff_pipeline.synthetic.instruments import identity_onnx_path
-    from emojidiff_pipeline.synthetic.load import BASE_DIR, EMOJIDIFF_DIR
-    from emojidiff_pipeline.synthetic.oracle import build_oracle_triplets
+    from emojidiff_synthetic.collection import EXPRESSION_WORDS
+    from emojidiff_synthetic.instruments import identity_onnx_path
+    from emojidiff_synthetic.load import BASE_DIR, EMOJIDIFF_DIR
+    from emojidiff_synthetic.oracle import build_oracle_triplets
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work, collection = Path(args.work), Path(args.collection)

@@ -1,7 +1,7 @@
 """emojidiff_pipeline: EmojiDiff (identity-preserving portraits with expression copied from an RGB template) for
 diffusers SDXL pipelines.
 
-Public names are imported lazily, so `import emojidiff_pipeline.synthetic` (numpy + Pillow) does not load torch.
+Public names are imported lazily, so importing the package (or a light module of it) does not load torch.
 """
 
 from __future__ import annotations

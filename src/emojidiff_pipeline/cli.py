@@ -130,8 +130,8 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .synthetic.cases import expression_benchmark, save_grid, save_identity_sheet
-    from .synthetic.load import EMOJIDIFF_DIR, load_world
+    from emojidiff_synthetic.cases import expression_benchmark, save_grid, save_identity_sheet
+    from emojidiff_synthetic.load import EMOJIDIFF_DIR, load_world
 
     if not (EMOJIDIFF_DIR / "emoji_adapter" / "config.json").exists():
         print(

@@ -1,7 +1,7 @@
 """Write a contact sheet of the synthetic renderer (identities x expression presets, plus a block of styles) for a
 person to look at.
 
-    PYTHONPATH=src python training/render_sheet.py --output docs/renderer_sheet.png
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/render_sheet.py --output docs/renderer_sheet.png
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from emojidiff_pipeline.synthetic import (
+from emojidiff_synthetic import (
     EXPRESSION_FIELDS,
     EXPRESSION_PRESETS,
     STYLE_CHOICES,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emojidiff_pipeline.synthetic import (
+from emojidiff_synthetic import (
     EXPRESSION_FIELDS,
     HAIR_STYLES,
     STYLE_CHOICES,
@@ -24,16 +24,16 @@ from emojidiff_pipeline.synthetic import (
     Style,
     render,
 )
-from emojidiff_pipeline.synthetic import collection as collection_module
-from emojidiff_pipeline.synthetic import renderer as renderer_module
-from emojidiff_pipeline.synthetic.collection import Collection, build_collection, make_caption
-from emojidiff_pipeline.synthetic.world import identity_name, is_held_out
+from emojidiff_synthetic import collection as collection_module
+from emojidiff_synthetic import renderer as renderer_module
+from emojidiff_synthetic.collection import Collection, build_collection, make_caption
+from emojidiff_synthetic.world import identity_name, is_held_out
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "training" / "build_collection.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "synthetic" / "scripts" / "build_collection.py"
 SMALL = {"num_identities": 25, "photos_per_identity": 3, "size": 64, "seed": 0}
 HELD_OUT = [identity_name(i) for i in range(SMALL["num_identities"]) if is_held_out(i)]  # id00009, id00019
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "synthetic" / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -373,7 +373,7 @@ def test_cli_argument_errors(tmp_path, capsys, argv, message):
 
 
 def test_import_needs_no_torch():
-    code = "import sys, emojidiff_pipeline.synthetic.collection; print('torch' in sys.modules)"
+    code = "import sys, emojidiff_synthetic.collection; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -1,11 +1,11 @@
 """Build the synthetic photo collection (identities x photos, captions, keypoints, held-out split, ground truth).
 
-    PYTHONPATH=src python training/build_collection.py --out data/collection [--num_identities 2000] \
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/build_collection.py --out data/collection [--num_identities 2000] \
         [--photos_per_identity 8] [--size 64] [--seed 0] [--workers 2]
 
 Resumable: run the same command again after an interruption and it finishes the build (same bytes as an
 uninterrupted build). Writes a summary with the command and the wall-clock to docs/collection.md (`--doc`).
-The layout and the reader live in `emojidiff_pipeline.synthetic.collection`.
+The layout and the reader live in `emojidiff_synthetic.collection`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from emojidiff_pipeline.synthetic.collection import (
+from emojidiff_synthetic.collection import (
     DEFAULT_SHARD_SIZE,
     SPLITS,
     BuildReport,
@@ -27,11 +27,11 @@ from emojidiff_pipeline.synthetic.collection import (
     build_collection,
     check_build_args,
 )
-from emojidiff_pipeline.synthetic.world import DEFAULT_NUM_IDENTITIES, DEFAULT_PHOTOS_PER_IDENTITY
+from emojidiff_synthetic.world import DEFAULT_NUM_IDENTITIES, DEFAULT_PHOTOS_PER_IDENTITY
 
 logger = logging.getLogger("build_collection")
 
-_DEFAULT_DOC = Path(__file__).resolve().parents[1] / "docs" / "collection.md"
+_DEFAULT_DOC = Path(__file__).resolve().parents[2] / "docs" / "collection.md"
 _EXPRESSION_WORDS = (
     "smiling",
     "laughing",
@@ -102,7 +102,7 @@ def write_doc(report: BuildReport, collection: Collection, path: Path, command: 
         "# Photo collection",
         "",
         "The synthetic proving ground's stand-in for a web photo collection (DESIGN.md): written by "
-        "`training/build_collection.py`, read with `emojidiff_pipeline.synthetic.collection.Collection`. "
+        "`synthetic/scripts/build_collection.py`, read with `emojidiff_synthetic.collection.Collection`. "
         "Method code reads `train.jsonl` and the images only; `ground_truth.jsonl` is for evaluation and instrument "
         "training, `heldout.jsonl` for evaluation.",
         "",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
-from emojidiff_pipeline.synthetic.keypoints import (
+from emojidiff_synthetic import Expression, Identity, Pose, Style, render
+from emojidiff_synthetic.keypoints import (
     KeypointDetector,
     KeypointNet,
     default_asset_path,
@@ -17,9 +17,9 @@ from emojidiff_pipeline.synthetic.keypoints import (
     load_keypoint_detector,
     save_keypoint_net,
 )
-from emojidiff_pipeline.synthetic.world import is_held_out
+from emojidiff_synthetic.world import is_held_out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELD_OUT = [i for i in range(200) if is_held_out(i)][:8]
 
 
@@ -177,7 +177,7 @@ def test_save_load_round_trip(tmp_path):
     assert detector.side == "eval" and detector.model.config == model.config
     image = held_out_render(HELD_OUT[0]).image
     with torch.no_grad():
-        from emojidiff_pipeline.synthetic.keypoints import images_to_tensor
+        from emojidiff_synthetic.keypoints import images_to_tensor
 
         expected = model.half().float()(images_to_tensor(image[None]))[0].numpy()  # weights as stored (fp16)
     np.testing.assert_allclose(detector.predict(image[None])[0], expected, atol=1e-3)
@@ -189,7 +189,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _train_args(tmp_path: Path, name: str, *extra: str):
-    sys.path.insert(0, str(REPO / "training"))
+    sys.path.insert(0, str(REPO / "synthetic" / "scripts"))
     import train_keypoints
 
     return train_keypoints, train_keypoints.parse_args([

@@ -1,6 +1,6 @@
 """Train, evaluate and export the synthetic world's instruments (identity encoders, expression estimators, style).
 
-    python training/train_instruments.py [--which identity_train,identity_eval,expression_train,expression_eval,style]
+    python synthetic/scripts/train_instruments.py [--which identity_train,identity_eval,expression_train,expression_eval,style]
         [--out <asset folder>] [--work_dir runs/instruments] [--docs_dir docs] [--identity_steps N] ...
 
 With no options it rebuilds the shipped set: each instrument's recipe (architecture, seed, training identities,
@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emojidiff_pipeline.synthetic import instruments as ins
-from emojidiff_pipeline.synthetic.renderer import EXPRESSION_FIELDS, HAIR_STYLES, STYLE_CHOICES
+from emojidiff_synthetic import instruments as ins
+from emojidiff_synthetic.renderer import EXPRESSION_FIELDS, HAIR_STYLES, STYLE_CHOICES
 
 logger = logging.getLogger("train_instruments")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # name -> what it is, which side's identities it trains on, its architecture and seed, and its recipe defaults
 # (training identities, steps, mirroring probability), which --identities / --<kind>_steps / --identity_hflip override.
@@ -600,7 +600,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Instruments trained on renders",
         "",
-        "Written by `training/train_instruments.py`; numbers from `docs/instruments.json`. Every instrument is",
+        "Written by `synthetic/scripts/train_instruments.py`; numbers from `docs/instruments.json`. Every instrument is",
         "evaluated on the photo collection's held-out identities (`world.is_held_out(i)`, never in any training set)",
         "with random expression, style and pose per photo (`Expression.random`, `Style.random`, `Pose.random`),",
         "64 px renders, exact keypoints. Train-side and eval-side instruments differ in architecture, seed and",
@@ -766,7 +766,7 @@ def main(args: argparse.Namespace) -> dict:
         (Path(args.docs_dir) / "instruments.md").write_text(render_markdown(report))
         return report["instruments"]
     torch.set_num_threads(args.threads)
-    command = " ".join(["python training/train_instruments.py", *(shlex.quote(a) for a in args.argv)])
+    command = " ".join(["python synthetic/scripts/train_instruments.py", *(shlex.quote(a) for a in args.argv)])
     out = Path(args.out)
     held, held_seconds = heldout_data(args)
     cache: dict[str, tuple] = {}

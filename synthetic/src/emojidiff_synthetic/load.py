@@ -2,7 +2,7 @@
 
 ``load_world()`` is what the README's main command and the result scripts use; the ``*_detector`` /
 ``*_expression_scorer`` factories are the ``module:factory`` hooks the stage scripts take
-(``--detector emojidiff_pipeline.synthetic.load:train_detector``).
+(``--detector emojidiff_synthetic.load:train_detector``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def eval_detector():
 
 def face_analyzer(side: str = "train"):
     """FaceAnalyzer for this world: its keypoint detector + its ArcFace-shaped recognizer, through insightface."""
-    from ..face import FaceAnalyzer
+    from emojidiff_pipeline.face import FaceAnalyzer
+
     from .instruments import identity_onnx_path
 
     return FaceAnalyzer.from_models(detector=detector(side), recognizer=identity_onnx_path(_check_side(side)))
@@ -91,7 +92,8 @@ def eval_expression_scorer():
 def expression_encoder(side: str = "train"):
     """The world's expression estimator of `side` as an :class:`~emojidiff_pipeline.expression.ExpressionEncoder`
     (11 factors in [0, 1]): the code stream's encoder is the train side; evaluation stays on the eval side."""
-    from ..expression import CallableExpressionEncoder
+    from emojidiff_pipeline.expression import CallableExpressionEncoder
+
     from .renderer import EXPRESSION_FIELDS
 
     return CallableExpressionEncoder(
@@ -107,7 +109,8 @@ def face_loss_model(kind: str, side: str = "train"):
     """The world's `kind` ("expression" or "identity") instrument of `side` as a
     :class:`~emojidiff_pipeline.train.face_losses.DifferentiableFaceModel` (torch, on ArcFace-aligned 112 crops in
     [-1, 1]) for stage 1's face losses. Training uses the train side; evaluation measures with the eval side."""
-    from ..train.face_losses import DifferentiableFaceModel
+    from emojidiff_pipeline.train.face_losses import DifferentiableFaceModel
+
     from .instruments import load_expression_estimator, load_identity_encoder
 
     loaders = {"expression": load_expression_estimator, "identity": load_identity_encoder}
@@ -135,11 +138,11 @@ class World:
     def pipeline(self, with_adapter: bool = True, **kwargs):
         """EmojiDiffPipeline of the base model, with the embedded default's trained adapter unless `with_adapter` is
         False; `kwargs` go to ``from_pretrained`` (e.g. ``torch_dtype``)."""
-        from ..adapter import EmojiDiffAdapter
-        from ..pipeline import EmojiDiffPipeline
+        from emojidiff_pipeline.adapter import EmojiDiffAdapter
+        from emojidiff_pipeline.pipeline import EmojiDiffPipeline
 
         pipe = EmojiDiffPipeline.from_pretrained(
-            _require(self.base_dir, "base model", "python training/train_base.py"), **kwargs
+            _require(self.base_dir, "base model", "python synthetic/scripts/train_base.py"), **kwargs
         )
         if with_adapter:
             folder = _require(self.emojidiff_dir / "emoji_adapter", "trained EmojiDiff adapter", "python training/results.py")

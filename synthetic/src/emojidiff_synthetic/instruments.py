@@ -14,9 +14,9 @@ collection's identities). The style classifier exists once (trained on eval-side
   (choices ``STYLE_CHOICES[head]``).
 
 Weights load with safetensors only (the module's constructor config is stored in the file's metadata). Training,
-evaluation and export: ``training/train_instruments.py``; accuracy reports: ``docs/instruments.md``.
+evaluation and export: ``synthetic/scripts/train_instruments.py``; accuracy reports: ``docs/instruments.md``.
 
-This module imports torch; ``emojidiff_pipeline.synthetic`` itself does not import it.
+This module imports torch; ``emojidiff_synthetic`` itself does not import it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ IDENTITY_FACTOR_FIELDS: tuple[str, ...] = (
     "freckles",
     "glasses",
 )
-TRAIN_COMMAND = "python training/train_instruments.py"
+TRAIN_COMMAND = "python synthetic/scripts/train_instruments.py"
 _FORMAT = "emojidiff_instrument/1"
 
 
@@ -165,7 +165,7 @@ def align_faces(images: Any, keypoints: Any, size: int = FACE_SIZE) -> np.ndarra
     coordinates (``RenderResult.keypoints``). Uses ``face.align_face`` (insightface ``norm_crop``), so the crops are
     the ones ``ArcFaceONNX.get`` computes.
     """
-    from ..face import align_face
+    from emojidiff_pipeline.face import align_face
 
     images = _check_batch(images, "images")
     kps = np.asarray(keypoints, dtype=np.float32)
@@ -638,7 +638,7 @@ def render_set(
         identity_factors=np.empty((n, len(IDENTITY_FACTOR_FIELDS)), np.float32),
         hair_style=np.empty(n, np.int64),
     )
-    from ..face import align_face
+    from emojidiff_pipeline.face import align_face
 
     k = 0
     for label, id_seed in enumerate(identity_seeds):

@@ -1,7 +1,10 @@
 """The synthetic proving ground (DESIGN.md): procedurally rendered emoji portraits with known factors.
 
-Importing this package needs numpy and Pillow only (no torch).
+A package of its own beside the library: it depends on `emojidiff_pipeline`, never the reverse. Importing it needs
+numpy and Pillow only (no torch).
 """
+
+__version__ = "0.1.0"
 
 from .renderer import (
     BACKGROUND_COLORS,

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..train.triplets import Triplet, write_triplets
+from emojidiff_pipeline.train.triplets import Triplet, write_triplets
+
 from .collection import Collection, make_caption
 from .renderer import render
 

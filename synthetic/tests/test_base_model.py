@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from emojidiff_pipeline.synthetic import base_model as bm
+from emojidiff_synthetic import base_model as bm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "synthetic" / "scripts"))
 import train_base  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-SDXL_NAMES = (Path(__file__).parent / "data" / "sdxl_base_1.0_attn_processor_names.txt").read_text().split()
+SDXL_NAMES = (ROOT / "tests" / "data" / "sdxl_base_1.0_attn_processor_names.txt").read_text().split()
 
 
 def _attention_prefixes(names):
@@ -181,7 +181,7 @@ def test_batch_sampler_is_a_pure_function_of_step():
 
 @pytest.fixture(scope="module")
 def tiny_collection(tmp_path_factory):
-    from emojidiff_pipeline.synthetic.collection import build_collection
+    from emojidiff_synthetic.collection import build_collection
 
     root = tmp_path_factory.mktemp("collection")
     build_collection(root, num_identities=20, photos_per_identity=2, size=64, seed=0)  # held out: ids 9, 19
@@ -352,7 +352,7 @@ def test_evaluate_base_writes_report_with_stand_in_instruments(tiny_run, tiny_co
     """Random-weight instruments of the real classes: checks the plumbing and the report, not the numbers."""
     import evaluate_base
 
-    from emojidiff_pipeline.synthetic import instruments as ins
+    from emojidiff_synthetic import instruments as ins
 
     torch.manual_seed(0)
     for module, name in (
@@ -375,7 +375,7 @@ def test_evaluate_base_writes_report_with_stand_in_instruments(tiny_run, tiny_co
     assert report["num_samples"] == 2  # per half of the held-out identities: 1 identity x 2 photos
     assert (out / "g.png").is_file() and (out / "base_vae_reconstructions.png").is_file()
     md = (out / "m.md").read_text()
-    assert "| metric | measured | target | pass |" in md and "training/train_base.py" in md
+    assert "| metric | measured | target | pass |" in md and "synthetic/scripts/train_base.py" in md
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
@@ -393,7 +393,7 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
 
 @pytest.mark.skipif(
     not (bm.ASSET_DIR / "model_index.json").is_file(),
-    reason=f"the shipped base model is not built yet ({bm.ASSET_DIR}; run training/train_base.py --stage all)",
+    reason=f"the shipped base model is not built yet ({bm.ASSET_DIR}; run synthetic/scripts/train_base.py --stage all)",
 )
 def test_shipped_base_loads_offline_and_generates():
     from emojidiff_pipeline import EmojiDiffPipeline

@@ -1,10 +1,10 @@
 """Train the synthetic world's keypoint detectors (train side and eval side) and report their accuracy.
 
-    PYTHONPATH=src python training/train_keypoints.py
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/train_keypoints.py
 
 Each side renders its own training set (identity seeds SIDE_SEED_BASES[side] + k, disjoint from the collection and
 from the other side; ~10 % face-free negatives), trains a `KeypointNet` with mild blur / noise / colour
-augmentation, and saves fp16 safetensors to src/emojidiff_pipeline/synthetic/assets/keypoints/<side>.safetensors.
+augmentation, and saves fp16 safetensors to synthetic/src/emojidiff_synthetic/assets/keypoints/<side>.safetensors.
 Both detectors are then evaluated on the collection's held-out identities (Identity.from_seed(i), i < 2000,
 world.is_held_out(i)) and the results go to docs/keypoints.md and docs/keypoints.json.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 logger = logging.getLogger("train_keypoints")
 
 SIDE_SEED_OFFSET = {"train": 0, "eval": 7919}  # the two sides train from different seeds
@@ -38,7 +38,7 @@ TARGET_MEAN_PX, TARGET_P95_PX = 0.75, 1.5
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sides", nargs="+", default=["train", "eval"], choices=["train", "eval"])
-    p.add_argument("--output_dir", default=str(REPO / "src/emojidiff_pipeline/synthetic/assets/keypoints"))
+    p.add_argument("--output_dir", default=str(REPO / "synthetic/src/emojidiff_synthetic/assets/keypoints"))
     p.add_argument("--checkpoint_dir", default=str(REPO / "runs/keypoints"))
     p.add_argument("--docs_dir", default=str(REPO / "docs"), help="where keypoints.md / .json go ('' to skip)")
     p.add_argument("--num_renders", type=int, default=20000, help="training renders per side (incl. negatives)")
@@ -78,7 +78,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     if len(set(args.sides)) != len(args.sides):
         p.error(f"--sides has duplicates: {args.sides}")
     argv = sys.argv[1:] if input_args is None else list(input_args)
-    args.command = "PYTHONPATH=src python training/train_keypoints.py" + "".join(" " + shlex.quote(a) for a in argv)
+    args.command = "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_keypoints.py" + "".join(" " + shlex.quote(a) for a in argv)
     return args
 
 
@@ -149,7 +149,7 @@ def _lr_at(step: int, args: argparse.Namespace) -> float:
 def train_side(side: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from emojidiff_pipeline.synthetic.keypoints import (
+    from emojidiff_synthetic.keypoints import (
         KeypointNet,
         augment_batch,
         images_to_tensor,
@@ -242,9 +242,9 @@ def held_out_set(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Renders of held-out identities at 64 px (and the first render per identity at 128 px), plus negatives."""
     from PIL import Image, ImageFilter
 
-    from emojidiff_pipeline.synthetic import Expression, Identity, Pose, Style, render
-    from emojidiff_pipeline.synthetic.keypoints import _negative_image
-    from emojidiff_pipeline.synthetic.world import is_held_out
+    from emojidiff_synthetic import Expression, Identity, Pose, Style, render
+    from emojidiff_synthetic.keypoints import _negative_image
+    from emojidiff_synthetic.world import is_held_out
 
     ids = [i for i in range(args.eval_num_identities) if is_held_out(i)]
     im64, kp64, im128, kp128 = [], [], [], []
@@ -274,7 +274,7 @@ def held_out_set(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
 
 def evaluate(detector, data: dict[str, np.ndarray]) -> dict:
-    from emojidiff_pipeline.synthetic.keypoints import KEYPOINT_NAMES, keypoint_errors
+    from emojidiff_synthetic.keypoints import KEYPOINT_NAMES, keypoint_errors
 
     if len(data["images"]) == 0:
         raise ValueError("No held-out identities below --eval_num_identities; raise it or the renders per identity.")
@@ -311,7 +311,7 @@ def write_docs(report: dict, docs_dir: Path) -> None:
     lines = [
         "# Keypoint detectors of the synthetic world",
         "",
-        "`emojidiff_pipeline.synthetic.keypoints.load_keypoint_detector(side)` returns a small CNN (heatmaps + "
+        "`emojidiff_synthetic.keypoints.load_keypoint_detector(side)` returns a small CNN (heatmaps + "
         "soft-argmax, face-present head) that gives the five insightface-order keypoints of a 64x64 (or 128x128) "
         "emoji portrait; it is a `FaceAnalyzer.from_models(detector=...)` callable. The train side and the eval "
         "side are trained on disjoint identity seed ranges and different seeds.",
@@ -352,7 +352,7 @@ def write_docs(report: dict, docs_dir: Path) -> None:
         report["command"],
         "```",
         "",
-        "Weights: `src/emojidiff_pipeline/synthetic/assets/keypoints/{train,eval}.safetensors` (fp16, config in the "
+        "Weights: `synthetic/src/emojidiff_synthetic/assets/keypoints/{train,eval}.safetensors` (fp16, config in the "
         "safetensors metadata). Full numbers: `docs/keypoints.json`.",
         "",
     ]
@@ -362,7 +362,7 @@ def write_docs(report: dict, docs_dir: Path) -> None:
 def main(args: argparse.Namespace) -> dict:
     import torch
 
-    from emojidiff_pipeline.synthetic.keypoints import KEYPOINT_NAMES, load_keypoint_detector
+    from emojidiff_synthetic.keypoints import KEYPOINT_NAMES, load_keypoint_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.num_threads)

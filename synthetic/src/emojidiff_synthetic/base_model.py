@@ -17,7 +17,7 @@ Same component classes, block types and block order as SDXL, so block-level atte
 - ``scheduler``: :class:`~diffusers.EulerDiscreteScheduler` (SDXL's scaled-linear betas, v-prediction, trailing
   spacing).
 
-Training (``training/train_base.py``) runs three stages that read the collection only (never the renderer): the
+Training (``synthetic/scripts/train_base.py``) runs three stages that read the collection only (never the renderer): the
 VAE, then the text encoders + UNet on cached latents, then the image encoder. Randomness is a pure function of
 (seed, step) and the data order of (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted
 run's losses. Checkpoints hold ``save_pretrained`` folders (safetensors), optimizer tensors in safetensors and a
@@ -512,7 +512,7 @@ class CollectionData:
 
 
 def load_collection_split(root: str | os.PathLike, split: str = "train", limit: int | None = None) -> CollectionData:
-    """Read a split of a photo collection through :class:`~emojidiff_pipeline.synthetic.collection.Collection`."""
+    """Read a split of a photo collection through :class:`~emojidiff_synthetic.collection.Collection`."""
     from .collection import Collection
 
     collection = Collection(root)
@@ -893,7 +893,7 @@ def face_weight_map(kps: torch.Tensor, size: int, weight: float) -> torch.Tensor
     """Per-pixel loss weights (B, 1, size, size): 1 + `weight` near the eyes, nose and mouth (Gaussian bumps of
     0.35 interocular distances around the 5 keypoints and the mouth centre), so that a small autoencoder spends
     its capacity on the details that carry identity and expression. Keypoints: (B, 5, 2) pixel coordinates."""
-    from ..train.stage1 import keypoint_bumps
+    from emojidiff_pipeline.train.stage1 import keypoint_bumps
 
     pts = torch.cat([kps, kps[:, 3:5].mean(1, keepdim=True)], 1)  # (B, 6, 2)
     iod = (kps[:, 1] - kps[:, 0]).norm(dim=-1).clamp_min(1.0)  # (B,)
@@ -1235,7 +1235,7 @@ def sample_grid(
 def _template_geometry(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eye and nose targets (3, 2) and the soft mask of the pipeline's 224 px ``"eyes_nose"`` expression crop
     (:func:`emojidiff_pipeline.face.expression_template`), resized to `size`."""
-    from ..face import expression_mask, expression_template
+    from emojidiff_pipeline.face import expression_mask, expression_template
 
     dst = torch.from_numpy(expression_template(224).astype(np.float32)) * (size / 224.0)
     mask = torch.from_numpy(expression_mask(224, "eyes_nose"))[None, None]

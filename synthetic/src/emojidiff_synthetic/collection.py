@@ -566,7 +566,7 @@ class Collection:
     """Read a finished photo collection (the only way method code sees the synthetic world).
 
     Args:
-        root: the folder written by `build_collection` / `training/build_collection.py`.
+        root: the folder written by `build_collection` / `synthetic/scripts/build_collection.py`.
 
     Every manifest line is validated on reading; a bad line raises a ValueError naming the file, the line number
     and what is wrong.
@@ -583,7 +583,7 @@ class Collection:
             )
             raise FileNotFoundError(
                 f"{meta_path} not found: {str(self.root)!r} is not a finished photo collection{hint}. Build one with "
-                "`python training/build_collection.py --out <folder>`."
+                "`python synthetic/scripts/build_collection.py --out <folder>`."
             )
         try:
             meta = json.loads(meta_path.read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emojidiff_pipeline.synthetic import (
+from emojidiff_synthetic import (
     EXPRESSION_FIELDS,
     EXPRESSION_PRESETS,
     HAIR_STYLES,
@@ -318,7 +318,7 @@ def test_sizes_64_and_128_agree():
 
 
 def test_renderer_module_imports_without_torch():
-    path = Path(__file__).resolve().parents[1] / "src" / "emojidiff_pipeline" / "synthetic" / "renderer.py"
+    path = Path(__file__).resolve().parents[1] / "src" / "emojidiff_synthetic" / "renderer.py"
     code = (
         "import importlib.abc, importlib.util, sys\n"
         "class Block(importlib.abc.MetaPathFinder):\n"

@@ -1,6 +1,6 @@
 """Train the synthetic world's tiny SDXL-shaped base model from scratch on the photo collection.
 
-    PYTHONPATH=src python training/train_base.py --collection data/collection --out runs/base --stage all [--resume]
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py --collection data/collection --out runs/base --stage all [--resume]
 
 Stages (each resumable with `--resume`, each reads the collection only, never the renderer):
   vae            AutoencoderKL, 64x64 RGB -> 16x16x8 latents; then the latents of the collection are cached once.
@@ -8,7 +8,7 @@ Stages (each resumable with `--resume`, each reads the collection only, never th
   image_encoder  the CLIP vision encoder of the expression branch, by instance contrast on collection photos.
   export         assemble a StableDiffusionXLPipeline folder (fp16 weights) at --export_dir.
   all            the three stages, then export.
-The shared code lives in `emojidiff_pipeline.synthetic.base_model`; see docs/base_model.md.
+The shared code lives in `emojidiff_synthetic.base_model`; see docs/base_model.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from emojidiff_pipeline.synthetic import base_model as bm
+from emojidiff_synthetic import base_model as bm
 
 logger = logging.getLogger("train_base")
 
@@ -115,7 +115,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     if args.stage != "export" and not (args.collection / "collection.json").is_file():
         raise FileNotFoundError(
             f"`--collection` {str(args.collection)!r} is not a finished photo collection (no collection.json); build "
-            "it with `python training/build_collection.py --out data/collection`."
+            "it with `python synthetic/scripts/build_collection.py --out data/collection`."
         )
     return args
 
@@ -225,7 +225,7 @@ def main(args: argparse.Namespace) -> None:
         if args.stage != "export":
             bm.save_base_config(args.out, config)
         with open(args.out / "commands.txt", "a") as f:
-            f.write("PYTHONPATH=src python training/train_base.py " + shlex.join(sys.argv[1:]) + "\n")
+            f.write("PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py " + shlex.join(sys.argv[1:]) + "\n")
         stages = bm.STAGES if args.stage == "all" else (() if args.stage == "export" else (args.stage,))
         data_holder: dict = {}
         for stage in stages:

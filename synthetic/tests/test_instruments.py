@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from emojidiff_pipeline.synthetic import EXPRESSION_FIELDS, STYLE_CHOICES, Expression, Identity, Pose, Style, render
-from emojidiff_pipeline.synthetic import instruments as ins
-from emojidiff_pipeline.synthetic.world import is_held_out
+from emojidiff_synthetic import EXPRESSION_FIELDS, STYLE_CHOICES, Expression, Identity, Pose, Style, render
+from emojidiff_synthetic import instruments as ins
+from emojidiff_synthetic.world import is_held_out
 
 insightface = pytest.importorskip("insightface")
 pytest.importorskip("onnxruntime")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "synthetic" / "scripts"))
 import train_instruments  # noqa: E402
 
 HELD_OUT = [i for i in range(200) if is_held_out(i)][:6]  # 9, 19, ..., 59
@@ -318,7 +318,7 @@ def test_training_script_rejects_unknown_instrument():
 def test_synthetic_package_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import emojidiff_pipeline.synthetic as s\n"
-        "assert 'emojidiff_pipeline.synthetic.instruments' not in sys.modules\n"
+        "import emojidiff_synthetic as s\n"
+        "assert 'emojidiff_synthetic.instruments' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -16,7 +16,8 @@ STYLE_PROMPT_HEADS = ("rendering", "palette", "background", "pattern")
 def held_out_cases(num_identities: int, num_templates: int, seed: int):
     """Cases over held-out identities: references neutral, templates of other held-out people, prompt styles that
     differ from the template's on every head. Also same-person render pairs (different expressions)."""
-    from ..evaluation import Case
+    from emojidiff_pipeline.evaluation import Case
+
     from .collection import make_caption
     from .renderer import STYLE_CHOICES, Expression, Identity, Pose, Style, render
     from .world import DEFAULT_NUM_IDENTITIES, is_held_out
@@ -99,7 +100,8 @@ def expression_benchmark(num_identities: int = 16, num_templates: int = 64, seed
     template's exact expression (what a perfect output scores), and the template person re-rendered in the
     template's style and pose with another expression (the controlled probe's wrong template).
     """
-    from ..evaluation import Case
+    from emojidiff_pipeline.evaluation import Case
+
     from .collection import make_caption
     from .renderer import STYLE_CHOICES, Expression, Identity, Pose, Style, render
     from .world import DEFAULT_NUM_IDENTITIES, is_held_out

@@ -1,6 +1,6 @@
 """Quality report of the synthetic base model, measured with eval-side instruments only.
 
-    PYTHONPATH=src python training/evaluate_base.py [--model src/emojidiff_pipeline/synthetic/assets/base] \
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/evaluate_base.py [--model synthetic/src/emojidiff_synthetic/assets/base] \
         [--collection data/collection] [--run_dir runs/base] [--num_samples 800]
 
 Measures, on the collection's held-out identities (never seen in training):
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emojidiff_pipeline.synthetic import base_model as bm
+from emojidiff_synthetic import base_model as bm
 
 logger = logging.getLogger("evaluate_base")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TARGETS = {
     "vae_identity_cosine": (">=", 0.9),
@@ -80,7 +80,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     if not (args.model / "model_index.json").is_file():
         raise FileNotFoundError(
             f"`--model` {str(args.model)!r} is not a pipeline folder (no model_index.json); train and export it with "
-            "`python training/train_base.py --collection data/collection --out runs/base --stage all`."
+            "`python synthetic/scripts/train_base.py --collection data/collection --out runs/base --stage all`."
         )
     if not (args.collection / "collection.json").is_file():
         raise FileNotFoundError(f"`--collection` {str(args.collection)!r} is not a finished photo collection.")
@@ -91,7 +91,7 @@ def check_instruments(instrument_dir: Path | None = None) -> None:
     """Raise a clear error naming every missing eval-side instrument (and how to build it)."""
     missing = []
     try:
-        from emojidiff_pipeline.synthetic import instruments, keypoints
+        from emojidiff_synthetic import instruments, keypoints
     except ImportError as e:
         raise RuntimeError(
             f"The evaluation needs the synthetic instruments module, which cannot be imported ({e})."
@@ -199,10 +199,10 @@ def main(args: argparse.Namespace) -> dict:
     check_instruments(args.instrument_dir)
     from diffusers import StableDiffusionXLPipeline
 
-    from emojidiff_pipeline.synthetic import instruments as ins
-    from emojidiff_pipeline.synthetic.collection import Collection
-    from emojidiff_pipeline.synthetic.keypoints import load_keypoint_detector
-    from emojidiff_pipeline.synthetic.renderer import STYLE_CHOICES
+    from emojidiff_synthetic import instruments as ins
+    from emojidiff_synthetic.collection import Collection
+    from emojidiff_synthetic.keypoints import load_keypoint_detector
+    from emojidiff_synthetic.renderer import STYLE_CHOICES
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -324,7 +324,7 @@ def main(args: argparse.Namespace) -> dict:
                            for k, v in headline.items()}  # fmt: skip
     results["model"] = model_summary(args.model)
     results["training"] = training_summary(args.run_dir)
-    results["command"] = "PYTHONPATH=src python training/evaluate_base.py " + shlex.join(sys.argv[1:])
+    results["command"] = "PYTHONPATH=src:synthetic/src python synthetic/scripts/evaluate_base.py " + shlex.join(sys.argv[1:])
     results["evaluation_seconds"] = round(time.time() - t_start, 1)
     results["machine"] = {
         "python": platform.python_version(),
@@ -397,11 +397,11 @@ def render_markdown(r: dict, args: argparse.Namespace) -> str:
         "# Synthetic base model",
         "",
         "A tiny SDXL-shaped text-to-image model trained from scratch on the photo collection's train split "
-        "(`emojidiff_pipeline.synthetic.base_model`, `training/train_base.py`). Shipped at "
-        "`src/emojidiff_pipeline/synthetic/assets/base/`; it loads offline with "
+        "(`emojidiff_synthetic.base_model`, `synthetic/scripts/train_base.py`). Shipped at "
+        "`synthetic/src/emojidiff_synthetic/assets/base/`; it loads offline with "
         "`StableDiffusionXLPipeline.from_pretrained(folder)` or `EmojiDiffPipeline.from_pretrained(folder)` "
         "(no `emoji_adapter`; `image_encoder` and `feature_extractor` present). Measured with eval-side instruments "
-        "only, on held-out identities. Numbers below are written by `training/evaluate_base.py`.",
+        "only, on held-out identities. Numbers below are written by `synthetic/scripts/evaluate_base.py`.",
         "",
         "## Quality vs targets",
         "",
@@ -481,11 +481,11 @@ def render_markdown(r: dict, args: argparse.Namespace) -> str:
         "## Commands",
         "",
         "```",
-        "PYTHONPATH=src python training/build_collection.py --out data/collection",
+        "PYTHONPATH=src:synthetic/src python synthetic/scripts/build_collection.py --out data/collection",
         *r["training"].get(
             "commands",
             [
-                "PYTHONPATH=src python training/train_base.py --collection data/collection --out runs/base --stage all --resume"
+                "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py --collection data/collection --out runs/base --stage all --resume"
             ],
         ),
         r["command"],
