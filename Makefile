@@ -21,8 +21,9 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests synthetic/tests
 	$(BIN)/ruff check src training tests examples benchmarks synthetic
 
+# The embedded synthetic default as a grid (the proving ground's own command; the library's is `emojidiff generate --model`).
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/emojidiff generate
+	HF_HUB_OFFLINE=1 $(BIN)/emojidiff-synthetic demo
 
 # Rebuild the whole synthetic world from scratch (collection, keypoint detectors, instruments, base model and their
 # reports). Every step resumes where it stopped when run again. Wall-clock per step: docs/collection.md,

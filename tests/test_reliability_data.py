@@ -337,13 +337,11 @@ def test_unreadable_training_image_is_named(tmp_path, content):
 @pytest.fixture
 def cli_world(tmp_path, monkeypatch):
     import emojidiff_pipeline.pipeline as pipeline_module
-    import emojidiff_synthetic.load as load
 
     def refuse_to_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")
 
     monkeypatch.setattr(pipeline_module.EmojiDiffPipeline, "from_pretrained", refuse_to_load)
-    monkeypatch.setattr(load, "load_world", refuse_to_load)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model_index.json").write_text("{}")
     (tmp_path / "unet").mkdir()
@@ -380,14 +378,12 @@ CLI_CASES = [
     ("infinite identity scale", [*MODEL, "--identity_scale", "inf"], r"--identity_scale must be a finite number"),
     ("nan guidance", [*MODEL, "--guidance_scale", "nan"], r"--guidance_scale must be a finite number"),
     ("bad device", [*MODEL, "--device", "gpu0"], r"--device 'gpu0' is not a torch device"),
-    ("demo: steps 0", ["--steps", "0"], r"--steps must be >= 1, got 0"),
-    ("demo: negative steps", ["--steps", "-3"], r"--steps must be >= 1, got -3"),
-    ("demo: prompt", ["--prompt", "a cat"], r"--prompt only applies with --model"),
-    ("demo: expression encoder", ["--expression_encoder", "m:f"], r"--expression_encoder only applies with --model"),
-    ("demo: identity", ["--identity", "me.png"], r"--identity / --expression need --model"),
-    ("demo: bad device", ["--device", "bogus"], r"--device 'bogus' is not a torch device"),
-    ("demo: output in a file", ["--output", "notes.txt/grid.png"], r"--output 'notes.txt/grid.png' is inside"),
-    ("demo: output names a folder", ["--output", "outdir"], r"--output 'outdir' is a folder"),
+    # without --model: refused (the synthetic demo's own cases: synthetic/tests/test_demo.py)
+    ("no model", [], r"--model is required: an EmojiDiff pipeline folder or Hub id"),
+    ("no model: steps 0", ["--steps", "0"], r"--model is required"),
+    ("no model: prompt", ["--prompt", "a cat"], r"--model is required"),
+    ("no model: expression encoder", ["--expression_encoder", "m:f"], r"--model is required"),
+    ("no model: identity", ["--identity", "me.png"], r"--model is required"),
 ]
 
 
