@@ -158,3 +158,69 @@ def write_tiny_collection(root, num_identities: int, photos_per_identity: int):
                             "kps": r.keypoints.tolist()})  # fmt: skip
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root / "train.jsonl"
+
+
+def tiny_controlnet(seed: int = 0):
+    """A tiny SDXL ControlNet matching :func:`tiny_components`' UNet (diffusers' own SDXL ControlNet test sizes)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(
+        block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+        attention_head_dim=(2, 4), norm_num_groups=1,
+    )  # fmt: skip
+    with torch.no_grad():  # its zero convolutions would make it a no-op; give them weights so it steers the UNet
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
+        for conv in zero_convs:
+            conv.weight.normal_(0.0, 0.1)
+    return controlnet
+
+
+def tiny_sd15_components(seed: int = 0) -> dict:
+    """Components of a tiny StableDiffusionPipeline (SD1.5-shaped: one text encoder, no added conditioning), plus
+    the tiny CLIP vision encoder; no safety checker."""
+    sdxl = tiny_components(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=1,
+    )  # fmt: skip
+    return {
+        "unet": unet, "scheduler": sdxl["scheduler"], "vae": sdxl["vae"], "text_encoder": sdxl["text_encoder"],
+        "tokenizer": sdxl["tokenizer"], "safety_checker": None, "feature_extractor": sdxl["feature_extractor"],
+        "image_encoder": sdxl["image_encoder"], "requires_safety_checker": False,
+    }  # fmt: skip
+
+
+def write_tiny_ip_adapter(folder, unet, image_embed_dim: int = 32, seed: int = 0, name: str = "ip_adapter.safetensors"):
+    """A tiny IP-Adapter checkpoint for `unet` in the safetensors layout diffusers' `load_ip_adapter` reads
+    (`image_proj.*`: an ImageProjection to 4 tokens; `ip_adapter.<k>.to_k_ip/to_v_ip`: one pair per cross-attention
+    layer, k = 1, 3, 5, ... in processor order). Returns the file path."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    tensors = {
+        "image_proj.proj.weight": torch.randn(cross * 4, image_embed_dim, generator=g) * 0.2,
+        "image_proj.proj.bias": torch.zeros(cross * 4),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name_ in unet.attn_processors:
+        if name_.endswith("attn1.processor"):
+            continue
+        hidden = unet.get_submodule(name_[: -len(".processor")]).to_q.out_features
+        for kind in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross, generator=g) * 0.3
+        key_id += 2
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(Path(folder) / name))
+    return Path(folder) / name

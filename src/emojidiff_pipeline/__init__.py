@@ -16,7 +16,13 @@ _EXPORTS = {
     "EmojiDiffAttnProcessor": ".attention",
     "EmojiDiffConditioning": ".attention",
     "EmojiDiffPassthroughProcessor": ".attention",
+    "EmojiDiffControlNetPipeline": ".pipeline",
+    "EmojiDiffImg2ImgPipeline": ".pipeline",
+    "EmojiDiffInpaintPipeline": ".pipeline",
+    "EmojiDiffIPAdapterAttnProcessor": ".attention",
+    "EmojiDiffMixin": ".pipeline",
     "EmojiDiffPipeline": ".pipeline",
+    "EmojiDiffStableDiffusionPipeline": ".pipeline",
     "select_layers": ".layers",
     "unet_layers": ".layers",
 }
@@ -26,16 +32,40 @@ __all__ = [
     "EmojiDiffAttnProcessor",
     "EmojiDiffConditioning",
     "EmojiDiffPassthroughProcessor",
+    "EmojiDiffControlNetPipeline",
+    "EmojiDiffImg2ImgPipeline",
+    "EmojiDiffInpaintPipeline",
+    "EmojiDiffIPAdapterAttnProcessor",
+    "EmojiDiffMixin",
     "EmojiDiffPipeline",
+    "EmojiDiffStableDiffusionPipeline",
     "select_layers",
     "unet_layers",
 ]
 
 if TYPE_CHECKING:
     from .adapter import EmojiDiffAdapter
-    from .attention import EmojiDiffAttnProcessor, EmojiDiffConditioning, EmojiDiffPassthroughProcessor
+    from .attention import (
+        EmojiDiffAttnProcessor,
+        EmojiDiffConditioning,
+        EmojiDiffIPAdapterAttnProcessor,
+        EmojiDiffPassthroughProcessor,
+    )
     from .layers import select_layers, unet_layers
-    from .pipeline import EmojiDiffPipeline
+    from .pipeline import (
+        EmojiDiffControlNetPipeline,
+        EmojiDiffImg2ImgPipeline,
+        EmojiDiffInpaintPipeline,
+        EmojiDiffMixin,
+        EmojiDiffPipeline,
+        EmojiDiffStableDiffusionPipeline,
+    )
+
+
+# `DiffusionPipeline.from_pretrained(folder)` resolves our pipeline classes by name (lazily: no torch import here)
+from ._diffusers_registry import register as _register_with_diffusers  # noqa: E402
+
+_register_with_diffusers()
 
 
 def __getattr__(name: str):

@@ -371,16 +371,30 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         return adapter
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmojiDiffAdapter":
-        """Load from a local folder or Hub id (``subfolder=`` works); safetensors only, never pickle."""
+    def from_pretrained(cls, pretrained_model_name_or_path, weight_name: str | None = None, **kwargs) -> "EmojiDiffAdapter":
+        """Load from a local folder or Hub id (``subfolder=`` works); safetensors only, never pickle.
+
+        `weight_name`: the weights file, when it is not ``diffusion_pytorch_model.safetensors`` (config.json beside it).
+        """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("`use_safetensors=False` is not supported: EmojiDiff adapters load from safetensors only.")
         kwargs["use_safetensors"] = True
+        if kwargs.get("subfolder") is None:
+            kwargs.pop("subfolder", None)
         where = f"`pretrained_model_name_or_path`={str(pretrained_model_name_or_path)!r}" + (
             f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else ""
         )
         _refuse_missing_local_folder(pretrained_model_name_or_path, where)
+        local = os.path.join(os.path.expanduser(os.fspath(pretrained_model_name_or_path)), kwargs.get("subfolder") or "")
+        if os.path.isdir(local) and not os.path.isfile(os.path.join(local, cls.config_name)):
+            inner = os.path.join(local, "emoji_adapter", cls.config_name)
+            hint = " It is a pipeline folder: pass `subfolder='emoji_adapter'`." if os.path.isfile(inner) else ""
+            raise FileNotFoundError(f"{where}: the folder has no {cls.config_name}, so it holds no adapter.{hint}")
+        if weight_name is not None and not (isinstance(weight_name, str) and weight_name.endswith(".safetensors")):
+            raise ValueError(f"`weight_name` must name a .safetensors file, got {weight_name!r}.")
         try:
+            if weight_name is not None:
+                return cls._from_weight_file(pretrained_model_name_or_path, weight_name, where, kwargs)
             cls._check_checkpoint(pretrained_model_name_or_path, where, kwargs)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
@@ -388,6 +402,35 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
                 f"Could not load an EmojiDiffAdapter from {where}: {err} The folder needs config.json and "
                 "diffusion_pytorch_model.safetensors; a file that cannot be read is corrupt or truncated."
             ) from err
+
+    @classmethod
+    def _from_weight_file(cls, pretrained_model_name_or_path, weight_name: str, where: str, kwargs: dict):
+        """config.json + the safetensors file `weight_name` -> adapter, every tensor checked by name and shape."""
+        from diffusers.utils import _get_model_file
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        unknown = set(kwargs) - set(_HUB_KWARGS) - {"use_safetensors", "torch_dtype"}
+        if unknown:
+            raise TypeError(f"EmojiDiffAdapter.from_pretrained(weight_name=...) got unsupported arguments {sorted(unknown)}.")
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        config = cls.load_config(pretrained_model_name_or_path, **hub)
+        file = _get_model_file(pretrained_model_name_or_path, weights_name=weight_name, **hub)
+        try:
+            model = cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: its config.json does not describe a valid EmojiDiffAdapter: {err}") from err
+        try:
+            with safe_open(file, framework="pt") as f:
+                found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:  # SafetensorError and OSError: the header cannot be read
+            raise OSError(f"{file} cannot be read as safetensors ({err}).") from err
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        check_tensor_shapes(expected, found, where, file, "the adapter described by its config.json")
+        model.load_state_dict(load_file(file), strict=True)
+        if kwargs.get("torch_dtype") is not None:
+            nn.Module.to(model, dtype=kwargs["torch_dtype"])
+        return model.eval()
 
     @classmethod
     def _check_checkpoint(cls, pretrained_model_name_or_path, where: str, kwargs: dict) -> None:

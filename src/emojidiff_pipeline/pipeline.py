@@ -1,16 +1,33 @@
-"""EmojiDiffPipeline: StableDiffusionXLPipeline + the E-Adapter (identity reference + RGB expression template)."""
+"""EmojiDiff pipelines: the diffusers SDXL (text-to-image, img2img, inpainting, ControlNet) and SD1.5 pipelines + the
+E-Adapter (identity reference + RGB expression template).
+
+Every EmojiDiff argument, encoder and check lives in one mixin, :class:`EmojiDiffMixin`; each pipeline class is a thin
+subclass of its diffusers parent that adds the `emoji_adapter` component. Every argument of the parent reaches the
+parent unchanged.
+"""
 
 import difflib
 import inspect
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models import MultiControlNetModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import (
     CLIPImageProcessor,
@@ -29,32 +46,36 @@ logger = logging.getLogger(__name__)
 ImageLike = PIL.Image.Image | np.ndarray
 
 
-# arguments of diffusers' img2img / inpaint / ControlNet SDXL pipelines, which this text-to-image pipeline would ignore
+# arguments of diffusers' img2img / inpaint / ControlNet pipelines, named in the error of a class that lacks them
 _INIT_IMAGE_ARGS = ("image", "init_image", "mask_image", "masked_image_latents", "strength", "denoising_start")
 _CONTROLNET_ARGS = ("control_image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
                     "guess_mode")  # fmt: skip
-_DEPRECATED_PARENT_ARGS = ("callback", "callback_steps")  # the parent pops these from its **kwargs
+_DEPRECATED_PARENT_ARGS = ("callback", "callback_steps")  # the parents pop these from their **kwargs
+# the EmojiDiff keyword arguments of `__call__` (the rest go to the diffusers parent)
+_EMOJIDIFF_ARGS = ("identity_image", "identity_embeds", "expression_image", "expression_kps", "expression_embeds",
+                   "expression_codes", "identity_scale", "expression_scale", "expression_mask")  # fmt: skip
 
 
-def _check_call_kwargs(pipeline_cls: type, kwargs: Mapping[str, Any]) -> None:
-    """Refuse keyword arguments no `__call__` of `pipeline_cls` or its parents names (the parent's ``**kwargs`` would
-    swallow a typo silently), with the closest valid name."""
-    valid = list(_DEPRECATED_PARENT_ARGS)
-    for cls in pipeline_cls.__mro__:
-        if "__call__" in vars(cls) and issubclass(cls, StableDiffusionXLPipeline):
-            for name, param in inspect.signature(cls.__call__).parameters.items():
-                if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL) and name not in valid:
-                    valid.append(name)
+def _check_call_kwargs(pipeline_cls: type, parent_signature: inspect.Signature, kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments that neither EmojiDiff nor the diffusers parent's `__call__` names (the parent's
+    ``**kwargs`` would swallow a typo silently), with the closest valid name."""
+    valid = list(_EMOJIDIFF_ARGS) + list(_DEPRECATED_PARENT_ARGS)
+    for name, param in parent_signature.parameters.items():
+        if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL) and name not in valid:
+            valid.append(name)
     for name in kwargs:
         if name in valid:
             continue
         if name in _INIT_IMAGE_ARGS:
             raise TypeError(
                 f"{pipeline_cls.__name__} is text-to-image and takes no init image or inpainting input (`{name}`). "
-                "Give the expression template as `expression_image` and the reference face as `identity_image`."
+                "Give the expression template as `expression_image` and the reference face as `identity_image`; "
+                "for img2img or inpainting use EmojiDiffImg2ImgPipeline or EmojiDiffInpaintPipeline."
             )
         if name in _CONTROLNET_ARGS:
-            raise TypeError(f"{pipeline_cls.__name__} has no ControlNet, so it takes no `{name}`.")
+            raise TypeError(
+                f"{pipeline_cls.__name__} has no ControlNet, so it takes no `{name}`; use EmojiDiffControlNetPipeline."
+            )
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else f" Valid names: {sorted(valid)}."
         raise TypeError(f"{pipeline_cls.__name__}.__call__() got an unexpected keyword argument `{name}`.{hint}")
@@ -64,48 +85,27 @@ def _is_image(x: Any) -> bool:
     return isinstance(x, (PIL.Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)
 
 
-class EmojiDiffPipeline(StableDiffusionXLPipeline):
-    r"""SDXL text-to-image with identity from a reference face and expression copied from an RGB template.
+def _is_kps(x: Any) -> bool:
+    try:
+        return np.asarray(x, dtype=np.float32).shape == (5, 2)
+    except (TypeError, ValueError):
+        return False
 
-    Components beyond [`StableDiffusionXLPipeline`]'s: `emoji_adapter` ([`EmojiDiffAdapter`]), plus the parent's
-    optional `image_encoder` (a CLIP vision model) and `feature_extractor` (its `CLIPImageProcessor`), which encode
-    the expression template. All three are optional, so the class also loads plain SDXL folders. A face analyzer
-    (:class:`emojidiff_pipeline.face.FaceAnalyzer`, insightface-based, not a torch module and not saved) is set with
-    :meth:`set_face_analyzer`; without it `identity_image` is refused and `expression_image` is taken as an
-    already aligned face crop.
+
+class EmojiDiffMixin:
+    r"""Identity from a reference face and expression copied from an RGB template, for any diffusers SD/SDXL pipeline.
+
+    Mixed in before a diffusers pipeline class (`class P(EmojiDiffMixin, StableDiffusionXLPipeline)`), whose
+    `__init__` registers the components and then calls :meth:`_init_emojidiff`. Components beyond the parent's:
+    `emoji_adapter` ([`EmojiDiffAdapter`]), plus the parent's optional `image_encoder` (a CLIP vision model) and
+    `feature_extractor` (its `CLIPImageProcessor`), which encode the expression template. All three are optional, so
+    the classes also load plain SDXL / SD folders. A face analyzer (:class:`emojidiff_pipeline.face.FaceAnalyzer`,
+    insightface-based, not a torch module and not saved) is set with :meth:`set_face_analyzer`; without it
+    `identity_image` is refused and `expression_image` is taken as an already aligned face crop (or cropped at
+    known `expression_kps`).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->emoji_adapter->unet->vae"
-    _optional_components = StableDiffusionXLPipeline._optional_components + ["emoji_adapter"]
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        text_encoder_2: CLIPTextModelWithProjection,
-        tokenizer: CLIPTokenizer,
-        tokenizer_2: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: KarrasDiffusionSchedulers,
-        image_encoder: CLIPVisionModelWithProjection = None,
-        feature_extractor: CLIPImageProcessor = None,
-        emoji_adapter: EmojiDiffAdapter | None = None,
-        force_zeros_for_empty_prompt: bool = True,
-        add_watermarker: bool | None = None,
-    ):
-        super().__init__(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            scheduler=scheduler,
-            image_encoder=image_encoder,
-            feature_extractor=feature_extractor,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
-            add_watermarker=add_watermarker,
-        )
+    def _init_emojidiff(self, emoji_adapter: EmojiDiffAdapter | None) -> None:
         self.register_modules(emoji_adapter=None)
         self.face_analyzer = None
         self.expression_encoder = None
@@ -113,21 +113,87 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             self.set_emoji_adapter(emoji_adapter)
 
     # ------------------------------------------------------------------ set-up
-    def set_emoji_adapter(self, emoji_adapter: "EmojiDiffAdapter") -> None:
-        """Attach `emoji_adapter` (checked against this UNet, moved to its device and dtype, as diffusers' loaders
-        do) and install its attention processors."""
+    def set_emoji_adapter(self, emoji_adapter: "EmojiDiffAdapter", torch_dtype: torch.dtype | None = None) -> None:
+        """Attach `emoji_adapter` (checked against this UNet, moved to its device and to `torch_dtype`, by default the
+        UNet's dtype, as diffusers' loaders do) and install its attention processors. CPU offload hooks, if enabled,
+        are re-applied so the adapter is offloaded like the other components."""
         if not isinstance(emoji_adapter, EmojiDiffAdapter):
             raise TypeError(f"`emoji_adapter` must be an EmojiDiffAdapter, got {type(emoji_adapter).__name__}.")
+        if torch_dtype is not None and not (isinstance(torch_dtype, torch.dtype) and torch_dtype.is_floating_point):
+            raise ValueError(f"`torch_dtype` must be a floating-point torch.dtype or None, got {torch_dtype!r}.")
         emoji_adapter.check_unet(self.unet)
+        from diffusers.loaders.lora_base import _func_optionally_disable_offloading
+
+        model_offload, sequential_offload, _ = _func_optionally_disable_offloading(self)
         if not any(p.is_meta for m in (self.unet, emoji_adapter) for p in m.parameters()):
-            torch.nn.Module.to(emoji_adapter, device=self.unet.device, dtype=self.unet.dtype)  # ModelMixin.to warns
+            dtype = torch_dtype or self.unet.dtype
+            torch.nn.Module.to(emoji_adapter, device=self.unet.device, dtype=dtype)  # ModelMixin.to warns
         self.register_modules(emoji_adapter=emoji_adapter)
         install_processors(self.unet, set(emoji_adapter.identity_layer_names) | set(emoji_adapter.expression_layer_names))
+        if model_offload:
+            self.enable_model_cpu_offload(device=getattr(self, "_offload_device", None) or "cuda")
+        elif sequential_offload:
+            self.enable_sequential_cpu_offload(device=getattr(self, "_offload_device", None) or "cuda")
+
+    def load_emoji_adapter(
+        self,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        weight_name: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> EmojiDiffAdapter:
+        """Load an [`EmojiDiffAdapter`] from a local folder or Hub repo and attach it, like diffusers' `load_ip_adapter`.
+
+        Args:
+            pretrained_model_name_or_path: adapter folder (config.json + safetensors) or Hub id; for a saved EmojiDiff
+                pipeline folder give `subfolder="emoji_adapter"`.
+            subfolder: folder inside it that holds the adapter.
+            weight_name: safetensors file name, when not `diffusion_pytorch_model.safetensors`.
+            torch_dtype: dtype to keep the adapter in; default the UNet's (key/values are cast to the UNet's dtype
+                per call either way).
+            kwargs: Hub arguments (`revision`, `token`, `cache_dir`, `local_files_only`, ...).
+        """
+        adapter = EmojiDiffAdapter.from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, weight_name=weight_name, **kwargs
+        )
+        self.set_emoji_adapter(adapter, torch_dtype=torch_dtype)
+        return adapter
 
     def unload_emoji_adapter(self) -> None:
-        """Detach the adapter and restore plain attention processors on the UNet."""
+        """Detach the adapter and restore the UNet's processors (plain attention, or diffusers' IP-Adapter's)."""
         uninstall_processors(self.unet)
         self.register_modules(emoji_adapter=None)
+
+    def _adapted_layers(self) -> set[str]:
+        adapter = self.emoji_adapter
+        return set(adapter.identity_layer_names) | set(adapter.expression_layer_names)
+
+    def load_ip_adapter(self, *args, **kwargs):
+        """diffusers' `load_ip_adapter`, with the EmojiDiff processors kept: they take over the IP-Adapter branch."""
+        if getattr(self, "emoji_adapter", None) is None:
+            return super().load_ip_adapter(*args, **kwargs)
+        uninstall_processors(self.unet)
+        try:
+            return super().load_ip_adapter(*args, **kwargs)
+        finally:
+            install_processors(self.unet, self._adapted_layers())
+
+    def unload_ip_adapter(self):
+        """diffusers' `unload_ip_adapter`, leaving EmojiDiff working: its processors are kept, and so are the
+        `image_encoder` and `feature_extractor` when the adapter's expression branch reads template images."""
+        if getattr(self, "emoji_adapter", None) is None:
+            return super().unload_ip_adapter()
+        keep = {}
+        if self.emoji_adapter.uses_image_stream:
+            keep = {"image_encoder": self.image_encoder, "feature_extractor": self.feature_extractor}
+        uninstall_processors(self.unet)
+        try:
+            return super().unload_ip_adapter()
+        finally:
+            if keep:
+                self.register_modules(**keep)
+            install_processors(self.unet, self._adapted_layers())
 
     def set_face_analyzer(self, face_analyzer) -> None:
         """Use `face_analyzer` (needs `identity_embedding(image, input_name)` and `expression_crop(...)`), or None."""
@@ -219,17 +285,49 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                 raise ValueError(f"`{name}` is empty (size {size}); give an image with a face.")
         return templates
 
-    def _template_crops(self, expression_image, batch_size: int) -> list[PIL.Image.Image]:
-        """Expression template(s) -> face crops for the image encoder: aligned and masked with a face analyzer,
-        taken as they are (already aligned) without one. One crop, or one per prompt."""
-        templates = self._template_list(expression_image, batch_size)
-        crops = []
-        for i, img in enumerate(templates):
-            name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
-            if self.face_analyzer is not None:
-                from .face import masked_template  # grey outside the face region
+    @staticmethod
+    def _kps_list(kps, num_templates: int) -> list:
+        """`expression_kps` -> one (5, 2) array (or None) per template: one (5, 2) set for a single template, or a list
+        of one per template."""
+        from .face import _check_kps
 
-                geometry = self.emoji_adapter.config.template_crop if self.emoji_adapter is not None else "arcface"
+        if kps is None:
+            return [None] * num_templates
+        if _is_kps(kps):
+            per_template = [kps]
+        elif isinstance(kps, (list, tuple, np.ndarray, torch.Tensor)) and len(kps) and all(
+            k is None or _is_kps(k) for k in kps
+        ):
+            per_template = list(kps)
+        else:
+            raise ValueError(
+                "`expression_kps` must be 5 landmarks (5, 2) (left eye, right eye, nose, left and right mouth corners, "
+                f"in pixels of the template) or a list of one per template; got {getattr(kps, 'shape', type(kps).__name__)}."
+            )
+        if len(per_template) != num_templates:
+            raise ValueError(
+                f"`expression_kps` holds {len(per_template)} landmark sets but there are {num_templates} expression "
+                "templates; give one per template."
+            )
+        name = "expression_kps" if num_templates == 1 else "expression_kps[{}]"
+        return [None if k is None else _check_kps(k, name.format(i)) for i, k in enumerate(per_template)]
+
+    def _template_crops(self, expression_image, batch_size: int, kps=None) -> list[PIL.Image.Image]:
+        """Expression template(s) -> face crops for the image encoder: aligned at known `kps` or at the face
+        analyzer's landmarks and masked to the face region, or taken as they are (already aligned) without either.
+        One crop, or one per prompt."""
+        from .face import align_expression_face, expression_mask, masked_template, to_rgb_array
+
+        templates = self._template_list(expression_image, batch_size)
+        kps_list = self._kps_list(kps, len(templates))
+        geometry = self.emoji_adapter.config.template_crop if self.emoji_adapter is not None else "arcface"
+        crops = []
+        for i, (img, points) in enumerate(zip(templates, kps_list)):
+            name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
+            if points is not None:  # known landmarks: the analyzer's crop without its detector
+                crop = align_expression_face(to_rgb_array(np.asarray(self._to_pil(img, name)), name), points, 224, geometry)
+                img = masked_template(PIL.Image.fromarray(crop), expression_mask(224, geometry))
+            elif self.face_analyzer is not None:
                 img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name, geometry=geometry))
             crops.append(self._to_pil(img, name))
         return crops
@@ -257,17 +355,26 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         pixels = pixels.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
 
-    def encode_expression(self, expression_image, batch_size: int, device=None) -> torch.Tensor:
-        """Expression template(s) -> image-encoder patch tokens (B or 1, P, E)."""
+    def encode_expression(self, expression_image, batch_size: int | None = None, device=None, kps=None) -> torch.Tensor:
+        """Expression template(s) -> image-encoder patch tokens (N, P, E): crop (at known `kps`, or the face
+        analyzer's), mask, encode: the same input the pipeline call and training feed the adapter.
+
+        Args:
+            expression_image: one template or a list of them.
+            batch_size: the prompts' batch (a list must then hold 1 or `batch_size` templates); default: any length.
+            kps: known 5-point landmarks (5, 2) of the template, or a list of one per template (None entries detect).
+        """
         if self.image_encoder is None or self.feature_extractor is None:
             self.encode_template_crops([], device)  # raises the explanation
-        return self.encode_template_crops(self._template_crops(expression_image, batch_size), device)
+        if batch_size is None:
+            batch_size = len(expression_image) if isinstance(expression_image, (list, tuple)) else 1
+        return self.encode_template_crops(self._template_crops(expression_image, batch_size, kps), device)
 
-    def encode_expression_codes(self, expression_image, batch_size: int) -> torch.Tensor:
-        """Expression template(s) -> expression-encoder codes (B or 1, K), for the code stream.
+    def encode_expression_codes(self, expression_image, batch_size: int | None = None, kps=None) -> torch.Tensor:
+        """Expression template(s) -> expression-encoder codes (N, K), for the code stream.
 
-        The face analyzer, when set, finds each template's keypoints; without one the encoder gets None and must
-        find the face itself."""
+        The encoder gets each template's keypoints: the known `kps`, else the face analyzer's when one is set, else
+        None (it must then find the face itself)."""
         if self.expression_encoder is None:
             raise ValueError(
                 f"This adapter's expression branch has a code stream (trained with the expression encoder "
@@ -277,15 +384,16 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         from .expression import check_adapter_encoder
 
         check_adapter_encoder(self.emoji_adapter.config, self.expression_encoder, "pipe.expression_encoder")
+        if batch_size is None:
+            batch_size = len(expression_image) if isinstance(expression_image, (list, tuple)) else 1
         templates = self._template_list(expression_image, batch_size)
         images, keypoints = [], []
-        for i, img in enumerate(templates):
+        for i, (img, points) in enumerate(zip(templates, self._kps_list(kps, len(templates)))):
             name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
             images.append(np.asarray(self._to_pil(img, name)))
-            if self.face_analyzer is not None:
-                keypoints.append(self.face_analyzer.select(self.face_analyzer.detect(images[-1], name), name).kps)
-            else:
-                keypoints.append(None)
+            if points is None and self.face_analyzer is not None:
+                points = self.face_analyzer.select(self.face_analyzer.detect(images[-1], name), name).kps
+            keypoints.append(points)
         return torch.as_tensor(self.expression_encoder(images, keypoints), dtype=torch.float32)  # (B or 1, K)
 
     # ------------------------------------------------------------------ checks
@@ -384,8 +492,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
         # the UNet's dtype, whatever `.to()` calls left the adapter in
         return EmojiDiffConditioning.build(output, layers, id_scales, exp_scales, expression_mask, dtype=self.unet.dtype)
 
-    def _prepare_mask(self, expression_mask, height: int, width: int) -> torch.Tensor:
-        """User mask (PIL / HxW array / tensor, 1 = face region of the output) -> (1, 1, h, w) at latent size."""
+    def _prepare_mask(self, expression_mask) -> torch.Tensor:
+        """User mask (PIL / HxW array / tensor, 1 = face region of the output) -> (1, 1, H, W) float; it is resized to
+        the latent grid (area) when the UNet first runs (:meth:`EmojiDiffConditioning.set_latent_size`)."""
         if isinstance(expression_mask, PIL.Image.Image):
             expression_mask = np.asarray(expression_mask.convert("L"), dtype=np.float32) / 255.0
         elif isinstance(expression_mask, torch.Tensor):
@@ -407,88 +516,96 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             raise ValueError(f"`expression_mask` holds NaN or inf values ({int((~torch.isfinite(mask)).sum())} of them).")
         if mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"`expression_mask` values must lie in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}].")
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        return F.interpolate(mask[None, None], size=(h, w), mode="area")
+        return mask[None, None]
 
     # ------------------------------------------------------------------ call
+    def _parent_call_signature(self) -> inspect.Signature:
+        """Signature of the diffusers parent's `__call__` (the class after EmojiDiffMixin in the MRO), without self."""
+        return inspect.signature(super().__call__)
+
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str] | None = None,
-        prompt_2: str | list[str] | None = None,
-        *,
+        *args,
         identity_image: ImageLike | Sequence[ImageLike] | Sequence[Sequence[ImageLike]] | None = None,
         identity_embeds: torch.Tensor | None = None,
         expression_image: ImageLike | Sequence[ImageLike] | None = None,
+        expression_kps: np.ndarray | Sequence[np.ndarray] | None = None,
         expression_embeds: torch.Tensor | None = None,
         expression_codes: torch.Tensor | None = None,
         identity_scale: float | Mapping[str, Any] = 1.0,
         expression_scale: float | Mapping[str, Any] = 1.0,
         expression_mask=None,
-        num_images_per_prompt: int | None = 1,
-        guidance_scale: float = 5.0,
-        height: int | None = None,
-        width: int | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        cross_attention_kwargs: dict[str, Any] | None = None,
         **kwargs,
     ):
-        r"""Generate portraits. Arguments not listed here are [`StableDiffusionXLPipeline.__call__`]'s.
+        r"""Generate portraits. Every argument not listed here is the diffusers parent's (`prompt`, `image`,
+        `mask_image`, `control_image`/`image`, `strength`, `negative_prompt`, `ip_adapter_image`, ...) and reaches it
+        unchanged; a name neither knows is refused.
 
         Args:
             identity_image: reference face(s): one image, a list (several photos of one person), or one list per
                 prompt. Needs a face analyzer. Mutually exclusive with `identity_embeds`.
             identity_embeds (`torch.Tensor` (B or 1, n_ref, 512)): normed face-recognition embeddings.
-            expression_image: RGB expression template, or one per prompt. With a face analyzer it is aligned and
-                masked to the face region; without, it must already be an aligned face crop.
+            expression_image: RGB expression template, or one per prompt. Cropped at `expression_kps` when given,
+                else aligned and masked with the face analyzer; without either it must be an aligned face crop.
+            expression_kps: known 5-point landmarks (5, 2) of the template (insightface order, template pixels), or a
+                list of one per template; detection is then skipped and no face analyzer is needed.
             expression_embeds (`torch.Tensor` (B or 1, P, E)): precomputed image-encoder patch tokens of templates
                 (penultimate hidden states), instead of `expression_image` (image stream).
             expression_codes (`torch.Tensor` (B or 1, K)): precomputed expression-encoder codes of templates, instead
                 of `expression_image` (code stream; see :meth:`set_expression_encoder`).
             identity_scale / expression_scale: float >= 0 or a per-block dict like diffusers'
                 `set_ip_adapter_scale` (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`). 0 turns a branch off.
-            expression_mask: optional (H, W) mask in [0, 1] over the output image; expression attention acts only
-                where it is 1.
+            expression_mask: optional (H, W) mask in [0, 1] over the output image (same aspect ratio); expression
+                attention acts only where it is 1.
 
         Examples:
             >>> pipe = EmojiDiffPipeline.from_pretrained("path/to/emojidiff-sdxl")  # doctest: +SKIP
             >>> image = pipe("a portrait, watercolor", identity_embeds=emb, expression_image=tpl).images[0]  # doctest: +SKIP
         """
-        _check_call_kwargs(type(self), kwargs)
-        kwargs = dict(
-            kwargs,
-            prompt=prompt,
-            prompt_2=prompt_2,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            prompt_embeds=prompt_embeds,
-        )
+        # 1. Bind the parent's arguments; refuse names nobody takes
+        signature = self._parent_call_signature()
+        _check_call_kwargs(type(self), signature, kwargs)
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{type(self).__name__}.__call__(): {err}") from err
+
+        def arg(name):
+            if name in bound.arguments:
+                return bound.arguments[name]
+            param = signature.parameters.get(name)
+            return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+        cross_attention_kwargs = arg("cross_attention_kwargs")
         has_identity = identity_image is not None or identity_embeds is not None
         has_expression = expression_image is not None or expression_embeds is not None or expression_codes is not None
         if self.emoji_adapter is None:
             if has_identity or has_expression:
                 raise ValueError(
                     "This pipeline has no `emoji_adapter`; identity and expression inputs need one. Load it with "
-                    "`pipe.set_emoji_adapter(EmojiDiffAdapter.from_pretrained(...))`."
+                    "`pipe.load_emoji_adapter(path_or_repo)` or `pipe.set_emoji_adapter(EmojiDiffAdapter(...))`."
                 )
-            return super().__call__(cross_attention_kwargs=cross_attention_kwargs, **kwargs)
+            return super().__call__(*bound.args, **bound.kwargs)
 
-        # 1. Check our inputs (the parent checks its own)
+        # 2. Check our inputs (the parent checks its own)
+        num_images_per_prompt = arg("num_images_per_prompt")
         if identity_image is not None and identity_embeds is not None:
             raise ValueError("Pass either `identity_image` or `identity_embeds`, not both.")
         if expression_image is not None and (expression_embeds is not None or expression_codes is not None):
             raise ValueError("Pass either `expression_image` or precomputed `expression_embeds`/`expression_codes`.")
+        if expression_kps is not None and expression_image is None:
+            raise ValueError("`expression_kps` was given without `expression_image`; the landmarks locate the face in "
+                             "that template.")  # fmt: skip
         if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
         if cross_attention_kwargs is not None and CONDITIONING_KWARG in cross_attention_kwargs:
             raise ValueError(f"`cross_attention_kwargs` must not hold the reserved key {CONDITIONING_KWARG!r}.")
-        batch_size = self._batch_size(prompt, prompt_embeds)
+        batch_size = self._batch_size(arg("prompt"), arg("prompt_embeds"))
         config = self.emoji_adapter.config
         device = self._execution_device
 
-        # 2. Encode identity and expression once per call
+        # 3. Encode identity and expression once per call
         if identity_image is not None:
             identity_embeds = self.encode_identity(identity_image, batch_size)
         if identity_embeds is not None:
@@ -496,9 +613,9 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
                                "identity_embed_dim", nonzero=True)  # fmt: skip
         adapter = self.emoji_adapter
         if expression_image is not None and adapter.uses_image_stream:
-            expression_embeds = self.encode_expression(expression_image, batch_size, device)
+            expression_embeds = self.encode_expression(expression_image, batch_size, device, kps=expression_kps)
         if expression_image is not None and adapter.uses_code_stream:
-            expression_codes = self.encode_expression_codes(expression_image, batch_size)
+            expression_codes = self.encode_expression_codes(expression_image, batch_size, kps=expression_kps)
         if expression_embeds is not None and not adapter.uses_image_stream:
             raise ValueError("`expression_embeds` (image-encoder tokens) was given, but this adapter's expression "
                              f"branch uses only the {config.expression_streams!r} stream.")  # fmt: skip
@@ -523,17 +640,242 @@ class EmojiDiffPipeline(StableDiffusionXLPipeline):
             raise ValueError("`expression_mask` was given without an expression input (`expression_image`, "
                              "`expression_embeds` or `expression_codes`); it would be ignored.")  # fmt: skip
         if expression_mask is not None:
-            h = height or self.default_sample_size * self.vae_scale_factor
-            w = width or self.default_sample_size * self.vae_scale_factor
-            mask = self._prepare_mask(expression_mask, h, w)
+            mask = self._prepare_mask(expression_mask)
 
-        # 3. Adapter key/values for every adapted layer, cached for all steps
-        do_cfg = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        # 4. Adapter key/values for every adapted layer, cached for all steps
+        do_cfg = arg("guidance_scale") > 1 and self.unet.config.time_cond_proj_dim is None
         conditioning = self.prepare_conditioning(
             batch_size, num_images_per_prompt, do_cfg, identity_embeds, expression_embeds,
             identity_scale, expression_scale, mask, device, expression_codes,
         )  # fmt: skip
 
-        # 4. Denoise with the parent's loop
-        cross_attention_kwargs = {**(cross_attention_kwargs or {}), CONDITIONING_KWARG: conditioning}
-        return super().__call__(cross_attention_kwargs=cross_attention_kwargs, **kwargs)
+        # 5. Denoise with the parent's loop; a mask learns the latent grid when the UNet first runs
+        bound.arguments["cross_attention_kwargs"] = {**(cross_attention_kwargs or {}), CONDITIONING_KWARG: conditioning}
+        hook = None
+        if mask is not None:
+            def record_latent_size(module, hook_args, hook_kwargs):
+                sample = hook_args[0] if hook_args else hook_kwargs["sample"]
+                conditioning.set_latent_size(sample.shape[-2:])
+
+            hook = self.unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
+        try:
+            return super().__call__(*bound.args, **bound.kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *args,
+        push_to_hub: bool = False,
+        base_model: str | None = None,
+        training_data: str | None = None,
+        **kwargs,
+    ):
+        """diffusers' `save_pretrained`, plus a filled model card (README.md: base model, adapter layers, training
+        data, limitations, face-model licences, a usage snippet), also when pushing to the Hub.
+
+        Args:
+            base_model: Hub id of the base model, for the card's metadata; default the pipeline's own when it is a
+                Hub id.
+            training_data: one paragraph on the adapter's training data for the card.
+        """
+        from .model_card import emojidiff_model_card
+
+        hub = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
+        super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
+        repo_id = None
+        if push_to_hub:
+            from diffusers.pipelines import pipeline_utils
+
+            repo_id = hub.get("repo_id") or os.fspath(save_directory).rstrip(os.path.sep).split(os.path.sep)[-1]
+            repo_id = pipeline_utils.create_repo(
+                repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")
+            ).repo_id
+        if self.emoji_adapter is not None:
+            card = emojidiff_model_card(self, repo_id=repo_id or os.fspath(save_directory), base_model=base_model,
+                                        training_data=training_data)  # fmt: skip
+            card.save(os.path.join(save_directory, "README.md"))
+        elif push_to_hub:  # no adapter: a base folder, carded as diffusers does
+            from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
+
+            card = populate_model_card(load_or_create_model_card(repo_id, token=hub.get("token"), is_pipeline=True))
+            card.save(os.path.join(save_directory, "README.md"))
+        if push_to_hub:
+            self._upload_folder(save_directory, repo_id, token=hub.get("token"), commit_message=hub.get("commit_message"),
+                                create_pr=hub.get("create_pr", False))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipelines: a diffusers parent + the mixin + the `emoji_adapter` component
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _offload_seq(parent_seq: str) -> str:
+    """The parent's CPU-offload order with the adapter placed just before the UNet."""
+    return parent_seq.replace("unet", "emoji_adapter->unet", 1)
+
+
+class EmojiDiffPipeline(EmojiDiffMixin, StableDiffusionXLPipeline):
+    r"""SDXL text-to-image with identity from a reference face and expression copied from an RGB template: a
+    [`StableDiffusionXLPipeline`] with the `emoji_adapter` component and the EmojiDiff arguments of
+    :class:`EmojiDiffMixin`."""
+
+    model_cpu_offload_seq = _offload_seq(StableDiffusionXLPipeline.model_cpu_offload_seq)
+    _optional_components = StableDiffusionXLPipeline._optional_components + ["emoji_adapter"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        feature_extractor: CLIPImageProcessor = None,
+        emoji_adapter: EmojiDiffAdapter | None = None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+            feature_extractor=feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )  # fmt: skip
+        self._init_emojidiff(emoji_adapter)
+
+
+class EmojiDiffImg2ImgPipeline(EmojiDiffMixin, StableDiffusionXLImg2ImgPipeline):
+    r"""SDXL img2img with EmojiDiff: a [`StableDiffusionXLImg2ImgPipeline`] (`image=`, `strength=`, ...) with the
+    `emoji_adapter` component and the EmojiDiff arguments of :class:`EmojiDiffMixin`."""
+
+    model_cpu_offload_seq = _offload_seq(StableDiffusionXLImg2ImgPipeline.model_cpu_offload_seq)
+    _optional_components = StableDiffusionXLImg2ImgPipeline._optional_components + ["emoji_adapter"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        feature_extractor: CLIPImageProcessor = None,
+        emoji_adapter: EmojiDiffAdapter | None = None,
+        requires_aesthetics_score: bool = False,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+            feature_extractor=feature_extractor, requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+        )  # fmt: skip
+        self._init_emojidiff(emoji_adapter)
+
+
+class EmojiDiffInpaintPipeline(EmojiDiffMixin, StableDiffusionXLInpaintPipeline):
+    r"""SDXL inpainting with EmojiDiff: a [`StableDiffusionXLInpaintPipeline`] (`image=`, `mask_image=`, ...) with the
+    `emoji_adapter` component and the EmojiDiff arguments of :class:`EmojiDiffMixin`."""
+
+    model_cpu_offload_seq = _offload_seq(StableDiffusionXLInpaintPipeline.model_cpu_offload_seq)
+    _optional_components = StableDiffusionXLInpaintPipeline._optional_components + ["emoji_adapter"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        feature_extractor: CLIPImageProcessor = None,
+        emoji_adapter: EmojiDiffAdapter | None = None,
+        requires_aesthetics_score: bool = False,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+            feature_extractor=feature_extractor, requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+        )  # fmt: skip
+        self._init_emojidiff(emoji_adapter)
+
+
+class EmojiDiffControlNetPipeline(EmojiDiffMixin, StableDiffusionXLControlNetPipeline):
+    r"""SDXL ControlNet (one, or several as a list / `MultiControlNetModel`) with EmojiDiff: a
+    [`StableDiffusionXLControlNetPipeline`] (`image=` the control image(s), `controlnet_conditioning_scale=`, ...)
+    with the `emoji_adapter` component and the EmojiDiff arguments of :class:`EmojiDiffMixin`."""
+
+    model_cpu_offload_seq = _offload_seq(StableDiffusionXLControlNetPipeline.model_cpu_offload_seq)
+    _optional_components = StableDiffusionXLControlNetPipeline._optional_components + ["emoji_adapter"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel | list[ControlNetModel] | tuple[ControlNetModel] | MultiControlNetModel,
+        scheduler: KarrasDiffusionSchedulers,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+        feature_extractor: CLIPImageProcessor = None,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        emoji_adapter: EmojiDiffAdapter | None = None,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, controlnet=controlnet, scheduler=scheduler,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+            feature_extractor=feature_extractor, image_encoder=image_encoder,
+        )  # fmt: skip
+        self._init_emojidiff(emoji_adapter)
+
+
+class EmojiDiffStableDiffusionPipeline(EmojiDiffMixin, StableDiffusionPipeline):
+    r"""SD1.5 text-to-image with EmojiDiff: a [`StableDiffusionPipeline`] with the `emoji_adapter` component (an
+    adapter built for an SD1.5 UNet, e.g. `EmojiDiffAdapter.from_unet(sd15.unet)`) and the EmojiDiff arguments of
+    :class:`EmojiDiffMixin`. Its `feature_extractor` serves both the safety checker and the template encoder."""
+
+    model_cpu_offload_seq = _offload_seq(StableDiffusionPipeline.model_cpu_offload_seq)
+    _optional_components = StableDiffusionPipeline._optional_components + ["emoji_adapter"]
+    _exclude_from_cpu_offload = StableDiffusionPipeline._exclude_from_cpu_offload
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        safety_checker: StableDiffusionSafetyChecker,
+        feature_extractor: CLIPImageProcessor,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        emoji_adapter: EmojiDiffAdapter | None = None,
+        requires_safety_checker: bool = True,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=safety_checker, feature_extractor=feature_extractor, image_encoder=image_encoder,
+            requires_safety_checker=requires_safety_checker,
+        )  # fmt: skip
+        self._init_emojidiff(emoji_adapter)
+
+
+EMOJIDIFF_PIPELINES = (EmojiDiffPipeline, EmojiDiffImg2ImgPipeline, EmojiDiffInpaintPipeline,
+                       EmojiDiffControlNetPipeline, EmojiDiffStableDiffusionPipeline)  # fmt: skip
