@@ -21,6 +21,8 @@ _TASKS = {
     "EmojiDiffStableDiffusionPipeline": ("StableDiffusionPipeline", "", ""),
 }
 
+_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ model_description }}\n"
+
 _DESCRIPTION = """\
 # {title}
 
@@ -97,7 +99,7 @@ def usage_snippet(pipe, repo_id: str) -> str:
     elif pipe.image_encoder is not None:
         lines.append("template = PIL.Image.new(\"RGB\", (224, 224), \"gray\")  # an aligned expression template")
         call += "expression_image=template, "
-    snippet = "\n".join(lines) + "\n" + setup.replace("SIZE", "SIZE")
+    snippet = "\n".join(lines) + "\n" + setup
     snippet += (f"image = pipe(\"a portrait photo\", {extra}{call}num_inference_steps=30,\n"
                 "             generator=torch.Generator().manual_seed(0)).images[0]\n"
                 "image.save(\"emojidiff.png\")\n")  # fmt: skip
@@ -105,10 +107,10 @@ def usage_snippet(pipe, repo_id: str) -> str:
 
 
 def emojidiff_model_card(pipe, repo_id: str, base_model: str | None = None, training_data: str | None = None):
-    """A `huggingface_hub.ModelCard` for an EmojiDiff pipeline: diffusers' training model-card template (the one
-    `load_or_create_model_card(from_training=True)` renders) and `populate_model_card` (library `diffusers`, tags,
-    base model, licence metadata). Always freshly written, so a push replaces a stale card."""
-    from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
+    """A `huggingface_hub.ModelCard` for an EmojiDiff pipeline: metadata (library `diffusers`, tags, base model,
+    licence) through diffusers' `populate_model_card`, every section filled from the pipeline (diffusers' own
+    training template would leave "TODO" sections). Always freshly written, so a push replaces a stale card."""
+    from diffusers.utils.hub_utils import populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
     if pipe.emoji_adapter is None:
@@ -144,7 +146,7 @@ def emojidiff_model_card(pipe, repo_id: str, base_model: str | None = None, trai
         "`args.json` and evaluation files.",
     )
     card_data = ModelCardData(license="other", library_name="diffusers", inference=False, base_model=base)
-    card = ModelCard.from_template(card_data, template_path=MODEL_CARD_TEMPLATE_PATH, model_description=description)
+    card = ModelCard.from_template(card_data, template_str=_TEMPLATE, model_description=description)
     card = populate_model_card(card, tags=["emojidiff", "face", "expression-control", "text-to-image",
                                            "stable-diffusion-xl" if "XL" in parent else "stable-diffusion"])  # fmt: skip
     return card
