@@ -180,3 +180,17 @@ def test_model_card_is_filled_and_its_snippet_runs(tmp_path, monkeypatch, one_to
     assert 'EmojiDiffImg2ImgPipeline.from_pretrained(\'me/emojidiff-tiny\')' in pushed
     with pytest.raises(ValueError, match=r"`base_model` must be a Hub id"):
         pipe.save_pretrained(tmp_path / "bad", base_model="./local")
+
+
+def test_load_emoji_adapter_after_cpu_offload_offloads_it_too(tmp_path, one_torch_thread):
+    pytest.importorskip("accelerate")
+    components = tiny_components()
+    tiny_adapter(components["unet"]).save_pretrained(tmp_path / "adapter")
+    expected_pipe = EmojiDiffPipeline(**tiny_components())
+    expected_pipe.load_emoji_adapter(tmp_path / "adapter")
+    expected = run(expected_pipe, **INPUTS)
+    pipe = EmojiDiffPipeline(**components)
+    pipe.enable_model_cpu_offload(device="cpu")
+    pipe.load_emoji_adapter(tmp_path / "adapter")
+    assert hasattr(pipe.emoji_adapter, "_hf_hook")  # offload hooks re-applied, the adapter's included
+    assert np.abs(run(pipe, **INPUTS) - expected).max() <= 1e-5
