@@ -139,6 +139,14 @@ def test_diffusion_pipeline_from_pretrained_after_import(tmp_path, one_torch_thr
             "assert 'emojidiff_pipeline.pipeline' not in sys.modules  # announced lazily\n"
             f"pipe = diffusers.DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
             "print(type(pipe).__name__, type(pipe.emoji_adapter).__name__)\n"
+            # the Hub path (download) checks every component library before fetching: ours must pass
+            "import json, os\n"
+            "from diffusers.pipelines.pipeline_loading_utils import _get_custom_components_and_folders\n"
+            f"root = {str(tmp_path)!r}\n"
+            "config = json.load(open(os.path.join(root, 'model_index.json')))\n"
+            "files = [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]\n"
+            "custom, folders = _get_custom_components_and_folders('me/emojidiff', config, files)\n"
+            "assert custom == {} and 'emoji_adapter' in folders, (custom, folders)\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                              env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""})  # fmt: skip

@@ -6,10 +6,17 @@ library. `import emojidiff_pipeline` must stay light (no torch), so the classes 
 mapped in the `diffusers` lazy module to a stand-in submodule, `diffusers._emojidiff_pipeline`, which is this
 package itself; the first lookup imports `emojidiff_pipeline.pipeline`. If diffusers is not imported yet, a one-shot
 import hook does this right after it is. Only names that diffusers does not define are added. Pure stdlib.
+
+Components: `save_pretrained` records the adapter as `["emojidiff_pipeline.adapter", "EmojiDiffAdapter"]`. Loading
+from the Hub, diffusers refuses any component library that is neither one it knows nor an attribute of
+`diffusers.pipelines` ("... does not exist in <repo> and is not a module in 'diffusers/pipelines'"), even for
+`EmojiDiffPipeline.from_pretrained`. So that name is also bound in `diffusers.pipelines`, to this (lazy) package,
+from which diffusers then takes `EmojiDiffAdapter`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import sys
@@ -22,6 +29,7 @@ PIPELINE_NAMES = (
     "EmojiDiffStableDiffusionPipeline",
 )
 _SHIM = "_emojidiff_pipeline"
+COMPONENT_LIBRARIES = ("emojidiff_pipeline.adapter",)  # as model_index.json names them
 
 
 def _announce(diffusers) -> None:
@@ -34,10 +42,16 @@ def _announce(diffusers) -> None:
         for name in PIPELINE_NAMES:
             if not hasattr(diffusers, name):
                 setattr(diffusers, name, getattr(pipeline, name))
+        for library in COMPONENT_LIBRARIES:
+            setattr(diffusers.pipelines, library, package)
         return
     sys.modules.setdefault(f"{diffusers.__name__}.{_SHIM}", package)
     for name in PIPELINE_NAMES:
         class_to_module.setdefault(name, _SHIM)
+    pipelines = importlib.import_module(f"{diffusers.__name__}.pipelines")
+    for library in COMPONENT_LIBRARIES:
+        if library not in vars(pipelines):
+            setattr(pipelines, library, package)
 
 
 class _AfterDiffusersImport(importlib.abc.MetaPathFinder):
