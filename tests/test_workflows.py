@@ -193,3 +193,14 @@ def test_bad_keypoints_are_refused(components, adapter, kwargs, message):
     pipe = EmojiDiffPipeline(**components, emoji_adapter=adapter)
     with pytest.raises(ValueError, match=message):
         run(pipe, identity_embeds=INPUTS["identity_embeds"], **kwargs)
+
+
+def test_replaced_processors_are_refused_not_ignored(adapter):
+    pipe = EmojiDiffPipeline(**tiny_components(), emoji_adapter=adapter)
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    with pytest.raises(ValueError, match=r"no longer have EmojiDiff processors .* `pipe\.set_emoji_adapter"):
+        run(pipe, **INPUTS)
+    pipe.set_emoji_adapter(pipe.emoji_adapter)
+    assert run(pipe, **INPUTS).shape == (1, 64, 64, 3)

@@ -364,8 +364,9 @@ def install_processors(unet, layer_names) -> None:
             if "IPAdapter" in type(inner).__name__:
                 raise ValueError(
                     f"Layer {name!r} uses {type(inner).__name__}, which EmojiDiff cannot combine with its branches; "
-                    "use diffusers' default processors (`pipe.unet.set_default_attn_processor()` before "
-                    "`load_ip_adapter`), which give IPAdapterAttnProcessor2_0."
+                    "load the IP-Adapter on diffusers' default SDPA processors (`pipe.unload_emoji_adapter()`, "
+                    "`pipe.unet.set_default_attn_processor()`, then `load_ip_adapter` and `set_emoji_adapter`), which "
+                    "gives IPAdapterAttnProcessor2_0."
                 )
             processors[name] = EmojiDiffAttnProcessor(name)
         else:

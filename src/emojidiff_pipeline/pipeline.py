@@ -165,6 +165,21 @@ class EmojiDiffMixin:
         uninstall_processors(self.unet)
         self.register_modules(emoji_adapter=None)
 
+    def _check_processors(self) -> None:
+        """Raise when the adapter's layers lost their EmojiDiff processors (e.g. `set_attn_processor`, or diffusers'
+        `load_ip_adapter` run on another pipeline sharing this UNet): the branches would be silently dropped."""
+        from .attention import EmojiDiffAttnProcessor
+
+        processors = self.unet.attn_processors
+        lost = sorted(n for n in self._adapted_layers() if not isinstance(processors.get(n), EmojiDiffAttnProcessor))
+        if lost:
+            raise ValueError(
+                f"{len(lost)} of the adapter's layers no longer have EmojiDiff processors (first: {lost[0]!r} has "
+                f"{type(processors.get(lost[0])).__name__}): something replaced the UNet's attention processors, e.g. "
+                "`set_attn_processor` or a `load_ip_adapter` on another pipeline that shares this UNet. Re-attach "
+                "with `pipe.set_emoji_adapter(pipe.emoji_adapter)`."
+            )
+
     def _adapted_layers(self) -> set[str]:
         adapter = self.emoji_adapter
         return set(adapter.identity_layer_names) | set(adapter.expression_layer_names)
@@ -602,6 +617,7 @@ class EmojiDiffMixin:
         if cross_attention_kwargs is not None and CONDITIONING_KWARG in cross_attention_kwargs:
             raise ValueError(f"`cross_attention_kwargs` must not hold the reserved key {CONDITIONING_KWARG!r}.")
         batch_size = self._batch_size(arg("prompt"), arg("prompt_embeds"))
+        self._check_processors()
         config = self.emoji_adapter.config
         device = self._execution_device
 
