@@ -202,3 +202,36 @@ def test_load_emoji_adapter_after_cpu_offload_offloads_it_too(tmp_path, one_torc
     pipe.load_emoji_adapter(tmp_path / "adapter")
     assert hasattr(pipe.emoji_adapter, "_hf_hook")  # offload hooks re-applied, the adapter's included
     assert np.abs(run(pipe, **INPUTS) - expected).max() <= 1e-5
+
+
+def test_remote_code_folder_loads_where_the_library_is_not_installed(tmp_path, one_torch_thread):
+    components = tiny_components()
+    pipe = EmojiDiffImg2ImgPipeline(**components, emoji_adapter=tiny_adapter(components["unet"]))
+    pipe.save_pretrained(tmp_path / "pipe", remote_code=True)
+    init = PIL.Image.fromarray(random_template(3, 64))
+    init.save(tmp_path / "init.png")
+    np.save(tmp_path / "expected.npy", run(pipe, image=init, strength=1.0, identity_embeds=INPUTS["identity_embeds"]))
+    torch.save(INPUTS["identity_embeds"], tmp_path / "id.pt")
+    assert "trust_remote_code=True" in (tmp_path / "pipe" / "README.md").read_text()
+    code = (
+        "import sys\n"
+        "sys.modules['emojidiff_pipeline'] = None  # as on a machine without the library\n"
+        "import numpy as np, PIL.Image, torch\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"root = {str(tmp_path)!r}\n"
+        "pipe = DiffusionPipeline.from_pretrained(root + '/pipe', trust_remote_code=True)\n"
+        "assert type(pipe).__name__ == 'EmojiDiffImg2ImgPipeline', type(pipe)\n"
+        "assert type(pipe.emoji_adapter).__name__ == 'EmojiDiffAdapter'\n"
+        "out = pipe('a smiling face', image=PIL.Image.open(root + '/init.png'), strength=1.0, num_inference_steps=2,\n"
+        "           output_type='np', identity_embeds=torch.load(root + '/id.pt'),\n"
+        "           generator=torch.Generator().manual_seed(0)).images\n"
+        "print('max diff', float(np.abs(out - np.load(root + '/expected.npy')).max()))\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) <= 1e-5
+    # without trusting the folder's code, diffusers refuses (nothing runs silently)
+    refuse = code.replace(", trust_remote_code=True", "")
+    out = subprocess.run([sys.executable, "-c", refuse], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "trust_remote_code" in out.stderr

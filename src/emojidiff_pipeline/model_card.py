@@ -81,14 +81,19 @@ def _base_model(pipe, base_model: str | None) -> str | None:
     return None
 
 
-def usage_snippet(pipe, repo_id: str) -> str:
-    """A snippet that loads `repo_id` and generates one image with placeholder inputs (it runs as written)."""
+def usage_snippet(pipe, repo_id: str, remote_code: bool = False) -> str:
+    """A snippet that loads `repo_id` and generates one image with placeholder inputs (it runs as written); with
+    `remote_code`, through diffusers' `trust_remote_code` (no emojidiff_pipeline install needed)."""
     name = type(pipe).__name__
     _, extra, setup = _TASKS.get(name, _TASKS["EmojiDiffPipeline"])
     size = pipe.vae_scale_factor * (getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size)
     adapter = pipe.emoji_adapter
-    lines = ["import PIL.Image", "import torch", "", f"from emojidiff_pipeline import {name}", "",
-             f"pipe = {name}.from_pretrained({repo_id!r})", f"SIZE = {size}",
+    if remote_code:
+        load = ["from diffusers import DiffusionPipeline", "",
+                f"pipe = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)  # this repo's code"]
+    else:
+        load = [f"from emojidiff_pipeline import {name}", "", f"pipe = {name}.from_pretrained({repo_id!r})"]
+    lines = ["import PIL.Image", "import torch", "", *load, f"SIZE = {size}",
              f"identity_embeds = torch.nn.functional.normalize(torch.randn(1, 1, {adapter.config.identity_embed_dim}), "
              "dim=-1)  # your face's normed ArcFace embedding"]  # fmt: skip
     call = "identity_embeds=identity_embeds, "
@@ -106,7 +111,8 @@ def usage_snippet(pipe, repo_id: str) -> str:
     return snippet
 
 
-def emojidiff_model_card(pipe, repo_id: str, base_model: str | None = None, training_data: str | None = None):
+def emojidiff_model_card(pipe, repo_id: str, base_model: str | None = None, training_data: str | None = None,
+                         remote_code: bool = False):
     """A `huggingface_hub.ModelCard` for an EmojiDiff pipeline: metadata (library `diffusers`, tags, base model,
     licence) through diffusers' `populate_model_card`, every section filled from the pipeline (diffusers' own
     training template would leave "TODO" sections). Always freshly written, so a push replaces a stale card."""
@@ -135,7 +141,7 @@ def emojidiff_model_card(pipe, repo_id: str, base_model: str | None = None, trai
         parent=parent,
         base_model=f"[`{base}`](https://huggingface.co/{base})" if base else "not recorded (built from a local folder)",
         adapter=f"`EmojiDiffAdapter`, {n_params / 1e6:.1f} M parameters, cross-attention dim {config.cross_attention_dim}",
-        snippet=usage_snippet(pipe, repo_id),
+        snippet=usage_snippet(pipe, repo_id, remote_code),
         identity_layers=_layer_summary(config.identity_layers),
         expression_layers=_layer_summary(config.expression_layers),
         num_identity_tokens=config.num_identity_tokens,

@@ -85,6 +85,16 @@ def _is_image(x: Any) -> bool:
     return isinstance(x, (PIL.Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)
 
 
+def _is_emojidiff_adapter(x: Any) -> bool:
+    """An EmojiDiffAdapter, also one of a copy of this library's code loaded as a diffusers remote-code module
+    (`trust_remote_code=True`), whose class is another object than ours."""
+    from diffusers import ModelMixin
+
+    return isinstance(x, EmojiDiffAdapter) or (
+        isinstance(x, ModelMixin) and type(x).__name__ == "EmojiDiffAdapter" and hasattr(x, "check_unet")
+    )
+
+
 def _is_kps(x: Any) -> bool:
     try:
         return np.asarray(x, dtype=np.float32).shape == (5, 2)
@@ -117,7 +127,7 @@ class EmojiDiffMixin:
         """Attach `emoji_adapter` (checked against this UNet, moved to its device and to `torch_dtype`, by default the
         UNet's dtype, as diffusers' loaders do) and install its attention processors. CPU offload hooks, if enabled,
         are re-applied so the adapter is offloaded like the other components."""
-        if not isinstance(emoji_adapter, EmojiDiffAdapter):
+        if not _is_emojidiff_adapter(emoji_adapter):
             raise TypeError(f"`emoji_adapter` must be an EmojiDiffAdapter, got {type(emoji_adapter).__name__}.")
         if torch_dtype is not None and not (isinstance(torch_dtype, torch.dtype) and torch_dtype.is_floating_point):
             raise ValueError(f"`torch_dtype` must be a floating-point torch.dtype or None, got {torch_dtype!r}.")
@@ -688,6 +698,7 @@ class EmojiDiffMixin:
         push_to_hub: bool = False,
         base_model: str | None = None,
         training_data: str | None = None,
+        remote_code: bool = False,
         **kwargs,
     ):
         """diffusers' `save_pretrained`, plus a filled model card (README.md: base model, adapter layers, training
@@ -697,11 +708,18 @@ class EmojiDiffMixin:
             base_model: Hub id of the base model, for the card's metadata; default the pipeline's own when it is a
                 Hub id.
             training_data: one paragraph on the adapter's training data for the card.
+            remote_code: also write this library's pipeline code into the folder (diffusers' custom-pipeline
+                layout), so that `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` loads it
+                where emojidiff_pipeline is not installed. Such a folder then always needs `trust_remote_code=True`.
         """
         from .model_card import emojidiff_model_card
 
+        if not isinstance(remote_code, bool):
+            raise ValueError(f"`remote_code` must be True or False, got {remote_code!r}.")
         hub = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
+        if remote_code:
+            self._write_remote_code(save_directory)
         repo_id = None
         if push_to_hub:
             from diffusers.pipelines import pipeline_utils
@@ -712,7 +730,7 @@ class EmojiDiffMixin:
             ).repo_id
         if self.emoji_adapter is not None:
             card = emojidiff_model_card(self, repo_id=repo_id or os.fspath(save_directory), base_model=base_model,
-                                        training_data=training_data)  # fmt: skip
+                                        training_data=training_data, remote_code=remote_code)  # fmt: skip
             card.save(os.path.join(save_directory, "README.md"))
         elif push_to_hub:  # no adapter: a base folder, carded as diffusers does
             from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
@@ -722,6 +740,31 @@ class EmojiDiffMixin:
         if push_to_hub:
             self._upload_folder(save_directory, repo_id, token=hub.get("token"), commit_message=hub.get("commit_message"),
                                 create_pr=hub.get("create_pr", False))  # fmt: skip
+
+    # the library modules a remote-code folder holds (pipeline.py's relative imports; none of them imports further)
+    _REMOTE_CODE_FILES = ("pipeline", "adapter", "attention", "layers", "face", "expression", "model_card")
+
+    def _write_remote_code(self, save_directory) -> None:
+        """Copy the pipeline's code into `save_directory` in diffusers' custom-pipeline layout: `pipeline.py` and the
+        modules it imports at the top level (model_index.json `_class_name` ["pipeline", <class>]), and the adapter's
+        module beside its weights (`emoji_adapter/adapter.py`, component entry ["adapter", "EmojiDiffAdapter"])."""
+        import json
+        import shutil
+
+        source = os.path.dirname(os.path.abspath(__file__))
+        for name in self._REMOTE_CODE_FILES:
+            shutil.copyfile(os.path.join(source, f"{name}.py"), os.path.join(save_directory, f"{name}.py"))
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        index["_class_name"] = ["pipeline", type(self).__name__]
+        if self.emoji_adapter is not None:
+            for name in ("adapter", "layers"):
+                shutil.copyfile(os.path.join(source, f"{name}.py"), os.path.join(save_directory, "emoji_adapter", f"{name}.py"))
+            index["emoji_adapter"] = ["adapter", "EmojiDiffAdapter"]
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
