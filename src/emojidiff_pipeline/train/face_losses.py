@@ -9,6 +9,8 @@ model sees in the image the UNet predicts in one step (ControlNet++'s cycle cons
     crop = warp_faces(image, target keypoints, model template)    # (B, 3, S, S), differentiable in `image`
     expression loss = |E(crop) - E(crop of the decoded target)|   # E: an expression estimator, (B, C)
     identity loss   = 1 - cos(F(crop), F(crop of the decoded target))  # F: a face recognizer, (B, D)
+                      (or 1 - cos(F(crop), reference embedding): ``identity_anchor="reference"``)
+    alignment loss  = 1 - cos(F(crop), stopgrad F(crop of x0 with the expression branch off))  # ICA
 
 Only rows whose timestep is at most ``max_timestep`` count (a one-step x0 from a very noisy latent is a blur).
 Both models are frozen and should not be the ones evaluation measures with. A model is a
@@ -123,14 +125,22 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FaceLossConfig:
-    """Weights of the face losses (0: off) and the largest timestep they apply at."""
+    """Weights of the face losses (0: off) and the largest timestep they apply at.
+
+    `identity_anchor`: ``"target"`` compares F of the prediction with F of the decoded target; ``"reference"`` with
+    the triplet's reference embedding (the cache's ``identity``, so F must be the network of the recognizer that
+    encoded it). `alignment_weight` > 0 (ICA) needs the prediction with the expression branch off as well."""
 
     expression_weight: float = 0.0
     identity_weight: float = 0.0
     max_timestep: int = 400
+    alignment_weight: float = 0.0
+    identity_anchor: str = "target"
 
     def __post_init__(self):
-        for name in ("expression_weight", "identity_weight"):
+        if self.identity_anchor not in ("target", "reference"):
+            raise ValueError(f"`identity_anchor` must be 'target' or 'reference', got {self.identity_anchor!r}.")
+        for name in ("expression_weight", "identity_weight", "alignment_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
@@ -139,23 +149,33 @@ class FaceLossConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.expression_weight > 0 or self.identity_weight > 0
+        return self.expression_weight > 0 or self.identity_weight > 0 or self.alignment_weight > 0
+
+    @property
+    def needs_identity_model(self) -> bool:
+        return self.identity_weight > 0 or self.alignment_weight > 0
 
 
 def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, config: FaceLossConfig,
                 expression_model: DifferentiableFaceModel | None = None,
-                identity_model: DifferentiableFaceModel | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                identity_model: DifferentiableFaceModel | None = None, prediction_off: torch.Tensor | None = None,
+                reference_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """The weighted face losses of a batch, and their parts.
 
     noisy, prediction, latents: (B, C, h, w) (the UNet's input, its output, the clean target latents); timesteps
-    (B,); kps (B, 5, 2) the target's keypoints in decoded-image pixels. Returns ``{"total": scalar}`` plus
-    ``"expression"`` / ``"identity"`` (unweighted means over the rows with ``t <= max_timestep``) for the enabled
-    losses; ``total`` is 0 (with a graph) when no row qualifies.
+    (B,); kps (B, 5, 2) the target's keypoints in decoded-image pixels; `prediction_off` (B, C, h, w) the prediction
+    with the expression branch off (alignment); `reference_embeds` (B, D) (``identity_anchor="reference"``).
+    Returns ``{"total": scalar}`` plus ``"expression"`` / ``"identity"`` / ``"alignment"`` (unweighted means over
+    the rows with ``t <= max_timestep``) for the enabled losses; ``total`` is 0 (with a graph) when no row qualifies.
     """
     if config.expression_weight > 0 and expression_model is None:
         raise ValueError("`expression_weight` > 0 needs an `expression_model`.")
-    if config.identity_weight > 0 and identity_model is None:
-        raise ValueError("`identity_weight` > 0 needs an `identity_model`.")
+    if config.needs_identity_model and identity_model is None:
+        raise ValueError("`identity_weight` or `alignment_weight` > 0 needs an `identity_model`.")
+    if config.alignment_weight > 0 and prediction_off is None:
+        raise ValueError("`alignment_weight` > 0 needs `prediction_off` (the prediction with the expression branch off).")
+    if config.identity_weight > 0 and config.identity_anchor == "reference" and reference_embeds is None:
+        raise ValueError("`identity_anchor='reference'` needs `reference_embeds`.")
     rows = (timesteps <= config.max_timestep).nonzero().flatten()
     total = prediction.float().sum() * 0.0
     out = {}
@@ -172,11 +192,26 @@ def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, conf
             want = expression_model(reference, k)
         out["expression"] = (expression_model(image, k) - want).abs().mean()
         total = total + config.expression_weight * out["expression"]
+    got = F.normalize(identity_model(image, k).float(), dim=-1) if config.needs_identity_model else None
     if config.identity_weight > 0:
         with torch.no_grad():
-            anchor = F.normalize(identity_model(reference, k).float(), dim=-1)
-        got = F.normalize(identity_model(image, k).float(), dim=-1)
+            if config.identity_anchor == "reference":
+                if reference_embeds.shape[-1] != got.shape[-1]:
+                    raise ValueError(
+                        f"`identity_anchor='reference'`: the reference embeddings are {reference_embeds.shape[-1]}-d "
+                        f"but the identity model {identity_model.name!r} gives {got.shape[-1]}-d; it must be the "
+                        "network of the recognizer that encoded the references (or use the 'target' anchor)."
+                    )
+                anchor = F.normalize(reference_embeds[rows.cpu()].to(got.device).float(), dim=-1)
+            else:
+                anchor = F.normalize(identity_model(reference, k).float(), dim=-1)
         out["identity"] = (1 - (got * anchor).sum(-1)).mean()
         total = total + config.identity_weight * out["identity"]
+    if config.alignment_weight > 0:
+        with torch.no_grad():
+            x0_off = one_step_x0(scheduler, noisy[rows.cpu()].to(prediction.device), prediction_off[idx], timesteps[rows])
+            anchor_off = F.normalize(identity_model(decode_latents(vae, x0_off), k).float(), dim=-1)
+        out["alignment"] = (1 - (got * anchor_off).sum(-1)).mean()
+        total = total + config.alignment_weight * out["alignment"]
     out["total"] = total
     return out

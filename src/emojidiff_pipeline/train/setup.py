@@ -9,6 +9,24 @@ import torch
 from ..adapter import EmojiDiffAdapter
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """Base pipeline, data (a triplet manifest or a collection for same-identity triplets), run folder and length."""
+    parser.add_argument("--pretrained_model", required=True, help="SDXL-style pipeline folder / Hub id")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--triplets", help="triplet manifest (JSONL, see emojidiff_pipeline.train.triplets)")
+    data.add_argument("--same_identity_from", help="collection manifest to build same-identity triplets from")
+    parser.add_argument("--num_references", type=int, default=2)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--max_steps", type=int, required=True)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+
+
+def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("max_steps", "num_references"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+
 def add_face_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("face front-end (train-side instruments)")
     g.add_argument("--recognizer", default=None, help="ArcFace-style ONNX for identity embeddings")
@@ -113,6 +131,12 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
                    help="weight of the identity loss 1 - cos read by --identity_loss_model on the one-step x0")
     g.add_argument("--identity_loss_model", default=None,
                    help="'module:factory' returning a DifferentiableFaceModel face recognizer")
+    g.add_argument("--alignment_loss_weight", type=float, default=0.0,
+                   help="ICA's alignment loss 1 - cos(F(x0 expression on), stopgrad F(x0 expression off)) read by "
+                        "--identity_loss_model (0: off)")  # fmt: skip
+    g.add_argument("--identity_anchor", default="target", choices=["target", "reference"],
+                   help="the identity loss compares with F of the decoded target, or with the reference embedding "
+                        "(then F must be the network of --recognizer)")  # fmt: skip
     g.add_argument("--face_loss_max_timestep", type=int, default=400,
                    help="the face losses apply to rows with timestep <= this (a one-step x0 from more noise is a blur)")
     g.add_argument("--strip_prompt_words", default=None,
@@ -136,10 +160,14 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.face_loss_weight < 0:
         parser.error(f"--face_loss_weight must be >= 0, got {args.face_loss_weight}")
+    if not 0 <= args.alignment_loss_weight < float("inf"):
+        parser.error(f"--alignment_loss_weight must be a finite number >= 0, got {args.alignment_loss_weight}")
     for kind in ("expression", "identity"):
         weight, model = getattr(args, f"{kind}_loss_weight"), getattr(args, f"{kind}_loss_model")
         if not weight >= 0 or weight == float("inf"):
             parser.error(f"--{kind}_loss_weight must be a finite number >= 0, got {weight}")
+        if kind == "identity":
+            weight = max(weight, args.alignment_loss_weight)  # the alignment loss reads the identity model too
         if weight > 0 and not model:
             parser.error(f"--{kind}_loss_weight {weight} needs --{kind}_loss_model (module:factory)")
         if model and weight == 0:
@@ -182,6 +210,8 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         expression_weight=getattr(args, "expression_loss_weight", 0.0),
         identity_weight=getattr(args, "identity_loss_weight", 0.0),
         max_timestep=getattr(args, "face_loss_max_timestep", 400),
+        alignment_weight=getattr(args, "alignment_loss_weight", 0.0),
+        identity_anchor=getattr(args, "identity_anchor", "target"),
     )
 
     return Stage1Config(
@@ -194,6 +224,33 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         overwrite_output_dir=getattr(args, "overwrite_output_dir", False),
         face_losses=face if face.enabled else None,
     )  # fmt: skip
+
+
+def stage1_triplets(args: argparse.Namespace, accelerator, output_dir) -> list:
+    """The run's triplets: --triplets, or same-identity triplets built from --same_identity_from (written to
+    <output_dir>/triplets.jsonl by the main process and read back by all), with --strip_prompt_words applied."""
+    from pathlib import Path
+
+    from .triplets import read_collection, read_triplets, same_identity_triplets, strip_prompt_phrases, write_triplets
+
+    output_dir = Path(output_dir)
+    if args.same_identity_from:  # read and check the inputs before anything is written
+        records = read_collection(args.same_identity_from, "`--same_identity_from` collection")
+        triplets = same_identity_triplets(records, Path(args.same_identity_from).parent, args.num_references, args.seed)
+        if not triplets:
+            raise ValueError(f"`--same_identity_from` collection {args.same_identity_from!r} gives no same-identity "
+                             "triplet: no identity has two or more distinct photos.")  # fmt: skip
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            write_triplets(triplets, output_dir / "triplets.jsonl")
+        accelerator.wait_for_everyone()
+        triplets = read_triplets(output_dir / "triplets.jsonl")
+    else:
+        triplets = read_triplets(args.triplets)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if args.strip_prompt_words:
+        triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
+    return triplets
 
 
 def make_accelerator(args: argparse.Namespace):

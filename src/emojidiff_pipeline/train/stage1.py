@@ -395,6 +395,7 @@ class Stage1Config:
     validation_steps: int = 250  # validate every this many steps (and at the last step)
     early_stopping_patience: int = 0  # stop after this many validations without a new best loss (0: never)
     face_losses: FaceLossConfig | None = None  # expression / identity read back from the one-step x0 (None: off)
+    max_train_timestep: int | None = None  # draw training timesteps in [0, this] (ICA's ANI bound; None: all)
 
 
 def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,26 +457,30 @@ def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, l
         text = cache["prompt_embeds"][cache["prompt_index"][r]]
         pooled = cache["pooled"][cache["prompt_index"][r]]
         ones = torch.ones(len(r), dtype=torch.bool)
+        preds = {}
         for key, keep_exp, tpl in (("loss", ones, None), ("loss_template_swap", ones, swapped[sl]),
                                    ("loss_no_expression", ~ones, None)):  # fmt: skip
-            pred = adapted_prediction(model, unet, cache, r, noisy, t, text, pooled, ones, keep_exp, layers, id_scale,
-                                      exp_scale, device, template_rows=tpl)  # fmt: skip
-            sums[key] += F.mse_loss(pred.float(), target, reduction="sum").item()
-            if face is not None and key == "loss":
-                parts = face_losses(face["vae"], scheduler, noisy, pred, latents, t, cache["target_kps"][r],
-                                    face["config"], face["expression_model"], face["identity_model"])  # fmt: skip
-                m = int((t <= face["config"].max_timestep).sum())
-                for name, value in parts.items():
-                    if name != "total":
-                        face_sums[name] = face_sums.get(name, 0.0) + value.item() * m
-                face_rows += m
+            preds[key] = adapted_prediction(model, unet, cache, r, noisy, t, text, pooled, ones, keep_exp, layers,
+                                            id_scale, exp_scale, device, template_rows=tpl)  # fmt: skip
+            sums[key] += F.mse_loss(preds[key].float(), target, reduction="sum").item()
+        if face is not None:
+            parts = face_losses(face["vae"], scheduler, noisy, preds["loss"], latents, t, cache["target_kps"][r],
+                                face["config"], face["expression_model"], face["identity_model"],
+                                prediction_off=preds["loss_no_expression"],
+                                reference_embeds=cache["identity"][r][:, 0])  # fmt: skip
+            m = int((t <= face["config"].max_timestep).sum())
+            for name, value in parts.items():
+                if name != "total":
+                    face_sums[name] = face_sums.get(name, 0.0) + value.item() * m
+            face_rows += m
     total = n * cache["latents"][0].numel()
     out = {k: v / total for k, v in sums.items()}
     if face is not None:
         out.update({f"face_{k}": v / max(1, face_rows) for k, v in face_sums.items()})
         cfg = face["config"]
         out["objective"] = (out["loss"] + cfg.expression_weight * out.get("face_expression", 0.0)
-                            + cfg.identity_weight * out.get("face_identity", 0.0))  # fmt: skip
+                            + cfg.identity_weight * out.get("face_identity", 0.0)
+                            + cfg.alignment_weight * out.get("face_alignment", 0.0))  # fmt: skip
     return out
 
 
@@ -607,7 +612,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         latents = cache["latents"][rows]
         b = latents.shape[0]
         noise = torch.randn((global_batch, *latents.shape[1:]), generator=g)[mine]
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (global_batch,), generator=g)[mine]
+        high = scheduler.config.num_train_timesteps if config.max_train_timestep is None else config.max_train_timestep + 1
+        timesteps = torch.randint(0, high, (global_batch,), generator=g)[mine]
         keep_id = (torch.rand(global_batch, generator=g) >= config.identity_drop)[mine]
         keep_exp = (torch.rand(global_batch, generator=g) >= config.expression_drop)[mine]
         keep_text = (torch.rand(global_batch, generator=g) >= config.text_drop)[mine].view(b, 1, 1)
@@ -629,8 +635,14 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
             loss = F.mse_loss(pred.float(), target)
         record = {}
         if face is not None:
+            pred_off = None
+            if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
+                with torch.no_grad():
+                    pred_off = adapted_prediction(model, unet, cache, rows, noisy, timesteps, text, pooled, keep_id,
+                                                  torch.zeros_like(keep_exp), layers, id_scale, exp_scale, device)  # fmt: skip
             parts = face_losses(face["vae"], scheduler, noisy, pred, latents, timesteps, cache["target_kps"][rows],
-                                face["config"], face["expression_model"], face["identity_model"])  # fmt: skip
+                                face["config"], face["expression_model"], face["identity_model"], prediction_off=pred_off,
+                                reference_embeds=cache["identity"][rows][:, 0])  # fmt: skip
             record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
             record["diffusion_loss"] = loss.item()
             loss = loss + parts["total"]
@@ -695,14 +707,15 @@ def _face_loss_setup(pipe, config: FaceLossConfig | None, cache: dict, expressio
         raise ValueError("The face losses decode the one-step prediction: the pipeline needs a `vae`.")
     if config.expression_weight > 0 and expression_model is None:
         raise ValueError("`expression_weight` > 0 needs an `expression_loss_model` (a DifferentiableFaceModel).")
-    if config.identity_weight > 0 and identity_model is None:
-        raise ValueError("`identity_weight` > 0 needs an `identity_loss_model` (a DifferentiableFaceModel).")
+    if config.needs_identity_model and identity_model is None:
+        raise ValueError("`identity_weight` / `alignment_weight` > 0 need an `identity_loss_model` (a "
+                         "DifferentiableFaceModel).")  # fmt: skip
     pipe.vae.to(device)
     return {
         "vae": pipe.vae,
         "config": config,
         "expression_model": expression_model.to(device) if config.expression_weight > 0 else None,
-        "identity_model": identity_model.to(device) if config.identity_weight > 0 else None,
+        "identity_model": identity_model.to(device) if config.needs_identity_model else None,
     }
 
 
@@ -745,6 +758,16 @@ def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: 
                expression_loss_model=None, identity_loss_model=None) -> list[float]:  # fmt: skip
     """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`. An adapter with a code stream
     needs the `expression_encoder` it was built for."""
+    cache = prepare_stage1_cache(accelerator, pipe, adapter, triplets, face_analyzer, resolution, output_dir, config,
+                                 resume_from_checkpoint, expression_encoder)  # fmt: skip
+    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint,
+                        expression_loss_model, identity_loss_model)  # fmt: skip
+
+
+def prepare_stage1_cache(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
+                         config: Stage1Config, resume_from_checkpoint: str | None = None,
+                         expression_encoder=None) -> dict:  # fmt: skip
+    """Check the run folder and the expression encoder, then load (or encode once) the cache the loop trains on."""
     if adapter.uses_code_stream:
         from ..expression import check_adapter_encoder
 
@@ -759,5 +782,4 @@ def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: 
                                   expression_encoder=expression_encoder if adapter.uses_code_stream else None,
                                   with_image_tokens=adapter.uses_image_stream,
                                   template_crop=adapter.config.template_crop)  # fmt: skip
-    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint,
-                        expression_loss_model, identity_loss_model)  # fmt: skip
+    return cache

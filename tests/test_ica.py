@@ -1,0 +1,160 @@
+"""Stage 2 (train/ica.py, training/train_ica.py) at tiny scale: ANI's bound, the ICA losses, the CLI and resume."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from face_standins import make_arcface_standin, tiny_identity_loss_model
+from tiny_models import tiny_adapter, tiny_components, write_tiny_collection
+
+from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
+from emojidiff_pipeline.attention import install_processors
+from emojidiff_pipeline.layers import unet_layers
+from emojidiff_pipeline.train.face_losses import FaceLossConfig, face_losses
+from emojidiff_pipeline.train.ica import AniConfig, calibrate_max_timestep
+from emojidiff_pipeline.train.stage1 import adapted_prediction, training_noise_scheduler
+
+pytest.importorskip("accelerate")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import train_ica  # noqa: E402
+
+ID_MODEL = "face_standins:tiny_identity_loss_model"
+
+
+def tiny_cache(n: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    kps = torch.tensor([[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]])
+    return {
+        "latents": torch.randn(n, 4, 8, 8, generator=g),
+        "identity": torch.nn.functional.normalize(torch.randn(n, 1, 512, generator=g), dim=-1),
+        "templates": torch.randn(n, 5, 32, generator=g),
+        "template_index": torch.arange(n),
+        "prompt_embeds": torch.randn(1, 77, 64, generator=g),
+        "pooled": torch.randn(1, 32, generator=g),
+        "prompt_index": torch.zeros(n, dtype=torch.long),
+        "add_time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+        "target_kps": kps.expand(n, 5, 2).clone(),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe = EmojiDiffPipeline(**tiny_components())
+    adapter = tiny_adapter(pipe.unet)
+    return pipe, adapter
+
+
+def test_ani_bound_is_the_largest_timestep_keeping_identity_and_reproducible(tiny, caplog):
+    pipe, adapter = tiny
+    cache, model = tiny_cache(), tiny_identity_loss_model()
+    config = AniConfig(threshold=0.0, candidates=(50, 500, 950), calibration_size=4)
+    first = calibrate_max_timestep(pipe, adapter, cache, model, config, batch_size=2)
+    assert first == calibrate_max_timestep(pipe, adapter, cache, model, config, batch_size=2)  # reproducible
+    other = calibrate_max_timestep(pipe, adapter, cache, model, config, batch_size=4)["identity_by_timestep"]
+    sims = first["identity_by_timestep"]
+    assert other == pytest.approx(sims, abs=1e-5)  # the batch size does not change the measure
+    assert set(sims) == {50, 500, 950} and sims[50] > sims[950]  # more noise, less identity kept
+    for threshold in (sims[50] - 1e-6, sims[500] - 1e-6):
+        ani = calibrate_max_timestep(pipe, adapter, cache, model, AniConfig(threshold, (50, 500, 950), 4))
+        assert ani["max_timestep"] == max(t for t, v in sims.items() if v >= threshold)
+    with caplog.at_level("WARNING"):
+        none = calibrate_max_timestep(pipe, adapter, cache, model, AniConfig(1.0, (50, 500, 950), 4))
+    assert none["max_timestep"] == 50 and "no candidate timestep" in caplog.text
+    with pytest.raises(ValueError, match="`candidates` must be distinct ascending"):
+        AniConfig(candidates=(500, 100))
+
+
+def test_ica_losses_decrease_on_a_fixed_batch(tiny):
+    pipe, _ = tiny
+    adapter = tiny_adapter(pipe.unet, seed=3)
+    unet = pipe.unet
+    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
+    layers = unet_layers(unet)
+    ids = dict.fromkeys(adapter.identity_layer_names, 1.0)
+    exps = dict.fromkeys(adapter.expression_layer_names, 1.0)
+    scheduler = training_noise_scheduler(pipe.scheduler)
+    cache, model = tiny_cache(), tiny_identity_loss_model()
+    rows = torch.arange(4)
+    t = torch.tensor([100, 200, 300, 400])
+    noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noisy = scheduler.add_noise(cache["latents"], noise, t)
+    text, pooled = cache["prompt_embeds"][cache["prompt_index"]], cache["pooled"][cache["prompt_index"]]
+    config = FaceLossConfig(identity_weight=1.0, alignment_weight=1.0, max_timestep=999)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-3)
+    ones = torch.ones(4, dtype=torch.bool)
+    totals = []
+    for _ in range(12):
+        pred = adapted_prediction(adapter, unet, cache, rows, noisy, t, text, pooled, ones, ones, layers, ids, exps, "cpu")
+        with torch.no_grad():
+            off = adapted_prediction(adapter, unet, cache, rows, noisy, t, text, pooled, ones, ~ones, layers, ids, exps,
+                                     "cpu")  # fmt: skip
+        parts = face_losses(pipe.vae, scheduler, noisy, pred, cache["latents"], t, cache["target_kps"], config,
+                            identity_model=model, prediction_off=off)  # fmt: skip
+        assert set(parts) == {"total", "identity", "alignment"}
+        totals.append(parts["total"].item())
+        optimizer.zero_grad()
+        parts["total"].backward()
+        optimizer.step()
+    assert totals[-1] < 0.9 * totals[0]
+    with pytest.raises(ValueError, match="reference embeddings are 512-d but the identity model"):
+        face_losses(pipe.vae, scheduler, noisy, pred.detach(), cache["latents"], t, cache["target_kps"],
+                    FaceLossConfig(identity_weight=1.0, identity_anchor="reference", max_timestep=999),
+                    identity_model=model, reference_embeds=cache["identity"][:, 0])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ica")
+    pipe = EmojiDiffPipeline(**tiny_components())
+    pipe.save_pretrained(root / "base")
+    tiny_adapter(pipe.unet, num_expression_tokens=4).save_pretrained(root / "stage1")
+    make_arcface_standin(root / "arcface.onnx", seed=1)
+    write_tiny_collection(root, num_identities=3, photos_per_identity=3)
+    return root
+
+
+def args_for(world, out, *extra):
+    return train_ica.parse_args([
+        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
+        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
+        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--adapter",
+        str(world / "stage1"), "--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1",
+        "--alignment_loss_weight", "1", "--ani_threshold", "-1", "--ani_candidates", "300,600",
+        "--ani_calibration_size", "3", *extra,
+    ])  # fmt: skip
+
+
+def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
+    full, ani = train_ica.main(args_for(world, tmp_path / "full", "--max_steps", "4"))
+    assert len(full) == 4 and all(np.isfinite(full)) and ani["max_timestep"] == 600  # threshold -1: the largest
+    assert json.loads((tmp_path / "full" / "ani.json").read_text()) == ani
+    assert json.loads((tmp_path / "full" / "adapter" / "ani.json").read_text())["max_timestep"] == 600
+    EmojiDiffAdapter.from_pretrained(tmp_path / "full" / "adapter")  # the extra file does not disturb loading
+    log = [json.loads(x) for x in (tmp_path / "full" / "loss_log.jsonl").read_text().splitlines()]
+    assert all("face_alignment" in r and "face_identity" in r for r in log)
+    info = json.loads((tmp_path / "full" / "run_info.json").read_text())
+    assert info["config"]["max_train_timestep"] == 600 and info["config"]["face_losses"]["max_timestep"] == 600
+
+    first, _ = train_ica.main(args_for(world, tmp_path / "split", "--max_steps", "2"))
+    resumed, again = train_ica.main(
+        args_for(world, tmp_path / "split", "--max_steps", "4", "--resume_from_checkpoint", "latest",
+                 "--ani_threshold", "1.0")  # fmt: skip
+    )
+    assert again == ani  # a resumed run keeps its calibrated bound
+    assert first + resumed == full  # bit-identical
+
+
+def test_train_ica_flags_are_checked(world, tmp_path):
+    base = ["--pretrained_model", str(world / "base"), "--triplets", "t.jsonl", "--recognizer", "r.onnx",
+            "--output_dir", str(tmp_path), "--max_steps", "2"]  # fmt: skip
+    with pytest.raises(SystemExit):  # no stage-1 adapter
+        train_ica.parse_args([*base, "--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1"])
+    with pytest.raises(SystemExit):  # no face recognizer
+        train_ica.parse_args([*base, "--adapter", "a"])
+    with pytest.raises(SystemExit):
+        train_ica.parse_args([*base, "--adapter", "a", "--identity_loss_model", ID_MODEL, "--identity_loss_weight",
+                              "1", "--ani_candidates", "1,x"])  # fmt: skip
