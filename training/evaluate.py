@@ -162,9 +162,11 @@ def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
 
 
 def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None,
-                 expression_encoder=None) -> list[np.ndarray]:  # fmt: skip
-    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default)."""
-    folder, expression_scale = parse_row_spec(spec)
+                 expression_encoder=None, expression_scale=None) -> list[np.ndarray]:  # fmt: skip
+    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
+    `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale."""
+    folder, spec_scale = parse_row_spec(spec)
+    expression_scale = spec_scale if expression_scale is None else expression_scale
     attach_row(pipe, folder, face, expression_encoder)
     size = {} if resolution is None else {"height": resolution, "width": resolution}
     images = []
@@ -315,23 +317,16 @@ def main_user(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(args: argparse.Namespace) -> dict:
+def synthetic_benchmark(args: argparse.Namespace):
+    """The synthetic world's expression benchmark: (world, pipe, cases, same-person pairs, reference-line images,
+    eval-side Instruments, expression-encoder factory) for --num_identities x --num_templates at --seed."""
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.evaluation import (
-        Instruments,
-        same_person_similarity,
-        score_row,
-        template_use_probe,
-        write_report,
-    )
-    from emojidiff_synthetic.cases import expression_benchmark, save_grid
+    from emojidiff_pipeline.evaluation import Instruments
+    from emojidiff_synthetic.cases import expression_benchmark
     from emojidiff_synthetic.instruments import classify_styles
     from emojidiff_synthetic.load import BASE_DIR, expression_encoder, expression_scorer, load_world
     from emojidiff_synthetic.renderer import EXPRESSION_FIELDS
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if getattr(args, "references", None) is not None:
-        return main_user(args)
     world = load_world()
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
     cases, pairs, lines = expression_benchmark(args.num_identities, args.num_templates, args.seed)
@@ -344,6 +339,22 @@ def main(args: argparse.Namespace) -> dict:
     )
     inst.real_identity_features = identity_features(lines["perfect"], world.eval_face)
     encoder = load_encoder_factory(args.expression_encoder) or (lambda: expression_encoder("train"))
+    return world, pipe, cases, pairs, lines, inst, encoder
+
+
+def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.evaluation import (
+        same_person_similarity,
+        score_row,
+        template_use_probe,
+        write_report,
+    )
+    from emojidiff_synthetic.cases import save_grid
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if getattr(args, "references", None) is not None:
+        return main_user(args)
+    world, pipe, cases, pairs, lines, inst, encoder = synthetic_benchmark(args)
     out = Path(args.out)
     # reference lines: what ignoring the template scores, and what a perfect output scores
     references = {"ref_neutral_face": score_row(lines["neutral"], cases, inst),

@@ -1,0 +1,140 @@
+"""The layer probe: what the expression branch does in each cross-attention block, measured at inference.
+
+    python training/probe_layers.py --adapter runs/r9/same_identity_code_all_layers/adapter --out docs/layer_probe
+
+The adapter must have its expression branch in the blocks to probe (train one with `--expression_layers all`). For
+each block: the benchmark generated with the branch on in that block only, and on everywhere except that block;
+each scored like a results row (emojidiff_pipeline.layer_probe). Writes <out>.json, <out>.md (table and preset
+suggestion) and <out>.png (heatmap). Defaults run the synthetic world's expression benchmark with its eval-side
+instruments; `--pretrained_model` takes another base pipeline of the same world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from emojidiff_pipeline.train.atomic import write_text_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import evaluate  # noqa: E402
+
+logger = logging.getLogger("probe_layers")
+METRICS = ("gain_only", "gain_without", "style_leakage_only", "identity_leakage_only", "identity_similarity_only")
+
+
+def parse_args(input_args=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--adapter", required=True, help="adapter folder with the expression branch in the blocks to probe")
+    p.add_argument("--out", default="docs/layer_probe", help="output path without suffix (.json, .md, .png)")
+    p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
+    p.add_argument("--num_identities", type=int, default=8)
+    p.add_argument("--num_templates", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance_scale", type=float, default=5.0)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--expression_encoder", default=None, help="'module:factory' (default: the world's train side)")
+    p.add_argument("--min_gain_se", type=float, default=2.0, help="a block joins the preset when its gain exceeds "
+                   "this many standard errors")  # fmt: skip
+    args = p.parse_args(input_args)
+    for name in ("num_identities", "num_templates", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not (Path(args.adapter) / "config.json").is_file():
+        p.error(f"--adapter {args.adapter!r} is not an adapter folder (no config.json)")
+    args.argv = list(input_args) if input_args is not None else sys.argv[1:]
+    return args
+
+
+def flat_rows(result: dict) -> dict[str, dict[str, float]]:
+    """{block: {metric: value}} of :data:`METRICS` for the table and the heatmap."""
+    return {name: {"gain_only": r["gain_only"], "gain_without": r["gain_without"],
+                   "style_leakage_only": r["only"]["style_leakage"],
+                   "identity_leakage_only": r["only"]["identity_leakage"],
+                   "identity_similarity_only": r["only"]["identity_similarity"]}
+            for name, r in result["blocks"].items()}  # fmt: skip
+
+
+def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
+    """Blocks x metrics, each column scaled to its own range (blue low, red high), with the block names."""
+    from PIL import Image, ImageDraw
+
+    names = list(rows)
+    cell, left, top = 36, 260, 24
+    image = Image.new("RGB", (left + cell * len(METRICS), top + cell * len(names)), "white")
+    draw = ImageDraw.Draw(image)
+    for j, metric in enumerate(METRICS):
+        values = np.array([rows[n][metric] for n in names], dtype=np.float64)
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        draw.text((left + j * cell + 2, 4), f"m{j + 1}", fill="black")
+        for i, v in enumerate(values):
+            t = 0.5 if hi <= lo or not np.isfinite(v) else (v - lo) / (hi - lo)
+            colour = (int(255 * t), int(80 + 60 * (1 - abs(2 * t - 1))), int(255 * (1 - t)))
+            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2],
+                           fill=colour)  # fmt: skip
+    for i, n in enumerate(names):
+        draw.text((4, top + i * cell + 12), n, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    image.save(tmp)
+    tmp.replace(path)
+
+
+def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
+    rows = flat_rows(result)
+    write_text_atomic(out.with_suffix(".json"), json.dumps({"command": command, "result": result,
+                                                            "suggested_preset": preset}, indent=1))  # fmt: skip
+    fmt = lambda v: f"{v:+.4f}" if np.isfinite(v) else "n/a"  # noqa: E731
+    off, full = result["off"], result["all"]
+    lines = ["# Layer probe: the expression branch block by block", "",
+             f"Written by `{command}` (do not edit by hand). Heatmap: `{out.name}.png` (columns m1-m5 = the metric "
+             "columns below, each scaled to its own range, blue low, red high).", "",
+             f"Branch off everywhere: expression error {off['expression_error']:.4f} +- "
+             f"{off.get('expression_error_se', float('nan')):.4f}; on everywhere: {full['expression_error']:.4f} +- "
+             f"{full.get('expression_error_se', float('nan')):.4f}, style leakage {full['style_leakage']:.3f}, "
+             f"identity leakage {full['identity_leakage']:.4f}.", "",
+             "gain_only = error(off) - error(only this block); gain_without = error(all) - error(all but this block) "
+             "(negative: the block helps).", "",
+             "| block | " + " | ".join(METRICS) + " |", "| --- |" + " --- |" * len(METRICS)]  # fmt: skip
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |")
+    lines += ["", f"Suggested `expression_layers` preset: `{json.dumps(preset)}`", ""]
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines))
+    write_heatmap(rows, out.with_suffix(".png"))
+
+
+def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline import EmojiDiffAdapter
+    from emojidiff_pipeline.evaluation import score_row
+    from emojidiff_pipeline.layer_probe import attention_blocks, probe_blocks, suggest_preset
+    from emojidiff_pipeline.layers import unet_layers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    world, pipe, cases, _, _, inst, encoder = evaluate.synthetic_benchmark(args)
+    adapter = EmojiDiffAdapter.from_pretrained(args.adapter)
+    blocks = attention_blocks(unet_layers(pipe.unet), adapter.expression_layer_names)
+    logger.info("probing %d blocks: %s", len(blocks), [b.name for b in blocks])
+
+    def score(expression_scale):
+        images = evaluate.generate_row(pipe, args.adapter, cases, world.train_face, args, expression_encoder=encoder,
+                                       expression_scale=expression_scale)  # fmt: skip
+        row = score_row(images, cases, inst)
+        logger.info("expression_scale %s: expression error %.4f", expression_scale, row["expression_error"])
+        return row
+
+    result = probe_blocks(blocks, score)
+    preset = suggest_preset(result, blocks, args.min_gain_se)
+    command = "python training/probe_layers.py " + " ".join(shlex.quote(a) for a in args.argv)
+    write_report(result, preset, Path(args.out), command)
+    return {"result": result, "suggested_preset": preset}
+
+
+if __name__ == "__main__":
+    main(parse_args())
