@@ -358,7 +358,10 @@ def _build_shard(task: _ShardTask) -> int:
 
 
 def _read_shard(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """A shard's entries; a broken line is a ValueError naming file:line (the library's JSONL reader)."""
+    from emojidiff_pipeline.train.triplets import read_jsonl
+
+    return read_jsonl(path, ("split", "record", "ground_truth"), "collection shard")
 
 
 def _shard_is_complete(root: Path, task: _ShardTask) -> bool:
