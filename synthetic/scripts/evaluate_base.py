@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emojidiff_pipeline.evaluation import frechet_distance
 from emojidiff_synthetic import base_model as bm
 
 logger = logging.getLogger("evaluate_base")
@@ -108,20 +109,6 @@ def check_instruments(instrument_dir: Path | None = None) -> None:
             "The base-model evaluation needs eval-side instruments that are not shipped yet:\n  "
             + "\n  ".join(missing)
         )
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets (N, D) and (M, D) (Heusel et al. 2017, FID):
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(
-        ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.sqrt(np.clip(cross, 0, None)).sum()
-    )
 
 
 def mean_pairwise_cosine_distance(e: np.ndarray) -> float:
