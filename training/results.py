@@ -272,8 +272,8 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
         measured = "not run" if c["measured"] != c["measured"] else f"{c['measured']:.3f}"
         target = " ".join(filter(None, (c["op"], str(c["threshold"]), c["condition"])))
         lines.append(f"| {c['target']} | {measured} | {target} | {'yes' if c['met'] else 'no'} |")
-    lines += ["", "Image quality against the base model's own samples (Frechet distance, style agreement) is not measured",
-              "by this driver yet."]  # fmt: skip
+    lines += ["", "Image quality (face sharpness, Frechet distance of identity features to the perfect outputs, style",
+              "following) is in the columns of `results.md`, next to the base model's own samples (the `base` row)."]  # fmt: skip
     if rounds:
         lines += ["", "| IDI round | pairs tried | accepted | yield | rejected by | accepted pairs per compute minute |",
                   "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
