@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from face_standins import ASTRONAUT_KPS, tiny_expression_loss_model
-from tiny_models import tiny_components, write_tiny_collection
+from tiny_models import tiny_components
 
 from emojidiff_pipeline import EmojiDiffPipeline
 from emojidiff_pipeline.face import align_face, arcface_template
@@ -24,7 +24,10 @@ from emojidiff_pipeline.train.face_losses import (
 pytest.importorskip("accelerate")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
+import test_train_decoupled as stage1_tests  # noqa: E402
 import train_decoupled  # noqa: E402
+
+world = stage1_tests.world  # the tiny stage-1 world fixture (base pipeline, recognizer stand-in, collection)
 
 FACTORIES = "--expression_loss_model", "face_standins:tiny_expression_loss_model"
 ID_FACTORIES = "--identity_loss_model", "face_standins:tiny_identity_loss_model"
@@ -105,24 +108,9 @@ def test_face_losses_rows_above_max_timestep_do_not_count():
         face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("face_losses")
-    EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
-    from face_standins import make_arcface_standin
-
-    make_arcface_standin(root / "arcface.onnx", seed=1)
-    write_tiny_collection(root, num_identities=3, photos_per_identity=3)
-    return root
-
-
 def args_for(world, out, *extra):
-    return train_decoupled.parse_args([
-        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
-        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
-        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--resampler_depth", "1",
-        "--num_expression_tokens", "4", "--face_loss_max_timestep", "999", *extra,
-    ])  # fmt: skip
+    """The stage-1 test run of test_train_decoupled.py, with the face losses on every timestep."""
+    return stage1_tests.args_for(world, out, "--face_loss_max_timestep", "999", *extra)
 
 
 def test_stage1_with_face_losses_logs_validates_and_resumes_exactly(world, tmp_path):
