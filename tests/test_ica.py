@@ -66,6 +66,11 @@ def test_ani_bound_is_the_largest_timestep_keeping_identity_and_reproducible(tin
     assert none["max_timestep"] == 50 and "no candidate timestep" in caplog.text
     with pytest.raises(ValueError, match="`candidates` must be distinct ascending"):
         AniConfig(candidates=(500, 100))
+    fixed = calibrate_max_timestep(pipe, adapter, cache, model, AniConfig(1.0, (50,), 4, fixed_max_timestep=950))
+    assert fixed["max_timestep"] == 950 and fixed["fixed"] is True  # kept although identity there is below 1.0
+    assert fixed["identity_by_timestep"] == pytest.approx({950: sims[950]}, abs=1e-5)
+    with pytest.raises(ValueError, match="`fixed_max_timestep` must be None or an int >= 0"):
+        AniConfig(fixed_max_timestep=-3)
 
 
 def test_ica_losses_decrease_on_a_fixed_batch(tiny):
@@ -146,6 +151,11 @@ def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
     )
     assert again == ani  # a resumed run keeps its calibrated bound
     assert first + resumed == full  # bit-identical
+    with pytest.raises(ValueError, match="fixed_max_timestep=300"):  # not silently the stored ANI bound
+        train_ica.main(args_for(world, tmp_path / "split", "--max_steps", "5", "--resume_from_checkpoint", "latest",
+                                "--fixed_max_timestep", "300"))  # fmt: skip
+    _, hand = train_ica.main(args_for(world, tmp_path / "fixed", "--max_steps", "1", "--fixed_max_timestep", "300"))
+    assert hand["max_timestep"] == 300 and hand["fixed"] is True and list(hand["identity_by_timestep"]) == ["300"]
 
 
 def test_train_ica_flags_are_checked(world, tmp_path):

@@ -8,6 +8,8 @@ Rows (each a call into the stage scripts, with the train-side instruments of the
  2. the same with the expression branch in all cross-attention layers (preset comparison);
  2b. row 1 fine-tuned with the face losses (expression and identity read back from the one-step x0 by the train-side
     instruments, train/face_losses.py);
+ 2c. stage 2 (ICA, training/train_ica.py) from row 2b: identity and alignment losses with ANI's timestep bound, the
+    expression loss kept; --ica_fixed_bounds adds the same with hand-picked bounds instead of ANI's;
  3. stage 1 on oracle cross-identity pairs rendered directly (upper bound; reads the renderer's ground truth);
  4. --stream_rows: the same-identity row with the image stream and with both streams;
  5. --idi_rounds IDI rounds from row 1 (diffusion re-identification backend), each fine-tuning stage 1;
@@ -33,6 +35,7 @@ sys.path.insert(0, str(HERE))
 import evaluate  # noqa: E402
 import idi  # noqa: E402
 import train_decoupled  # noqa: E402
+import train_ica  # noqa: E402
 
 logger = logging.getLogger("results")
 DETECTOR = "emojidiff_synthetic.load:train_detector"
@@ -61,6 +64,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
     p.add_argument("--face_loss_weight", type=float, default=6.0, help="see train_decoupled.py --face_loss_weight")
+    p.add_argument("--ica_steps", type=int, default=3000, help="most steps of the ICA row (stage 2, from the face-loss row)")
+    p.add_argument("--ica_identity_loss_weight", type=float, default=1.0)
+    p.add_argument("--ica_alignment_loss_weight", type=float, default=1.0)
+    p.add_argument("--ica_fixed_bounds", default="", help="comma-separated hand-picked timestep bounds: one ICA row "
+                   "each beside ANI's (e.g. 300,900)")  # fmt: skip
     p.add_argument("--stream_rows", default="", help="comma-separated extra streams to train: image, both")
     p.add_argument("--idi_rounds", type=int, default=0)
     p.add_argument("--pairs_per_round", type=int, default=600)
@@ -74,7 +82,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(input_args)
-    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "batch_size", "eval_identities",
+    try:
+        args.ica_fixed_bounds = [int(t) for t in args.ica_fixed_bounds.split(",") if t]
+    except ValueError:
+        p.error(f"--ica_fixed_bounds takes comma-separated timesteps, got {args.ica_fixed_bounds!r}")
+    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "ica_steps", "batch_size", "eval_identities",
                  "eval_templates", "inference_steps"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -122,6 +134,23 @@ def main(args: argparse.Namespace) -> dict:
         "--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight),
         "--face_loss_max_timestep", str(args.face_loss_max_timestep),
     )  # fmt: skip
+    face_loss_models = ["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--identity_loss_model", IDENTITY_LOSS_MODEL]
+
+    def ica(out: Path, *extra: str) -> str:  # stage 2 from the face-loss row, with its expression loss kept
+        if not (out / "adapter" / "config.json").exists():
+            resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
+            train_ica.main(train_ica.parse_args(
+                [*common, "--output_dir", str(out), "--max_steps", str(args.ica_steps), *resume, *same, *code,
+                 "--adapter", rows["stage1_same_identity_code_face_losses"], *face_loss_models,
+                 "--learning_rate", str(args.face_loss_learning_rate),
+                 "--expression_loss_weight", str(args.expression_loss_weight),
+                 "--identity_loss_weight", str(args.ica_identity_loss_weight),
+                 "--alignment_loss_weight", str(args.ica_alignment_loss_weight), *extra]))  # fmt: skip
+        return str(out / "adapter")
+
+    rows["stage2_ica"] = ica(work / "ica")
+    for bound in args.ica_fixed_bounds:
+        rows[f"stage2_ica_fixed_t{bound}"] = ica(work / f"ica_fixed_t{bound}", "--fixed_max_timestep", str(bound))
     if not (work / "oracle_data" / "triplets.jsonl").exists():
         build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
     rows["stage1_oracle_code"] = stage1(work / "oracle_code", args.oracle_steps, "--triplets",

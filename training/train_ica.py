@@ -34,6 +34,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
     g.add_argument("--ani_candidates", default="100,200,300,400,500,600,700,800,900",
                    help="comma-separated candidate upper bounds of t, ascending")  # fmt: skip
     g.add_argument("--ani_calibration_size", type=int, default=64)
+    g.add_argument("--fixed_max_timestep", type=int, default=None,
+                   help="skip ANI: train with timesteps in [0, this] (a hand-picked bound, for comparison rows)")
     args = p.parse_args(input_args)
     setup.check_run_args(p, args)
     setup.check_stage1_args(p, args)
@@ -47,6 +49,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
         args.ani_candidates = tuple(int(x) for x in args.ani_candidates.split(","))
     except ValueError:
         p.error(f"--ani_candidates must be comma-separated integers, got {args.ani_candidates!r}")
+    if args.fixed_max_timestep is not None and args.fixed_max_timestep < 0:
+        p.error(f"--fixed_max_timestep must be >= 0, got {args.fixed_max_timestep}")
     return args
 
 
@@ -57,7 +61,8 @@ def main(args: argparse.Namespace):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ani = AniConfig(threshold=args.ani_threshold, candidates=args.ani_candidates,
-                    calibration_size=args.ani_calibration_size, seed=args.seed)  # fmt: skip
+                    calibration_size=args.ani_calibration_size, seed=args.seed,
+                    fixed_max_timestep=args.fixed_max_timestep)  # fmt: skip
     accelerator = setup.make_accelerator(args)
     output_dir = Path(args.output_dir)
     if not args.overwrite_output_dir:

@@ -37,12 +37,16 @@ ANI_FILE = "ani.json"
 
 @dataclass
 class AniConfig:
-    """Adaptive Noise Inversion: candidates for the bound (ascending), the identity threshold, the batch."""
+    """Adaptive Noise Inversion: candidates for the bound (ascending), the identity threshold, the batch.
+
+    `fixed_max_timestep` replaces ANI by a hand-picked bound (the comparison rows): identity is still measured
+    there, for the record, but the bound is kept whatever it scores."""
 
     threshold: float = 0.6
     candidates: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 900)
     calibration_size: int = 64
     seed: int = 0
+    fixed_max_timestep: int | None = None
 
     def __post_init__(self):
         if not -1.0 <= self.threshold <= 1.0:
@@ -53,6 +57,9 @@ class AniConfig:
         self.candidates = cands
         if self.calibration_size < 1:
             raise ValueError(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
+        fixed = self.fixed_max_timestep
+        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 0):
+            raise ValueError(f"`fixed_max_timestep` must be None or an int >= 0, got {fixed!r}.")
 
 
 @torch.no_grad()
@@ -65,6 +72,7 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
     between F(decoded x0) and F(decoded target) is measured. Returns ``{"max_timestep", "threshold",
     "identity_by_timestep": {t: cos}}``; ``max_timestep`` is the largest t at or above the threshold, else the
     smallest candidate (logged as a warning: even light noise loses identity, so the losses act only there).
+    With ``config.fixed_max_timestep`` only that t is measured and it is the bound (``"fixed": true``).
     """
     unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
     device = unet.device
@@ -79,7 +87,8 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
     was_training = adapter.training
     adapter.eval()
     by_t = {}
-    for t_value in config.candidates:
+    fixed = config.fixed_max_timestep
+    for t_value in config.candidates if fixed is None else (fixed,):
         sims = []
         for start in range(0, len(rows), batch_size):
             r = rows[start : start + batch_size]
@@ -98,6 +107,9 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
             sims.append((got * want).sum(-1).cpu())
         by_t[t_value] = float(torch.cat(sims).mean())
     adapter.train(was_training)
+    if fixed is not None:
+        logger.info("Fixed max timestep %d (not ANI; identity there %.4f).", fixed, by_t[fixed])
+        return {"max_timestep": fixed, "fixed": True, "identity_by_timestep": by_t}
     kept = [t for t in config.candidates if by_t[t] >= config.threshold]
     bound = max(kept) if kept else config.candidates[0]
     if not kept:
@@ -158,6 +170,11 @@ def run_ica(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int
         pipe, adapter, cache, identity_loss_model, ani, config.num_validation, config.batch_size),
         accelerator.is_main_process)  # every process calibrates alike (fixed rows and noise); the main one writes
     accelerator.wait_for_everyone()
+    if bool(result.get("fixed")) != (ani.fixed_max_timestep is not None) or (
+        ani.fixed_max_timestep is not None and result["max_timestep"] != ani.fixed_max_timestep
+    ):
+        raise ValueError(f"{output_dir / ANI_FILE} holds {result!r}, but this run asks for fixed_max_timestep="
+                         f"{ani.fixed_max_timestep!r}; resume with the run's own bound or start a fresh run.")  # fmt: skip
     bound = int(result["max_timestep"])
     config = dataclasses.replace(config, max_train_timestep=bound,
                                  face_losses=dataclasses.replace(config.face_losses, max_timestep=bound))  # fmt: skip
