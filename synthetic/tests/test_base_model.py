@@ -13,6 +13,9 @@ import pytest
 import torch
 
 from emojidiff_synthetic import base_model as bm
+from emojidiff_synthetic.base_model.image_encoder import _similarity
+from emojidiff_synthetic.base_model.loop import BatchSampler
+from emojidiff_synthetic.base_model.tokenizer import tokenize
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "synthetic" / "scripts"))
@@ -132,7 +135,7 @@ def test_encode_prompt_tokens_matches_pipeline():
     torch.manual_seed(0)
     te, te2 = bm.build_text_encoders(config, tok)
     pipe = bm.assemble_pipeline(bm.build_vae(config), te, te2, tok, bm.build_unet(config))
-    ids = bm.tokenize(tok, CAPTIONS)
+    ids = tokenize(tok, CAPTIONS)
     with torch.no_grad():
         embeds, pooled = bm.encode_prompt_tokens(te, te2, ids, ids)
         ref, _, ref_pooled, _ = pipe.encode_prompt(CAPTIONS, device="cpu", do_classifier_free_guidance=False)
@@ -151,7 +154,7 @@ def test_similarity_maps_points_and_views_are_valid():
     angle, scale, t = 0.3, 1.7, torch.tensor([4.0, -2.0])
     rot = scale * torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float32)
     dst = src @ rot.T + t
-    m = bm._similarity(src, dst)
+    m = _similarity(src, dst)
     torch.testing.assert_close(src @ m[:, :, :2].transpose(1, 2) + m[:, :, 2][:, None], dst, atol=1e-4, rtol=0)
 
     images = torch.rand(4, 3, 64, 64, generator=g)
@@ -168,7 +171,7 @@ def test_nt_xent_prefers_matching_views():
 
 
 def test_batch_sampler_is_a_pure_function_of_step():
-    a, b = bm.BatchSampler(10, 4, seed=3), bm.BatchSampler(10, 4, seed=3)
+    a, b = BatchSampler(10, 4, seed=3), BatchSampler(10, 4, seed=3)
     rows = torch.cat([a.rows(s) for s in range(5)])
     assert sorted(rows[:10].tolist()) == list(range(10))  # the first epoch is a permutation
     assert torch.equal(b.rows(4), a.rows(4))
@@ -189,21 +192,19 @@ def tiny_collection(tmp_path_factory):
 
 
 def _args(collection, out, *extra):
-    return [
-        "--collection", str(collection), "--out", str(out), "--size", "tiny", "--num_threads", "1",
-        "--checkpointing_steps", "2", "--validation_steps", "0", "--log_every", "1", *extra,
-    ]  # fmt: skip
+    fixed = "--size tiny --num_threads 1 --checkpointing_steps 2 --validation_steps 0 --log_every 1".split()
+    return ["--collection", str(collection), "--out", str(out), *fixed, *extra]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_collection, tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
     export = base / "export"
+    steps = "--vae_steps 2 --unet_steps 3 --image_encoder_steps 2 --validation_steps 3".split()
+    batches = "--vae_batch_size 4 --unet_batch_size 4 --image_encoder_batch_size 4".split()
     args = train_base.parse_args(
-        _args(tiny_collection, base / "run", "--stage", "all", "--export_dir", str(export),
-              "--vae_steps", "2", "--unet_steps", "3", "--image_encoder_steps", "2", "--validation_steps", "3",
-              "--vae_batch_size", "4", "--unet_batch_size", "4", "--image_encoder_batch_size", "4")
-    )  # fmt: skip
+        _args(tiny_collection, base / "run", "--stage", "all", "--export_dir", str(export), *steps, *batches)
+    )
     train_base.main(args)
     return base / "run", export
 
@@ -232,9 +233,8 @@ def test_exported_folder_loads_offline_in_both_pipelines(tiny_run):
     from emojidiff_pipeline import EmojiDiffPipeline
 
     _, export = tiny_run
-    assert {p.name for p in export.iterdir()} >= {"model_index.json", "unet", "vae", "text_encoder", "text_encoder_2",
-                                                  "tokenizer", "tokenizer_2", "scheduler", "image_encoder",
-                                                  "feature_extractor"}  # fmt: skip
+    components = "unet vae text_encoder text_encoder_2 tokenizer tokenizer_2 scheduler image_encoder feature_extractor"
+    assert {p.name for p in export.iterdir()} >= {"model_index.json", *components.split()}
     assert not list(export.rglob("*.bin"))
     from safetensors import safe_open
 
@@ -246,16 +246,26 @@ def test_exported_folder_loads_offline_in_both_pipelines(tiny_run):
         torch.float32
     }
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(CAPTIONS[0], num_inference_steps=2, guidance_scale=5.0, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out = pipe(
+        CAPTIONS[0],
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
     emoji = EmojiDiffPipeline.from_pretrained(export)
     assert emoji.emoji_adapter is None
     assert emoji.image_encoder is not None and emoji.feature_extractor is not None
     emoji.set_progress_bar_config(disable=True)
-    out2 = emoji(CAPTIONS[0], num_inference_steps=2, guidance_scale=5.0, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out2 = emoji(
+        CAPTIONS[0],
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     np.testing.assert_allclose(out2, out, atol=1e-5)
     tokens = emoji.encode_expression(np.zeros((40, 40, 3), np.uint8), batch_size=1, device="cpu")
     assert tokens.shape[-1] == emoji.image_encoder.config.hidden_size
@@ -363,12 +373,11 @@ def test_evaluate_base_writes_report_with_stand_in_instruments(tiny_run, tiny_co
         ins.save_instrument(module.eval(), tmp_path / "instruments" / f"{name}.safetensors")
     run, export = tiny_run
     out = tmp_path / "docs"
-    args = evaluate_base.parse_args(
-        ["--model", str(export), "--collection", str(tiny_collection), "--run_dir", str(run),
-         "--instrument_dir", str(tmp_path / "instruments"), "--num_samples", "16", "--num_recon", "8", "--steps", "2",
-         "--batch_size", "8", "--timing_repeats", "1", "--out_json", str(out / "m.json"), "--out_md", str(out / "m.md"),
-         "--grid", str(out / "g.png")]
-    )  # fmt: skip
+    paths = ["--model", str(export), "--collection", str(tiny_collection), "--run_dir", str(run)]
+    paths += ["--instrument_dir", str(tmp_path / "instruments"), "--grid", str(out / "g.png")]
+    paths += ["--out_json", str(out / "m.json"), "--out_md", str(out / "m.md")]
+    sizes = "--num_samples 16 --num_recon 8 --steps 2 --batch_size 8 --timing_repeats 1".split()
+    args = evaluate_base.parse_args(paths + sizes)
     evaluate_base.main(args)
     report = json.loads((out / "m.json").read_text())
     assert set(report["headline"]) == set(evaluate_base.TARGETS)
@@ -379,11 +388,11 @@ def test_evaluate_base_writes_report_with_stand_in_instruments(tiny_run, tiny_co
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
-    import evaluate_base
+    from emojidiff_pipeline.evaluation import frechet_distance  # what the base-model report uses
 
     x = np.random.default_rng(0).normal(size=(200, 8))
-    assert abs(evaluate_base.frechet_distance(x, x)) < 1e-6
-    assert evaluate_base.frechet_distance(x, x + 1.0) == pytest.approx(8.0, rel=1e-6)
+    assert abs(frechet_distance(x, x)) < 1e-6
+    assert frechet_distance(x, x + 1.0) == pytest.approx(8.0, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -404,7 +413,12 @@ def test_shipped_base_loads_offline_and_generates():
     assert _attention_prefixes(pipe.unet.attn_processors) == _attention_prefixes(SDXL_NAMES)
     pipe.set_progress_bar_config(disable=True)
     prompt = "flat emoji portrait of a person with short brown hair, natural palette, blue plain background"
-    out = pipe([prompt, prompt], num_inference_steps=4, guidance_scale=5.0, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out = pipe(
+        [prompt, prompt],
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (2, 64, 64, 3) and np.isfinite(out).all()
     assert out.std() > 0.05  # an image, not a flat field
