@@ -1,4 +1,5 @@
-"""`emojidiff` command line: `emojidiff generate --model ...` runs the pipeline on an EmojiDiff folder or Hub id.
+"""`emojidiff` command line: `emojidiff generate --model ...` runs the pipeline on an EmojiDiff folder or Hub id;
+`emojidiff app --model ...` serves it as the Gradio app.
 
 The synthetic world's demo lives in its own package (synthetic/): `emojidiff-synthetic demo`.
 """
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="'module:factory' ExpressionEncoder, for models whose expression branch has a code stream")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--output", default="outputs/emojidiff.png")
+    sub.add_parser("app", add_help=False, help="the Gradio app on --model (`emojidiff app --help`)")
     return parser
 
 
@@ -94,6 +96,19 @@ def check_device(device: str | None, refuse=_refuse) -> None:
         refuse(f"--device {device!r}: {kind} is not available on this machine.")
 
 
+def check_model(model: str, refuse=_refuse) -> None:
+    """Refuse a --model that is a file, a folder without model_index.json, or neither a folder nor a Hub id."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        refuse(f"--model {model!r} is a file; pass an EmojiDiff pipeline folder or a Hub id.")
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        refuse(f"--model {model!r} has no model_index.json: it is not a diffusers pipeline folder.")
+    if not path.exists():
+        if not HUB_ID.fullmatch(model) or ".." in model or "--" in model:
+            refuse(f"--model {model!r} does not exist (and is not a Hub id of the form owner/name).")
+        logger.info("--model %r is not a local folder; loading it as a Hub id.", model)
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model, run before anything is loaded: one line naming the argument, exit 1."""
     if args.model is None:
@@ -104,15 +119,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("guidance_scale", "identity_scale", "expression_scale"):
         if not math.isfinite(getattr(args, name)):
             _refuse(f"--{name} must be a finite number, got {getattr(args, name)}.")
-    model = Path(args.model).expanduser()
-    if model.is_file():
-        _refuse(f"--model {args.model!r} is a file; pass an EmojiDiff pipeline folder or a Hub id.")
-    if model.is_dir() and not (model / "model_index.json").is_file():
-        _refuse(f"--model {args.model!r} has no model_index.json: it is not a diffusers pipeline folder.")
-    if not model.exists():
-        if not HUB_ID.fullmatch(args.model) or ".." in args.model or "--" in args.model:
-            _refuse(f"--model {args.model!r} does not exist (and is not a Hub id of the form owner/name).")
-        logger.info("--model %r is not a local folder; loading it as a Hub id.", args.model)
+    check_model(args.model)
     if args.identity is not None and not args.identity:
         _refuse("--identity was given without any file.")
     args.identity_images = [_check_image(p, "--identity") for p in args.identity or []] or None
@@ -154,6 +161,11 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:  # the Gradio app has its own parser (emojidiff_pipeline.app)
+        from .app import main as app_main
+
+        return app_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "generate":

@@ -1,4 +1,5 @@
-"""`emojidiff-synthetic demo`: the embedded default of the synthetic world as one grid (what `make demo` runs).
+"""`emojidiff-synthetic demo`: the embedded default of the synthetic world as one grid (what `make demo` runs);
+`emojidiff-synthetic app` serves it as the Gradio app (what `make app` runs; synthetic/src/emojidiff_synthetic/app.py).
 
 Held-out identities (rows) x held-out expression templates (columns), drawn by the shipped tiny base model with the
 shipped adapter, plus one identity x all 64 templates. On your own weights use the library's
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--grid_identities", type=int, default=4, help="held-out identities (rows, at most 16)")
     demo.add_argument("--grid_templates", type=int, default=6,
                       help="expression templates (columns, at most 64; the first 44 show one factor each)")  # fmt: skip
+    from .app import add_app_parser
+
+    add_app_parser(sub)
     return parser
 
 
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         check_args(args)
         return demo(args)
+    if args.command == "app":
+        from .app import app_main
+
+        return app_main(args)
     return 1
 
 
