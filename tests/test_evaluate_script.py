@@ -175,5 +175,11 @@ def test_row_specs_give_folder_and_expression_scale():
     assert evaluate.parse_row_spec("runs/a@b/adapter") == ("runs/a@b/adapter", 1.0)
     assert evaluate.parse_row_spec("runs/x/adapter@id_only") == ("runs/x/adapter", 0.0)
     assert evaluate.parse_row_spec("runs/x/adapter@exp=2.5") == ("runs/x/adapter", 2.5)
+    assert evaluate.parse_row_spec("runs/x/adapter@exp=2.5@eg=9") == ("runs/x/adapter", 2.5)
+    assert evaluate.split_expression_guidance("runs/x/adapter@eg=9") == ("runs/x/adapter", 9.0)
+    assert evaluate.split_expression_guidance("runs/x/adapter@exp=2") == ("runs/x/adapter@exp=2", None)
+    for bad in ("a@eg=-2", "a@eg=x", "base@eg=3", "a@id_only@eg=3"):
+        with pytest.raises(ValueError, match="'@eg='"):
+            evaluate.parse_row_spec(bad)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--row", "r=runs/x/adapter@exp=big"])

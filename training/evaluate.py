@@ -126,8 +126,27 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
+def split_expression_guidance(spec: str) -> tuple[str, float | None]:
+    """``<spec>@eg=<scale>`` -> (spec, expression guidance scale); other specs -> (spec, None). See
+    emojidiff_pipeline.guidance: the expression branch gets its own classifier-free guidance scale."""
+    rest, _, option = spec.rpartition("@")
+    if not (rest and option.startswith("eg=")):
+        return spec, None
+    try:
+        scale = float(option[len("eg=") :])
+    except ValueError:
+        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a number, got {option[len('eg='):]!r}.") from None
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a finite scale >= 0, got {scale}.")
+    if rest == "base" or rest.endswith("@id_only"):
+        raise ValueError(f"--row spec {spec!r}: '@eg=' guides the expression branch; this row has none.")
+    return rest, scale
+
+
 def parse_row_spec(spec: str) -> tuple[str, float]:
-    """``base`` | ``<adapter>`` | ``<adapter>@id_only`` | ``<adapter>@exp=<scale>`` -> (folder, expression scale)."""
+    """``base`` | ``<adapter>`` | ``<adapter>@id_only`` | ``<adapter>@exp=<scale>``, each optionally followed by
+    ``@eg=<expression guidance scale>`` -> (folder, expression scale)."""
+    spec, _ = split_expression_guidance(spec)
     folder, _, option = spec.rpartition("@")
     if option == "id_only":
         return folder, 0.0
@@ -166,6 +185,7 @@ def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = No
     """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
     `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale."""
     folder, spec_scale = parse_row_spec(spec)
+    _, expression_guidance = split_expression_guidance(spec)
     expression_scale = spec_scale if expression_scale is None else expression_scale
     attach_row(pipe, folder, face, expression_encoder)
     size = {} if resolution is None else {"height": resolution, "width": resolution}
@@ -175,7 +195,7 @@ def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = No
         kwargs = dict(size)
         if folder != "base":
             kwargs.update(identity_image=[[c.reference] for c in chunk], expression_image=[c.template for c in chunk],
-                          expression_scale=expression_scale)  # fmt: skip
+                          expression_scale=expression_scale, expression_guidance_scale=expression_guidance)  # fmt: skip
         gens = [torch.Generator().manual_seed(args.seed * 100_000 + start + k) for k in range(len(chunk))]
         out = pipe([c.prompt for c in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                    generator=gens, output_type="np", **kwargs).images  # fmt: skip
@@ -375,7 +395,8 @@ def main(args: argparse.Namespace) -> dict:
         rows[name] = score_row(images, cases, inst)
         save_grid(images, cases, out / f"grid_{name}.png", args.grid)
         folder, scale = parse_row_spec(row_spec)
-        if folder != "base" and scale == 1.0 and not args.no_probe:
+        guided = split_expression_guidance(row_spec)[1] is not None  # the same weights as its unguided row
+        if folder != "base" and scale == 1.0 and not guided and not args.no_probe:
             probes[name] = template_use_probe(pipe, cases, lines["perfect"], lines["probe_template"], seed=args.seed)
         write_row_cache(out, name, key, rows[name], probes.get(name))
         logger.info("row %s: %s %s", name, rows[name], probes.get(name, ""))

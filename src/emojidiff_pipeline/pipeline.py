@@ -39,6 +39,7 @@ from transformers import (
 
 from .adapter import EmojiDiffAdapter
 from .attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors, uninstall_processors
+from .guidance import attach_expression_guidance, check_expression_guidance_scale
 from .layers import expand_layer_values, unet_layers
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ _CONTROLNET_ARGS = ("control_image", "controlnet_conditioning_scale", "control_g
 _DEPRECATED_PARENT_ARGS = ("callback", "callback_steps")  # the parents pop these from their **kwargs
 # the EmojiDiff keyword arguments of `__call__` (the rest go to the diffusers parent)
 _EMOJIDIFF_ARGS = ("identity_image", "identity_embeds", "expression_image", "expression_kps", "expression_embeds",
-                   "expression_codes", "identity_scale", "expression_scale", "expression_mask")  # fmt: skip
+                   "expression_codes", "identity_scale", "expression_scale", "expression_mask",
+                   "expression_guidance_scale")  # fmt: skip
 
 
 def _check_call_kwargs(pipeline_cls: type, parent_signature: inspect.Signature, kwargs: Mapping[str, Any]) -> None:
@@ -482,11 +484,13 @@ class EmojiDiffMixin:
         expression_mask: torch.Tensor | None,
         device,
         expression_codes: torch.Tensor | None = None,
+        expression_guidance: bool = False,
     ) -> EmojiDiffConditioning:
         """Run the adapter once and cache every adapted layer's key/values for the whole denoising loop.
 
         Batch layout matches the UNet's: prompt-major, `num_images_per_prompt` consecutive images per prompt, and
-        under guidance [negative half (null tokens for both branches), positive half].
+        under guidance [negative half (null tokens for both branches), positive half]; with `expression_guidance`
+        (needs guidance) a third part, the positive rows with the expression branch off (see :mod:`.guidance`).
         """
         adapter = self.emoji_adapter
         layers = unet_layers(self.unet)
@@ -500,16 +504,21 @@ class EmojiDiffMixin:
             x = x.to(device=device, dtype=adapter.dtype)
             x = x.expand(batch_size, *x.shape[1:]) if x.shape[0] == 1 else x
             x = x.repeat_interleave(num_images_per_prompt, dim=0)
-            return torch.cat([x, x]) if do_classifier_free_guidance else x
+            return torch.cat([x] * parts) if do_classifier_free_guidance else x
 
-        keep = torch.ones(n, dtype=torch.bool, device=device)
-        if do_classifier_free_guidance:
-            keep = torch.cat([torch.zeros_like(keep), keep])
+        if expression_guidance and not do_classifier_free_guidance:
+            raise ValueError("`expression_guidance` needs classifier-free guidance.")
+        parts = 3 if expression_guidance else 2
+        ones, zeros = torch.ones(n, dtype=torch.bool, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+        identity_keep = expression_keep = ones
+        if do_classifier_free_guidance:  # [null, full] or [null, full, expression off]
+            identity_keep = torch.cat([zeros, ones, ones][:parts])
+            expression_keep = torch.cat([zeros, ones, zeros][:parts])
         output = adapter(
             identity_embeds=expand(identity_embeds),
             expression_image_embeds=expand(expression_image_embeds),
-            identity_keep=keep,
-            expression_keep=keep,
+            identity_keep=identity_keep,
+            expression_keep=expression_keep,
             expression_codes=expand(expression_codes),
         )
         if expression_mask is not None:
@@ -561,6 +570,7 @@ class EmojiDiffMixin:
         identity_scale: float | Mapping[str, Any] = 1.0,
         expression_scale: float | Mapping[str, Any] = 1.0,
         expression_mask=None,
+        expression_guidance_scale: float | None = None,
         **kwargs,
     ):
         r"""Generate portraits. Every argument not listed here is the diffusers parent's (`prompt`, `image`,
@@ -583,6 +593,10 @@ class EmojiDiffMixin:
                 `set_ip_adapter_scale` (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`). 0 turns a branch off.
             expression_mask: optional (H, W) mask in [0, 1] over the output image (same aspect ratio); expression
                 attention acts only where it is 1.
+            expression_guidance_scale: a guidance scale of the expression branch's own (needs `guidance_scale` > 1):
+                ``eps_u + g (eps_x - eps_u) + g_e (eps_c - eps_x)`` with eps_x the prediction with the expression
+                branch off. None (default) or equal to `guidance_scale`: ordinary guidance; larger pushes the
+                template's expression harder; one more UNet batch per step (see :mod:`emojidiff_pipeline.guidance`).
 
         Examples:
             >>> pipe = EmojiDiffPipeline.from_pretrained("path/to/emojidiff-sdxl")  # doctest: +SKIP
@@ -670,24 +684,29 @@ class EmojiDiffMixin:
 
         # 4. Adapter key/values for every adapted layer, cached for all steps
         do_cfg = arg("guidance_scale") > 1 and self.unet.config.time_cond_proj_dim is None
+        expression_guidance_scale = check_expression_guidance_scale(
+            expression_guidance_scale, arg("guidance_scale") if do_cfg else None, has_expression)
         conditioning = self.prepare_conditioning(
             batch_size, num_images_per_prompt, do_cfg, identity_embeds, expression_embeds,
-            identity_scale, expression_scale, mask, device, expression_codes,
+            identity_scale, expression_scale, mask, device, expression_codes, expression_guidance_scale is not None,
         )  # fmt: skip
 
         # 5. Denoise with the parent's loop; a mask learns the latent grid when the UNet first runs
         bound.arguments["cross_attention_kwargs"] = {**(cross_attention_kwargs or {}), CONDITIONING_KWARG: conditioning}
-        hook = None
+        hooks = []
         if mask is not None:
             def record_latent_size(module, hook_args, hook_kwargs):
                 sample = hook_args[0] if hook_args else hook_kwargs["sample"]
                 conditioning.set_latent_size(sample.shape[-2:])
 
-            hook = self.unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
+            hooks.append(self.unet.register_forward_pre_hook(record_latent_size, with_kwargs=True))
+        if expression_guidance_scale is not None:
+            hooks += attach_expression_guidance(self.unet, batch_size * num_images_per_prompt,
+                                                float(arg("guidance_scale")), expression_guidance_scale)  # fmt: skip
         try:
             return super().__call__(*bound.args, **bound.kwargs)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
 
     # ------------------------------------------------------------------ saving
