@@ -25,8 +25,8 @@ from emojidiff_synthetic import (
     render,
 )
 from emojidiff_synthetic import collection as collection_module
-from emojidiff_synthetic import renderer as renderer_module
 from emojidiff_synthetic.collection import Collection, build_collection, make_caption
+from emojidiff_synthetic.renderer import colors
 from emojidiff_synthetic.world import identity_name, is_held_out
 
 REPO = Path(__file__).resolve().parents[2]
@@ -318,8 +318,8 @@ def test_caption_expression_words_only_when_clearly_present():
 
 def test_caption_vocabularies_match_the_renderer():
     assert set(collection_module._HAIR_PHRASES) == set(HAIR_STYLES)
-    assert len(collection_module._HAIR_COLOR_WORDS) == len(renderer_module._HAIR_RAMP)
-    assert len(collection_module._SKIN_WORDS) == len(renderer_module._SKIN_RAMP)
+    assert len(collection_module._HAIR_COLOR_WORDS) == len(colors.HAIR_RAMP)
+    assert len(collection_module._SKIN_WORDS) == len(colors.SKIN_RAMP)
 
 
 # ---- arguments and CLI ---------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ _PATH_RE = re.compile(r"^images/(id\d{5})/(\d{2})\.png$")
 # Captions
 # ----------------------------------------------------------------------------------------------------------------
 
-# Coarse words for the renderer's colour ramps (nearest stop of `_HAIR_RAMP` / `_SKIN_RAMP` in renderer.py).
+# Coarse words for the renderer's colour ramps (nearest stop of `HAIR_RAMP` / `SKIN_RAMP` in renderer/colors.py).
 _HAIR_COLOR_WORDS = ("black", "dark brown", "brown", "red", "blond", "platinum blond", "gray", "blue", "pink")
 _SKIN_WORDS = ("yellow", "pale", "light", "medium", "tan", "brown", "dark")
 # `{c}` is the hair colour word, or nothing when the rendering hides colour.

@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .renderer import POSE_RANGES, STYLE_CHOICES, Expression, Identity, Pose, Style, _background, render
+from .renderer import POSE_RANGES, STYLE_CHOICES, Expression, Identity, Pose, Style, render
+from .renderer.background import draw_background
 from .world import EVAL_SIDE_SEED_BASE, TRAIN_SIDE_SEED_BASE
 
 __all__ = [
@@ -358,7 +359,7 @@ def _negative_image(rng: np.random.Generator, size: int) -> np.ndarray:
     if kind < 0.5:
         color = STYLE_CHOICES["background"][int(rng.integers(len(STYLE_CHOICES["background"])))]
         pattern = STYLE_CHOICES["pattern"][int(rng.integers(len(STYLE_CHOICES["pattern"])))]
-        return np.asarray(_background(color, pattern, size, 4).reduce(4))
+        return np.asarray(draw_background(color, pattern, size, 4).reduce(4))
     if kind < 0.7:
         return np.broadcast_to(rng.integers(0, 256, size=3, dtype=np.uint8), (size, size, 3)).copy()
     if kind < 0.85:
