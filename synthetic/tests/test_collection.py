@@ -24,8 +24,8 @@ from emojidiff_synthetic import (
     Style,
     render,
 )
-from emojidiff_synthetic import collection as collection_module
-from emojidiff_synthetic.collection import Collection, build_collection, make_caption
+from emojidiff_synthetic.collection import Collection, build_collection, captions, make_caption
+from emojidiff_synthetic.collection import build as collection_build
 from emojidiff_synthetic.renderer import colors
 from emojidiff_synthetic.world import identity_name, is_held_out
 
@@ -33,7 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "synthetic" / "scripts" / "build_collection.py"
 SMALL = {"num_identities": 25, "photos_per_identity": 3, "size": 64, "seed": 0}
 HELD_OUT = [identity_name(i) for i in range(SMALL["num_identities"]) if is_held_out(i)]  # id00009, id00019
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "synthetic" / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), str(REPO / "synthetic" / "src"), os.environ.get("PYTHONPATH", "")]
+    ),
+}
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -184,19 +189,19 @@ def test_resume_after_sigkill_equals_uninterrupted_build(small, tmp_path):
 
 
 def test_crash_while_assembling_then_resume(small, tmp_path, monkeypatch):
-    real = collection_module._atomic_write_bytes
+    real = collection_build._atomic_write_bytes
 
     def crash_on_heldout(path, data, tmp_dir):
         if path.name == "heldout.jsonl":
             raise KeyboardInterrupt("simulated crash")
         real(path, data, tmp_dir)
 
-    monkeypatch.setattr(collection_module, "_atomic_write_bytes", crash_on_heldout)
+    monkeypatch.setattr(collection_build, "_atomic_write_bytes", crash_on_heldout)
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         build_collection(out, **SMALL)
     assert (out / "train.jsonl").exists() and not (out / "collection.json").exists()
-    monkeypatch.setattr(collection_module, "_atomic_write_bytes", real)
+    monkeypatch.setattr(collection_build, "_atomic_write_bytes", real)
     with pytest.raises(ValueError, match=r"unfinished build with other settings.*'seed': \(0, 3\)"):
         build_collection(out, **{**SMALL, "seed": 3})
     report = build_collection(out, **SMALL)
@@ -317,9 +322,9 @@ def test_caption_expression_words_only_when_clearly_present():
 
 
 def test_caption_vocabularies_match_the_renderer():
-    assert set(collection_module._HAIR_PHRASES) == set(HAIR_STYLES)
-    assert len(collection_module._HAIR_COLOR_WORDS) == len(colors.HAIR_RAMP)
-    assert len(collection_module._SKIN_WORDS) == len(colors.SKIN_RAMP)
+    assert set(captions._HAIR_PHRASES) == set(HAIR_STYLES)
+    assert len(captions._HAIR_COLOR_WORDS) == len(colors.HAIR_RAMP)
+    assert len(captions._SKIN_WORDS) == len(colors.SKIN_RAMP)
 
 
 # ---- arguments and CLI ---------------------------------------------------------------------------------------
