@@ -11,8 +11,7 @@ from face_standins import make_arcface_standin, tiny_identity_loss_model
 from tiny_models import tiny_adapter, tiny_components, write_tiny_collection
 
 from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
-from emojidiff_pipeline.attention import install_processors
-from emojidiff_pipeline.layers import unet_layers
+from emojidiff_pipeline.adapted_unet import AdaptedUNet
 from emojidiff_pipeline.train.face_losses import FaceLossConfig, face_losses
 from emojidiff_pipeline.train.ica import AniConfig, calibrate_max_timestep
 from emojidiff_pipeline.train.stage1 import adapted_prediction, training_noise_scheduler
@@ -76,11 +75,7 @@ def test_ani_bound_is_the_largest_timestep_keeping_identity_and_reproducible(tin
 def test_ica_losses_decrease_on_a_fixed_batch(tiny):
     pipe, _ = tiny
     adapter = tiny_adapter(pipe.unet, seed=3)
-    unet = pipe.unet
-    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
-    layers = unet_layers(unet)
-    ids = dict.fromkeys(adapter.identity_layer_names, 1.0)
-    exps = dict.fromkeys(adapter.expression_layer_names, 1.0)
+    adapted = AdaptedUNet(pipe.unet, adapter)
     scheduler = training_noise_scheduler(pipe.scheduler)
     cache, model = tiny_cache(), tiny_identity_loss_model()
     rows = torch.arange(4)
@@ -93,10 +88,9 @@ def test_ica_losses_decrease_on_a_fixed_batch(tiny):
     ones = torch.ones(4, dtype=torch.bool)
     totals = []
     for _ in range(12):
-        pred = adapted_prediction(adapter, unet, cache, rows, noisy, t, text, pooled, ones, ones, layers, ids, exps, "cpu")
+        pred = adapted_prediction(adapted, cache, rows, noisy, t, text, pooled, ones, ones, "cpu")
         with torch.no_grad():
-            off = adapted_prediction(adapter, unet, cache, rows, noisy, t, text, pooled, ones, ~ones, layers, ids, exps,
-                                     "cpu")  # fmt: skip
+            off = adapted_prediction(adapted, cache, rows, noisy, t, text, pooled, ones, ~ones, "cpu")
         parts = face_losses(pipe.vae, scheduler, noisy, pred, cache["latents"], t, cache["target_kps"], config,
                             identity_model=model, prediction_off=off)  # fmt: skip
         assert set(parts) == {"total", "identity", "alignment"}

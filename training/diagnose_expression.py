@@ -50,16 +50,12 @@ def parse_args(input_args=None) -> argparse.Namespace:
 def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed: int,
                face_loss_weight: float = 6.0) -> dict[int, dict[str, float]]:  # fmt: skip
     """Mean stage-1 loss (face-weighted when the cache has target keypoints) per timestep and template condition."""
-    from emojidiff_pipeline.attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
-    from emojidiff_pipeline.layers import unet_layers
+    from emojidiff_pipeline.adapted_unet import AdaptedUNet
     from emojidiff_pipeline.train.stage1 import diffusion_target, face_loss_weights, training_noise_scheduler
 
     g = torch.Generator().manual_seed(seed)
-    unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
-    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
-    layers = unet_layers(unet)
-    id_scale = dict.fromkeys(adapter.identity_layer_names, 1.0)
-    exp_scale = dict.fromkeys(adapter.expression_layer_names, 1.0)
+    scheduler = training_noise_scheduler(pipe.scheduler)
+    adapted = AdaptedUNet(pipe.unet, adapter)
     idx = torch.randperm(cache["latents"].shape[0], generator=g)[:rows]
     shuffled = idx[torch.randperm(len(idx), generator=g)]
     latents, b = cache["latents"][idx], len(idx)
@@ -68,7 +64,7 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
     weights = (face_loss_weights(cache["target_kps"][idx], latents.shape[-2:], resolution, face_loss_weight)
                if "target_kps" in cache else torch.ones(b, 1, *latents.shape[-2:]))  # fmt: skip
     text = cache["prompt_embeds"][cache["prompt_index"][idx]]
-    added = {"text_embeds": cache["pooled"][cache["prompt_index"][idx]], "time_ids": cache["add_time_ids"].expand(b, -1)}
+    pooled = cache["pooled"][cache["prompt_index"][idx]]
     conditions = {"own template": (idx, True, True), "another row's template": (shuffled, True, True),
                   "expression dropped": (idx, False, True), "identity dropped": (idx, True, False)}  # fmt: skip
     table = {}
@@ -78,12 +74,14 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
         table[t] = {}
         for name, (template_rows, keep_exp, keep_id) in conditions.items():
             tpl = cache["template_index"][template_rows]
-            out = adapter(identity_embeds=cache["identity"][idx],
-                          expression_image_embeds=cache["templates"][tpl] if adapter.uses_image_stream else None,
-                          expression_codes=cache["template_codes"][tpl] if adapter.uses_code_stream else None,
-                          identity_keep=torch.full((b,), keep_id), expression_keep=torch.full((b,), keep_exp))  # fmt: skip
-            cond = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
-            pred = unet(noisy, tt, text, added_cond_kwargs=added, cross_attention_kwargs={CONDITIONING_KWARG: cond}).sample
+            cond = adapted.conditioning(
+                identity_embeds=cache["identity"][idx],
+                expression_image_embeds=cache["templates"][tpl] if adapter.uses_image_stream else None,
+                expression_codes=cache["template_codes"][tpl] if adapter.uses_code_stream else None,
+                identity_keep=torch.full((b,), keep_id),
+                expression_keep=torch.full((b,), keep_exp),
+            )
+            pred = adapted(noisy, tt, text, pooled, cache["add_time_ids"], cond)
             table[t][name] = float(((pred - target) ** 2 * weights).mean() / weights.mean())
     return table
 

@@ -121,10 +121,14 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         if tpl_emb[c.template_person] is not None and strangers:
             leak.append(float(e @ tpl_emb[c.template_person]) - float(np.mean([e @ s for s in strangers])))
     ok = [i for i, k in enumerate(gen_kps) if k is not None]
+    expression_failures = 0
     if ok:
-        est = inst.expression([generated[i] for i in ok] + [cases[i].template for i in ok],
-                              [gen_kps[i] for i in ok] + [cases[i].template_kps for i in ok])  # fmt: skip
+        est = np.asarray(inst.expression([generated[i] for i in ok] + [cases[i].template for i in ok],
+                                         [gen_kps[i] for i in ok] + [cases[i].template_kps for i in ok]))  # fmt: skip
         exp_abs = np.abs(est[: len(ok)] - est[len(ok) :])  # (n_ok, K)
+        read = np.isfinite(exp_abs).all(axis=1)  # an estimator may return NaN where it finds no face
+        expression_failures = int((~read).sum())
+        ok, exp_abs = [i for i, r in zip(ok, read) if r], exp_abs[read]
         exp_err = list(exp_abs.mean(axis=1))
     if inst.style is not None:
         labels = inst.style(list(generated))
@@ -156,6 +160,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         "frechet_to_real": (frechet_distance(np.stack(features), inst.real_identity_features)
                             if inst.real_identity_features is not None and len(features) > 1 else float("nan")),
         "no_face_rate": failures / max(1, len(cases)),
+        "expression_unread_rate": expression_failures / max(1, len(cases)),
         "num_cases": len(cases),
     }  # fmt: skip
 
@@ -231,6 +236,40 @@ def write_report(
     return out_dir / "results.md"
 
 
+PLOT_METRICS = ("identity_similarity", "expression_error", "identity_leakage", "face_sharpness")
+
+
+def plot_rows(rows: dict[str, dict], path: str | Path, metrics: Sequence[str] = PLOT_METRICS, title: str = "") -> Path:
+    """One panel per metric, one bar per row with its standard error (``<metric>_se``, over templates) as the error
+    bar; rows without a value show "n/a". Written as a PNG with matplotlib (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 1.2 + 0.45 * len(names) * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        values = np.array([rows[n].get(metric, np.nan) for n in names], dtype=float)
+        errors = np.array([rows[n].get(f"{metric}_se", np.nan) for n in names], dtype=float)
+        y = np.arange(len(names))
+        ax.barh(y, np.nan_to_num(values), xerr=np.where(np.isfinite(errors), errors, 0), color="#4c78a8", capsize=3)
+        for k, v in enumerate(values):
+            ax.text(0 if not np.isfinite(v) else v, k, "  n/a" if not np.isfinite(v) else f"  {v:.3f}",
+                    va="center", fontsize=8)  # fmt: skip
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(metric.replace("_", " "), fontsize=9, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _template_inputs(pipe, templates: Sequence[np.ndarray]) -> dict:
     """The adapter's expression inputs for templates: image-encoder tokens and/or expression codes."""
     adapter = pipe.emoji_adapter
@@ -257,7 +296,7 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
     import torch
     import torch.nn.functional as F
 
-    from .attention import CONDITIONING_KWARG
+    from .adapted_unet import adapted_unet_forward
     from .train.stage1 import diffusion_target, training_noise_scheduler
 
     scheduler = training_noise_scheduler(pipe.scheduler)
@@ -291,9 +330,8 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
                     b, 1, False, identity, exp.get("expression_image_embeds"), 1.0, 0.0 if key == "none" else 1.0,
                     None, device, exp.get("expression_codes"),
                 )  # fmt: skip
-                pred = unet(noisy.to(device, unet.dtype), tt.to(device), prompt_embeds,
-                            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(b, -1)},
-                            cross_attention_kwargs={CONDITIONING_KWARG: cond}).sample  # fmt: skip
+                pred = adapted_unet_forward(unet, noisy.to(device, unet.dtype), tt.to(device), prompt_embeds, pooled,
+                                            time_ids, cond)  # fmt: skip
                 losses[key] += F.mse_loss(pred.float().cpu(), target, reduction="none").mean(dim=(1, 2, 3))
         for key in per_case:
             per_case[key].extend((losses[key] / len(timesteps)).tolist())

@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..attention import install_processors
-from ..layers import unet_layers
+from ..adapted_unet import AdaptedUNet
 from .atomic import write_text_atomic
 from .face_losses import DifferentiableFaceModel, decode_latents, one_step_x0
 from .stage1 import adapted_prediction, training_noise_scheduler, validation_rows
@@ -74,12 +73,9 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
     smallest candidate (logged as a warning: even light noise loses identity, so the losses act only there).
     With ``config.fixed_max_timestep`` only that t is measured and it is the bound (``"fixed": true``).
     """
-    unet, scheduler = pipe.unet, training_noise_scheduler(pipe.scheduler)
-    device = unet.device
-    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
-    layers = unet_layers(unet)
-    id_scale = dict.fromkeys(adapter.identity_layer_names, 1.0)
-    exp_scale = dict.fromkeys(adapter.expression_layer_names, 1.0)
+    scheduler = training_noise_scheduler(pipe.scheduler)
+    device = pipe.unet.device
+    adapted = AdaptedUNet(pipe.unet, adapter)
     train_rows, _ = validation_rows(cache["latents"].shape[0], num_validation, 0)
     g = torch.Generator().manual_seed(config.seed * 7_777 + 5)
     rows = train_rows[torch.randperm(len(train_rows), generator=g)[: config.calibration_size]].sort().values
@@ -98,8 +94,7 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
             text = cache["prompt_embeds"][cache["prompt_index"][r]]
             pooled = cache["pooled"][cache["prompt_index"][r]]
             ones = torch.ones(len(r), dtype=torch.bool)
-            pred = adapted_prediction(adapter, unet, cache, r, noisy, t, text, pooled, ones, ones, layers, id_scale,
-                                      exp_scale, device)  # fmt: skip
+            pred = adapted_prediction(adapted, cache, r, noisy, t, text, pooled, ones, ones, device)
             x0 = one_step_x0(scheduler, noisy.to(device), pred, t)
             kps = cache["target_kps"][r]
             got = F.normalize(identity_model(decode_latents(pipe.vae, x0), kps).float(), dim=-1)

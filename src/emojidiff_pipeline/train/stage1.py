@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
+from ..adapted_unet import AdaptedUNet
 from ..adapter import EmojiDiffAdapter
-from ..attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
-from ..layers import unet_layers
 from .atomic import atomic_path, write_text_atomic
 from .face_losses import FaceLossConfig, face_losses
 from .triplets import Triplet, open_rgb
@@ -406,32 +405,29 @@ def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tenso
     return perm[num_validation:].sort().values, perm[:num_validation].sort().values
 
 
-def adapted_prediction(model, unet, cache: dict, rows: torch.Tensor, noisy, timesteps, text, pooled, keep_id,
-                       keep_exp, layers, id_scale, exp_scale, device, template_rows=None) -> torch.Tensor:  # fmt: skip
+def adapted_prediction(adapted: AdaptedUNet, cache: dict, rows: torch.Tensor, noisy, timesteps, text, pooled,
+                       keep_id, keep_exp, device, template_rows=None, model=None) -> torch.Tensor:  # fmt: skip
     """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
 
-    `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`."""
-    adapter = model.module if hasattr(model, "module") else model
+    `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`. `model`: the
+    adapter as wrapped for training (default ``adapted.adapter``)."""
+    adapter = adapted.adapter
     tpl = cache["template_index"][rows if template_rows is None else template_rows]
-    out = model(
+    conditioning = adapted.conditioning(
         identity_embeds=cache["identity"][rows].to(device),
         expression_image_embeds=cache["templates"][tpl].to(device) if adapter.uses_image_stream else None,
         expression_codes=cache["template_codes"][tpl].to(device) if adapter.uses_code_stream else None,
         identity_keep=keep_id.to(device),
         expression_keep=keep_exp.to(device),
+        model=model,
     )
-    conditioning = EmojiDiffConditioning.build(out, layers, id_scale, exp_scale)
-    b = noisy.shape[0]
-    return unet(
-        noisy.to(device), timesteps.to(device), text.to(device),
-        added_cond_kwargs={"text_embeds": pooled.to(device), "time_ids": cache["add_time_ids"].expand(b, -1).to(device)},
-        cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
-    ).sample  # fmt: skip
+    return adapted(noisy.to(device), timesteps.to(device), text.to(device), pooled.to(device),
+                   cache["add_time_ids"].to(device), conditioning)  # fmt: skip
 
 
 @torch.no_grad()
-def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, layers, id_scale, exp_scale, device,
-                      seed: int, batch_size: int, face: dict | None = None) -> dict[str, float]:  # fmt: skip
+def validation_losses(adapted: AdaptedUNet, scheduler, cache: dict, rows: torch.Tensor, device, seed: int,
+                      batch_size: int, face: dict | None = None, model=None) -> dict[str, float]:  # fmt: skip
     """Held-out diffusion loss at fixed noise and evenly spread timesteps, and two probes of the expression branch:
     the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
     (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
@@ -460,8 +456,8 @@ def validation_losses(model, unet, scheduler, cache: dict, rows: torch.Tensor, l
         preds = {}
         for key, keep_exp, tpl in (("loss", ones, None), ("loss_template_swap", ones, swapped[sl]),
                                    ("loss_no_expression", ~ones, None)):  # fmt: skip
-            preds[key] = adapted_prediction(model, unet, cache, r, noisy, t, text, pooled, ones, keep_exp, layers,
-                                            id_scale, exp_scale, device, template_rows=tpl)  # fmt: skip
+            preds[key] = adapted_prediction(adapted, cache, r, noisy, t, text, pooled, ones, keep_exp, device,
+                                            template_rows=tpl, model=model)  # fmt: skip
             sums[key] += F.mse_loss(preds[key].float(), target, reduction="sum").item()
         if face is not None:
             parts = face_losses(face["vae"], scheduler, noisy, preds["loss"], latents, t, cache["target_kps"][r],
@@ -559,11 +555,7 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
         if module is not None:
             module.requires_grad_(False)
-    adapter.check_unet(unet)
-    install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
-    layers = unet_layers(unet)
-    id_scale = dict.fromkeys(adapter.identity_layer_names, 1.0)
-    exp_scale = dict.fromkeys(adapter.expression_layer_names, 1.0)
+    adapted = AdaptedUNet(unet, adapter)
 
     adapter.train()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -624,8 +616,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
 
         device = accelerator.device
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = adapted_prediction(model, unet, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, layers,
-                                  id_scale, exp_scale, device)  # fmt: skip
+        pred = adapted_prediction(adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device,
+                                  model=model)  # fmt: skip
         target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
         if config.face_loss_weight > 0:
             weights = face_loss_weights(cache["target_kps"][rows], latents.shape[-2:], resolution,
@@ -638,8 +630,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
             pred_off = None
             if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
                 with torch.no_grad():
-                    pred_off = adapted_prediction(model, unet, cache, rows, noisy, timesteps, text, pooled, keep_id,
-                                                  torch.zeros_like(keep_exp), layers, id_scale, exp_scale, device)  # fmt: skip
+                    pred_off = adapted_prediction(adapted, cache, rows, noisy, timesteps, text, pooled, keep_id,
+                                                  torch.zeros_like(keep_exp), device, model=model)  # fmt: skip
             parts = face_losses(face["vae"], scheduler, noisy, pred, latents, timesteps, cache["target_kps"][rows],
                                 face["config"], face["expression_model"], face["identity_model"], prediction_off=pred_off,
                                 reference_embeds=cache["identity"][rows][:, 0])  # fmt: skip
@@ -659,8 +651,8 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         stop = False
         if config.num_validation and (done % config.validation_steps == 0 or done == config.max_steps):
             # every process computes the same numbers, so all take the same early-stopping decision
-            val = validation_losses(model, unet, scheduler, cache, val_rows, layers, id_scale, exp_scale, device,
-                                    config.seed, per_process, face)  # fmt: skip
+            val = validation_losses(adapted, scheduler, cache, val_rows, device, config.seed, per_process, face,
+                                    model=model)  # fmt: skip
             score = val.get("objective", val["loss"])
             improved = best_loss is None or score < best_loss
             best_loss, stale = (score, 0) if improved else (best_loss, stale + 1)
