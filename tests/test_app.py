@@ -60,7 +60,7 @@ def test_app_checks_arguments_before_loading(model_and_pack, monkeypatch, argv, 
 def test_app_serves_a_model_folder_with_a_face_pack(model_and_pack, monkeypatch):
     gr = pytest.importorskip("gradio", reason="gradio is not installed (the [app] and [test] extras have it)")
     served = {}
-    monkeypatch.setattr(app, "launch", lambda demo, args, allowed_paths=(): served.update(demo=demo, args=args))
+    monkeypatch.setattr(app, "launch", lambda demo, args, **kwargs: served.update(demo=demo, args=args))
     monkeypatch.setenv("EMOJIDIFF_MODEL", "model")  # the env var stands in for --model
     monkeypatch.setenv("INSIGHTFACE_ROOT", "faces")
     assert cli_main(["app", "--face_model", "pack", "--port", "7861"]) == 0

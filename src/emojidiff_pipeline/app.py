@@ -34,6 +34,12 @@ ELEM_IDS = {
 }
 
 
+# Template and portrait fill their boxes whatever the image size (gradio shows small images at their own size).
+APP_CSS = f"""
+#{ELEM_IDS["template"]} img, #{ELEM_IDS["output"]} img {{ width: 100%; height: 100%; object-fit: contain; }}
+"""
+
+
 @lru_cache
 def is_gradio_available() -> bool:
     return importlib.util.find_spec("gradio") is not None
@@ -297,13 +303,22 @@ def check_model_args(args: argparse.Namespace, refuse: Callable[[str], None]) ->
     check_device(args.device, refuse)
 
 
-def launch(demo, args: argparse.Namespace, allowed_paths: Sequence[str | os.PathLike] = ()) -> None:
-    """Serve `demo` as --host/--port/--share say (blocks until stopped)."""
+def launch(
+    demo,
+    args: argparse.Namespace,
+    allowed_paths: Sequence[str | os.PathLike] = (),
+    css: str = APP_CSS,
+    block: bool = True,
+) -> None:
+    """Serve `demo` as --host/--port/--share say, with the page's `css`; blocks until stopped unless `block` is
+    False (then ``demo.close()`` stops it)."""
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         allowed_paths=[str(Path(p)) for p in allowed_paths],
+        css=css,
+        prevent_thread_lock=not block,
     )
 
 

@@ -3,6 +3,7 @@ headless Chromium (skipped, with the reason, where no browser or driver is insta
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import socket
@@ -142,13 +143,14 @@ def test_app_page_in_headless_chromium(browser, world_pipe, tmp_path, monkeypatc
     from selenium.webdriver.support.ui import WebDriverWait
 
     import emojidiff_synthetic.app as app
-    from emojidiff_pipeline.app import ELEM_IDS
+    from emojidiff_pipeline.app import ELEM_IDS, launch
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setattr("emojidiff_synthetic.load.World.pipeline", lambda self, **kwargs: world_pipe)
     demo, examples_dir = app.build_synthetic_app(tmp_path / "examples", steps=2)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, allowed_paths=[str(examples_dir)])
+    server = argparse.Namespace(host="127.0.0.1", port=port, share=False)
+    launch(demo, server, allowed_paths=[examples_dir], css=app.SYNTHETIC_CSS, block=False)
     try:
         wait = WebDriverWait(browser, 60)
         browser.get(f"http://127.0.0.1:{port}/")

@@ -11,11 +11,23 @@ import argparse
 import os
 from pathlib import Path
 
-from emojidiff_pipeline.app import AppDefaults, add_server_args, build_app, check_server_args, launch
+from emojidiff_pipeline.app import (
+    APP_CSS,
+    ELEM_IDS,
+    AppDefaults,
+    add_server_args,
+    build_app,
+    check_server_args,
+    launch,
+)
 from emojidiff_pipeline.cli import check_device
 
 PROG = "emojidiff-synthetic app"
 # Template expressions shown as examples (names of EXPRESSION_PRESETS), one template person each.
+# The world's 64 px images are scaled up without smoothing.
+SYNTHETIC_CSS = APP_CSS + "".join(
+    f"#{ELEM_IDS[k]} img {{ image-rendering: pixelated; }}\n" for k in ("template", "output")
+)
 EXAMPLE_EXPRESSIONS = ("smile", "laugh", "wink", "surprise", "anger", "sadness", "kiss", "sleepy")
 
 
@@ -133,5 +145,5 @@ def app_main(args: argparse.Namespace) -> int:
             "`python training/results.py`, or serve your own weights with `emojidiff app --model <folder>`."
         )
     demo, examples_dir = build_synthetic_app(args.examples_dir, steps=args.steps, device=args.device)
-    launch(demo, args, allowed_paths=[examples_dir])
+    launch(demo, args, allowed_paths=[examples_dir], css=SYNTHETIC_CSS)
     return 0
