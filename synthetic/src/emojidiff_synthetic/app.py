@@ -8,6 +8,7 @@ examples rendered from held-out people: a few photos of each example identity an
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -144,6 +145,7 @@ def app_main(args: argparse.Namespace) -> int:
             f"the embedded synthetic EmojiDiff model is not in this checkout ({EMOJIDIFF_DIR}); build it with "
             "`python training/results.py`, or serve your own weights with `emojidiff app --model <folder>`."
         )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page, one line each
     demo, examples_dir = build_synthetic_app(args.examples_dir, steps=args.steps, device=args.device)
     launch(demo, args, allowed_paths=[examples_dir], css=SYNTHETIC_CSS)
     return 0
