@@ -15,6 +15,7 @@ import torch
 
 from emojidiff_synthetic import EXPRESSION_FIELDS, STYLE_CHOICES, Expression, Identity, Pose, Style, render
 from emojidiff_synthetic import instruments as ins
+from emojidiff_synthetic.instruments.files import _load_instrument
 from emojidiff_synthetic.world import is_held_out
 
 insightface = pytest.importorskip("insightface")
@@ -218,7 +219,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, renders):
         ins.load_style_classifier()(torch.zeros(1, 3, 112, 112))
     # A file of another kind is refused by name.
     with pytest.raises(ValueError, match="not a identity_encoder"):
-        ins._load_instrument(ins.ASSET_DIR / "style.safetensors", "identity_encoder")
+        _load_instrument(ins.ASSET_DIR / "style.safetensors", "identity_encoder")
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -278,7 +279,7 @@ def _script_args(tmp_path, steps: int) -> list[str]:
 
 
 def test_training_script_runs_and_resumes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="train_instruments")
+    caplog.set_level(logging.INFO, logger="emojidiff_synthetic.instruments")
     entries = train_instruments.main(train_instruments.parse_args(_script_args(tmp_path, 2)))
     assert set(entries) == {"identity_train", "expression_eval", "style"}
     for name in entries:
