@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         round_dir = out / f"round-{r}"
         generation_adapter = args.adapter if r == 0 else str(out / f"round-{r - 1}" / "stage1" / "adapter")
         pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
-        pipe.set_emoji_adapter(setup.build_adapter(args, pipe, generation_adapter))
+        pipe.set_emoji_adapter(setup.build_adapter(args, pipe, generation_adapter, face=face))
         encoder = setup.build_expression_encoder(args) if pipe.emoji_adapter.uses_code_stream else None
         pipe.set_expression_encoder(encoder)
         swapper = (INSwapperBackend(args.swapper_model) if args.swapper == "inswapper"
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
         stage1_dir = round_dir / "stage1"
         resume = "latest" if any(stage1_dir.glob("checkpoint-*[0-9]")) else None
-        adapter = setup.build_adapter(args, pipe, generation_adapter)
+        adapter = setup.build_adapter(args, pipe, generation_adapter, face=face)
         stage1_config = setup.stage1_config(args, args.steps_per_round)
         stage1_config.overwrite_output_dir = resume is None  # the round's own folder: a run cut before its first
         # checkpoint restarts from scratch

@@ -216,6 +216,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         identity_layers (`dict[str, int]`): processor name -> hidden size of each layer with an identity branch.
         expression_layers (`dict[str, int]`): processor name -> hidden size of each layer with an expression branch.
         identity_embed_dim (`int`, defaults to 512): width of the normed face-recognition embedding.
+        identity_encoder (`str`, *optional*): name of the face recognizer the identity branch was trained with
+            (`FaceAnalyzer.recognizer_name`, e.g. `"insightface:glintr100"` or `"dlib_face_recognition_resnet_model_v1"`);
+            the pipeline refuses a recognizer of another name or width. None (older adapters): width only.
         num_identity_tokens (`int`, defaults to 4): identity tokens per image.
         image_embed_dim (`int`, defaults to 1280): width of the image encoder's patch tokens (its hidden size).
         num_expression_tokens (`int`, defaults to 16): expression tokens per template.
@@ -260,6 +263,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         num_expression_code_tokens: int = 4,
         zero_init_gates: bool = False,
         template_crop: str = "arcface",
+        identity_encoder: str | None = None,
     ):
         super().__init__()
         for arg, value in (
@@ -285,8 +289,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
                 )
         if template_crop not in ("arcface", "eyes_nose"):
             raise ValueError(f"`template_crop` must be 'arcface' or 'eyes_nose', got {template_crop!r}.")
-        if expression_encoder is not None and not isinstance(expression_encoder, str):
-            raise ValueError(f"`expression_encoder` must be a name (str) or None, got {expression_encoder!r}.")
+        for arg, value in (("expression_encoder", expression_encoder), ("identity_encoder", identity_encoder)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"`{arg}` must be a name (a non-empty str) or None, got {value!r}.")
         if resampler_dim % resampler_heads:
             raise ValueError(f"`resampler_dim` ({resampler_dim}) must be divisible by `resampler_heads` ({resampler_heads}).")
         for arg, layers in (("identity_layers", identity_layers), ("expression_layers", expression_layers)):

@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance_scale", type=float, default=5.0)
     gen.add_argument("--identity_scale", type=float, default=1.0)
     gen.add_argument("--expression_scale", type=float, default=1.0)
-    gen.add_argument("--face_model", default="antelopev2", help="insightface model pack name")
+    gen.add_argument("--face_model", default="antelopev2",
+                     help="insightface model pack name, or 'module:factory' returning a face analyzer (e.g. "
+                          "emojidiff_pipeline.face_models.dlib_models:analyzer, dlib + MediaPipe, no licence limits)")
     gen.add_argument("--face_root", default="~/.insightface", help="folder holding models/<face_model>/")
     gen.add_argument("--expression_encoder", default=None,
                      help="'module:factory' ExpressionEncoder, for models whose expression branch has a code stream")
@@ -133,12 +135,16 @@ def generate(args: argparse.Namespace) -> int:
     import torch
 
     from .face import FaceAnalyzer
+    from .hooks import is_factory_spec, load_factory
     from .pipeline import EmojiDiffPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = EmojiDiffPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
-    pipe.set_face_analyzer(FaceAnalyzer(args.face_model, args.face_root))
+    if is_factory_spec(args.face_model):
+        pipe.set_face_analyzer(load_factory(args.face_model, "--face_model"))
+    else:
+        pipe.set_face_analyzer(FaceAnalyzer(args.face_model, args.face_root))
     if args.expression_encoder:
         from .expression import load_expression_encoder
 

@@ -14,7 +14,6 @@ name or width, since codes of different models mean different things.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -81,14 +80,9 @@ def check_expression_encoder(encoder: Any, arg: str = "expression_encoder") -> E
 
 def load_expression_encoder(spec: str, arg: str = "--expression_encoder") -> ExpressionEncoder:
     """``"module:factory"`` -> ``factory()``, which must return an :class:`ExpressionEncoder`."""
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"`{arg}` must be 'module:factory', got {spec!r}.")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`{arg}`={spec!r}: cannot import {attr!r} from {module_name!r}: {err}") from err
-    return check_expression_encoder(factory(), arg)
+    from .hooks import load_factory
+
+    return check_expression_encoder(load_factory(spec, arg), arg)
 
 
 def check_adapter_encoder(adapter_config: Any, encoder: ExpressionEncoder, arg: str = "expression_encoder") -> None:

@@ -300,6 +300,65 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Recognizers of the FaceRecognizer protocol (emojidiff_pipeline.face_models.protocols) and the adapter's record
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def is_face_recognizer(obj: Any) -> bool:
+    """True for an object of the ``FaceRecognizer`` protocol (:mod:`emojidiff_pipeline.face_models.protocols`:
+    `name`, `embedding_dim`, `embed(image, kps)`), not an insightface ``ArcFaceONNX``."""
+    return all(hasattr(obj, a) for a in ("name", "embedding_dim")) and callable(getattr(obj, "embed", None))
+
+
+def check_face_recognizer(recognizer: Any, arg: str = "recognizer") -> Any:
+    """Return `recognizer` if it follows the ``FaceRecognizer`` protocol, else raise naming `arg` and what was received."""
+    if not is_face_recognizer(recognizer):
+        raise TypeError(
+            f"`{arg}` must be a face recognizer with `name` (str), `embedding_dim` (int) and `embed(image, kps)` "
+            f"(see emojidiff_pipeline.face_models.protocols), got {type(recognizer).__name__}."
+        )
+    dim = recognizer.embedding_dim
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise ValueError(f"`{arg}.embedding_dim` must be a positive int, got {dim!r}.")
+    if not isinstance(recognizer.name, str) or not recognizer.name:
+        raise ValueError(f"`{arg}.name` must be a non-empty string, got {recognizer.name!r}.")
+    return recognizer
+
+
+def recognizer_info(recognizer: Any) -> tuple[str | None, int | None]:
+    """(name, embedding width) of a ``FaceRecognizer`` or an insightface ``ArcFaceONNX`` (name: its file stem)."""
+    if recognizer is None:
+        return None, None
+    if is_face_recognizer(recognizer):
+        return recognizer.name, int(recognizer.embedding_dim)
+    model_file = getattr(recognizer, "model_file", None)
+    name = f"insightface:{Path(model_file).stem}" if model_file else type(recognizer).__name__
+    shape = getattr(recognizer, "output_shape", None)
+    dim = shape[-1] if shape is not None and len(shape) >= 2 and isinstance(shape[-1], int) else None
+    return name, dim
+
+
+def check_adapter_recognizer(adapter_config: Any, recognizer_name: str | None, embedding_dim: int | None,
+                             arg: str = "face_analyzer") -> None:  # fmt: skip
+    """Refuse a recognizer other than the one the adapter's identity branch was trained on (by width, then name).
+
+    Adapters saved before `identity_encoder` was recorded (None) are checked by width only.
+    """
+    want_dim = adapter_config.identity_embed_dim
+    want_name = getattr(adapter_config, "identity_encoder", None)
+    if embedding_dim is not None and embedding_dim != want_dim:
+        raise ValueError(
+            f"`{arg}`'s recognizer {recognizer_name!r} gives {embedding_dim}-d embeddings, but the adapter's identity "
+            f"branch was trained on {want_dim}-d embeddings (recognizer {want_name!r}). Use that recognizer."
+        )
+    if want_name is not None and recognizer_name is not None and recognizer_name != want_name:
+        raise ValueError(
+            f"`{arg}`'s recognizer is {recognizer_name!r}, but the adapter's identity branch was trained with the "
+            f"recognizer {want_name!r}; embeddings of another model mean other things. Use that recognizer."
+        )
+
+
 class FaceAnalyzer:
     """Face detection, 5-point alignment and identity embeddings on an insightface model pack.
 
@@ -377,10 +436,12 @@ class FaceAnalyzer:
 
         Args:
             detector: a path to an SCRFD onnx, an insightface detection model object (``SCRFD``), or a
-                known-keypoint callable ``detector(image_rgb [H, W, 3] uint8) -> [(bbox (4,), kps (5, 2), score)]``
-                (its faces are used as returned: no threshold, no retry).
+                :class:`~emojidiff_pipeline.face_models.protocols.FaceDetector` / known-keypoint callable
+                ``detector(image_rgb [H, W, 3] uint8) -> [(bbox (4,), kps (5, 2), score)]`` (its faces are used as
+                returned: no threshold, no retry), e.g. ``face_models.mediapipe_mesh.MediaPipeDetector()``.
             recognizer: a path to an ArcFace-shaped onnx (routed by ``insightface.model_zoo.get_model``), an
-                insightface ``ArcFaceONNX`` object, or None (then :meth:`identity_embedding` raises).
+                insightface ``ArcFaceONNX`` object, a :class:`~emojidiff_pipeline.face_models.protocols.FaceRecognizer`
+                (e.g. ``face_models.dlib_models.DlibRecognizer()``), or None (then :meth:`identity_embedding` raises).
         """
         analyzer = cls.__new__(cls)
         analyzer._configure(det_size, min_det_size, det_thresh, face_policy)
@@ -401,9 +462,12 @@ class FaceAnalyzer:
 
         if _is_path(recognizer):
             recognizer = analyzer._load_onnx(recognizer, "recognizer", "recognition", providers)
+        elif is_face_recognizer(recognizer):
+            check_face_recognizer(recognizer)
         elif recognizer is not None and not (hasattr(recognizer, "get") and hasattr(recognizer, "input_size")):
             raise ValueError(
-                "`recognizer` must be a path to an ArcFace-shaped .onnx, an insightface ArcFaceONNX object or None, "
+                "`recognizer` must be a path to an ArcFace-shaped .onnx, an insightface ArcFaceONNX object, a "
+                "FaceRecognizer (name, embedding_dim, embed(image, kps); see emojidiff_pipeline.face_models) or None, "
                 f"but got {type(recognizer).__qualname__}."
             )
         analyzer._setup(detector, recognizer)
@@ -492,7 +556,7 @@ class FaceAnalyzer:
         self._known_keypoints = callable(detector) and not hasattr(detector, "detect")
         if not self._known_keypoints:
             detector.prepare(0, input_size=self.det_size, det_thresh=self.det_thresh)
-        if recognizer is not None:
+        if recognizer is not None and not is_face_recognizer(recognizer):
             recognizer.prepare(0)
         self._det_sizes = self._detection_sizes()
 
@@ -523,7 +587,7 @@ class FaceAnalyzer:
 
     def _tried(self) -> str:
         if self._known_keypoints:
-            return "the known-keypoint detector returned no face"
+            return f"the {getattr(self.detector, 'name', 'known-keypoint')} detector returned no face"
         return f"tried det sizes {', '.join(_format_size(s) for s in self._det_sizes)}"
 
     # -- detection -------------------------------------------------------------------------------------------
@@ -643,12 +707,28 @@ class FaceAnalyzer:
         image_rgb = to_rgb_array(image, input_name)
         _import_insightface()
         face = self._face(image_rgb, input_name, kps)
-        embedding = self.recognizer.get(np.ascontiguousarray(image_rgb[:, :, ::-1]), face)  # insightface wants BGR
+        if is_face_recognizer(self.recognizer):
+            embedding = self.recognizer.embed(image_rgb, np.asarray(face.kps, dtype=np.float32))
+        else:
+            embedding = self.recognizer.get(np.ascontiguousarray(image_rgb[:, :, ::-1]), face)  # insightface wants BGR
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if self.embedding_dim is not None and embedding.shape[0] != self.embedding_dim:
+            raise ValueError(f"The recognizer {self.recognizer_name!r} returned a {embedding.shape[0]}-d embedding "
+                             f"for `{input_name}`, but declares `embedding_dim`={self.embedding_dim}.")  # fmt: skip
         norm = float(np.linalg.norm(embedding))
         if not np.isfinite(norm) or norm == 0.0:
             raise ValueError(f"The recognizer returned a zero or non-finite embedding for `{input_name}`.")
         return (embedding / norm).astype(np.float32)
+
+    @property
+    def recognizer_name(self) -> str | None:
+        """The recognizer's name (a FaceRecognizer's `name`; ``insightface:<file stem>`` for ArcFace ONNX), or None."""
+        return recognizer_info(self.recognizer)[0]
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """Width of :meth:`identity_embedding`'s output (None without a recognizer or when the model does not say)."""
+        return recognizer_info(self.recognizer)[1]
 
     def expression_crop(
         self,
@@ -676,10 +756,10 @@ class FaceAnalyzer:
 
     def __repr__(self) -> str:
         if self._known_keypoints:
-            detector = "known-keypoint callable"
+            detector = getattr(self.detector, "name", "known-keypoint callable")
         else:
             detector = Path(getattr(self.detector, "model_file", None) or type(self.detector).__name__).name
-        recognizer = None if self.recognizer is None else Path(getattr(self.recognizer, "model_file", "?")).name
+        recognizer = self.recognizer_name
         return (
             f"{type(self).__name__}(detector={detector!r}, recognizer={recognizer!r}, det_size={self.det_size}, "
             f"min_det_size={self.min_det_size}, det_thresh={self.det_thresh}, face_policy={self.face_policy!r})"

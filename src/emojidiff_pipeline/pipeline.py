@@ -282,6 +282,11 @@ class EmojiDiffMixin:
                 "`identity_image` must be an image (PIL or HxWx3 array), a list of images of one person, or a list of "
                 f"per-prompt image lists; got {type(identity_image).__name__}."
             )
+        if self.emoji_adapter is not None:
+            from .face import check_adapter_recognizer
+
+            check_adapter_recognizer(self.emoji_adapter.config, getattr(self.face_analyzer, "recognizer_name", None),
+                                     getattr(self.face_analyzer, "embedding_dim", None), "pipe.face_analyzer")  # fmt: skip
         embeds = [
             [self.face_analyzer.identity_embedding(img, input_name=f"identity_image[{i}][{j}]") for j, img in enumerate(refs)]
             for i, refs in enumerate(per_prompt)

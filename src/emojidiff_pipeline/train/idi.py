@@ -13,7 +13,6 @@ shard writes the same bytes. Shards are split across accelerate processes (shard
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -37,15 +36,11 @@ ExpressionScorer = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.nda
 
 
 def load_callable(spec: str, arg_name: str):
-    """``"package.module:factory"`` -> ``factory()``: how scripts take pluggable instruments."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"`{arg_name}` must look like 'package.module:factory', got {spec!r}.")
-    module_name, attr = spec.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`{arg_name}`={spec!r} could not be imported: {err}") from err
-    return factory()
+    """``"package.module:factory"`` -> ``factory()``: how scripts take pluggable instruments (the library's one
+    loader, :func:`emojidiff_pipeline.hooks.load_factory`)."""
+    from ..hooks import load_factory
+
+    return load_factory(spec, arg_name)
 
 
 # --------------------------------------------------------------------------------------------- pairs

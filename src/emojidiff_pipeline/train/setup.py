@@ -29,29 +29,38 @@ def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def add_face_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("face front-end (train-side instruments)")
-    g.add_argument("--recognizer", default=None, help="ArcFace-style ONNX for identity embeddings")
+    g.add_argument("--recognizer", default=None,
+                   help="identity embeddings: an ArcFace-style ONNX, or 'module:factory' returning a FaceRecognizer "
+                        "(e.g. emojidiff_pipeline.face_models.dlib_models:recognizer)")  # fmt: skip
     g.add_argument("--face_pack", default=None, help="insightface model pack name (detection + recognition)")
     g.add_argument("--face_root", default="~/.insightface")
-    g.add_argument("--detector", default=None, help="'module:factory' returning a keypoint detector callable")
+    g.add_argument("--detector", default=None,
+                   help="'module:factory' returning a FaceDetector / keypoint callable (e.g. "
+                        "emojidiff_pipeline.face_models.mediapipe_mesh:detector)")  # fmt: skip
 
 
 def build_face_analyzer(args: argparse.Namespace, need_detector: bool = False):
-    """FaceAnalyzer from --face_pack, or from --detector / known keypoints + --recognizer."""
+    """FaceAnalyzer from --face_pack, or from --detector / known keypoints + --recognizer (a path or a
+    ``module:factory`` hook, :func:`emojidiff_pipeline.hooks.load_factory`)."""
     from ..face import FaceAnalyzer
-    from .idi import load_callable
+    from ..hooks import is_factory_spec, load_factory
 
     if args.recognizer is None and args.face_pack is None:
-        raise ValueError("Identity embeddings need `--recognizer` (ONNX) or `--face_pack` (an insightface pack).")
+        raise ValueError("Identity embeddings need `--recognizer` (ONNX or module:factory) or `--face_pack` (an "
+                         "insightface pack).")  # fmt: skip
+    recognizer = args.recognizer
+    if is_factory_spec(recognizer):
+        recognizer = load_factory(recognizer, "--recognizer")
     if args.face_pack:
         analyzer = FaceAnalyzer(args.face_pack, root=args.face_root)
-        if args.recognizer:
-            analyzer.recognizer = FaceAnalyzer.from_models(lambda image: [], args.recognizer).recognizer
+        if recognizer is not None:
+            analyzer.recognizer = FaceAnalyzer.from_models(lambda image: [], recognizer).recognizer
         return analyzer
     if args.detector:
-        return FaceAnalyzer.from_models(load_callable(args.detector, "detector"), recognizer=args.recognizer)
+        return FaceAnalyzer.from_models(load_factory(args.detector, "--detector"), recognizer=recognizer)
     if need_detector:
         raise ValueError("Generated images need a face detector: pass `--face_pack` or `--detector`.")
-    return FaceAnalyzer.from_models(lambda image: [], recognizer=args.recognizer)  # keypoints come from manifests
+    return FaceAnalyzer.from_models(lambda image: [], recognizer=recognizer)  # keypoints come from manifests
 
 
 def add_adapter_args(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +89,18 @@ def build_expression_encoder(args: argparse.Namespace):
     return load_expression_encoder(args.expression_encoder) if args.expression_encoder else None
 
 
-def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = None) -> EmojiDiffAdapter:
-    """Load `adapter_path` (or --adapter), else a new adapter from the UNet seeded with --seed."""
+def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = None, face=None) -> EmojiDiffAdapter:
+    """Load `adapter_path` (or --adapter), else a new adapter from the UNet seeded with --seed. With the run's face
+    analyzer `face`, a new adapter records its recognizer's name and width, and a loaded one must match them."""
+    from ..face_models.protocols import check_adapter_recognizer
+
+    recognizer, embed_dim = getattr(face, "recognizer_name", None), getattr(face, "embedding_dim", None)
     path = adapter_path or args.adapter
     if path:
-        return EmojiDiffAdapter.from_pretrained(path)
+        adapter = EmojiDiffAdapter.from_pretrained(path)
+        if face is not None:
+            check_adapter_recognizer(adapter.config, recognizer, embed_dim, "--recognizer / --face_pack")
+        return adapter
     streams = getattr(args, "expression_streams", "image")
     encoder = build_expression_encoder(args) if streams != "image" else None
     if streams != "image" and encoder is None:
@@ -108,6 +124,8 @@ def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = Non
         expression_code_dim=None if encoder is None else encoder.code_dim,
         expression_encoder=None if encoder is None else encoder.name,
         num_expression_code_tokens=getattr(args, "num_expression_code_tokens", 4),
+        **({} if embed_dim is None else {"identity_embed_dim": embed_dim}),
+        identity_encoder=recognizer,
     )
 
 
