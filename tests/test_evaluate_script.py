@@ -101,9 +101,7 @@ def test_user_cases_pair_people_and_cycle_prompts(world, tmp_path):
     assert [(c.reference_person, c.template_person) for c in cases] == [("alice", "dave")] * 2 + [("bob", "dave")] * 2
 
 
-@pytest.mark.parametrize(
-    "drop", ["--templates", "--pretrained_model", "--face_pack", "--eval_face_pack", "--eval_expression_estimator"]
-)
+@pytest.mark.parametrize("drop", ["--templates", "--pretrained_model", "--face_pack"])
 def test_user_data_mode_names_missing_options(world, tmp_path, capsys, drop):
     args = user_args(world, tmp_path)
     i = args.index(drop)
@@ -111,6 +109,23 @@ def test_user_data_mode_names_missing_options(world, tmp_path, capsys, drop):
     with pytest.raises(SystemExit):
         evaluate.parse_args(args)
     assert drop in capsys.readouterr().err
+
+
+def test_user_data_mode_defaults_to_packaged_eval_instruments(world, tmp_path, capsys):
+    args = user_args(world, tmp_path)
+    for drop in ("--eval_face_pack", "--eval_recognizer", "--eval_expression_estimator"):
+        i = args.index(drop)
+        del args[i : i + 2]
+    parsed = evaluate.parse_args(args)
+    assert parsed.eval_detector == evaluate.EVAL_DETECTOR and parsed.eval_recognizer == evaluate.EVAL_RECOGNIZER
+    assert parsed.eval_expression_estimator == evaluate.EVAL_EXPRESSION
+    with pytest.raises(SystemExit):  # one eval-side detector, not two
+        evaluate.parse_args([*args, "--eval_face_pack", "evalpack", "--eval_detector", evaluate.EVAL_DETECTOR])
+    assert "--eval_face_pack and --eval_detector" in capsys.readouterr().err
+    # base rows need no face front-end of the pipeline's own
+    base_only = ["--row", "base=base", "--pretrained_model", str(world / "base"), "--references", str(world / "refs"),
+                 "--templates", str(world / "templates")]  # fmt: skip
+    assert evaluate.parse_args(base_only).face_pack is None
 
 
 def test_user_only_options_need_references(capsys):

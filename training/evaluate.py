@@ -6,24 +6,34 @@ prompts asking for a style other than the template's, all styles.
     python training/evaluate.py --out docs/results --row base=base --row identity_only=<adapter>@id_only \
         --row stage1_same_identity=<adapter> [--num_identities 16 --num_templates 8]
 
-User data (selected by ``--references``), e.g. on SDXL with insightface instruments you provide:
+User data (selected by ``--references``), e.g. on SDXL trained with insightface; the eval-side instruments default
+to models that ship in PyPI packages (MediaPipe's face mesh to detect, dlib's recognizer, dlib's 68 landmarks for
+the LMS expression error), so nothing else is needed:
 
     python training/evaluate.py --out runs/eval --row base=base --row emojidiff=<adapter> \
-        --pretrained_model <sdxl_base> --references refs/ --templates templates/ \
-        --face_pack antelopev2 --eval_face_pack buffalo_l --eval_expression_estimator my.module:load_scorer \
-        [--eval_recognizer other_arcface.onnx --prompt "a watercolor portrait" --resolution 1024 --batch_size 4]
+        --pretrained_model <sdxl_base> --references refs/ --templates templates/ --face_pack antelopev2 \
+        [--eval_face_pack buffalo_l --eval_recognizer other.onnx --eval_expression_estimator my.module:scorer \
+         --prompt "a watercolor portrait" --resolution 1024 --batch_size 4]
+
+A small real-photo set from packaged photos: ``python training/real_photo_set.py --out runs/real_photos`` (see
+docs/real_photos/).
 
 - ``--references``: one subfolder per person with >= 1 image (png/jpg/jpeg/webp); the first image (sorted) is the
   reference, the first two (when there are two) give the same-person similarity (the identity ceiling).
 - ``--templates``: expression templates; a template's person is its subfolder's name, or for an image directly
   in the folder its file stem. Cases: every reference person x every template of another person, prompts
   (``--prompt``, repeatable, default "a portrait photo") taken in turn.
-- the pipeline's own face front-end (crops and embeds the inputs): ``--face_pack`` (+ ``--face_root``, optional
-  ``--recognizer`` ONNX), or ``--detector module:factory`` with ``--recognizer``.
-- eval-side instruments, which must play no part in training: ``--eval_face_pack`` (+ ``--eval_face_root``,
-  optional ``--eval_recognizer`` ONNX used with that pack's detector) and ``--eval_expression_estimator
-  module:factory``, where ``factory()`` returns ``scorer(images: list[uint8 HxWx3], kps: list[(5, 2) | None]) ->
-  (N, K)``. There are no style labels, so style leakage and style following are not measured (NaN, "n/a").
+- the pipeline's own face front-end (crops and embeds the inputs; needed by adapter rows): ``--face_pack`` (+
+  ``--face_root``, optional ``--recognizer``), or ``--detector module:factory`` with ``--recognizer`` (an ONNX or
+  a ``module:factory`` FaceRecognizer, e.g. ``emojidiff_pipeline.face_models.dlib_models:recognizer``).
+- eval-side instruments, which must play no part in training: ``--eval_face_pack`` (+ ``--eval_face_root``) or
+  ``--eval_detector module:factory`` (default: MediaPipe's face mesh), ``--eval_recognizer`` (ONNX or
+  ``module:factory``; default: dlib's, or the pack's) and ``--eval_expression_estimator module:factory`` (default:
+  dlib's 68-landmark LMS features), where ``factory()`` returns ``scorer(images: list[uint8 HxWx3], kps: list[(5, 2)
+  | None]) -> (N, K)`` (NaN rows where it finds no face). There are no style labels, so style leakage and style
+  following are not measured (NaN, "n/a").
+- two reference lines open the table: each case's reference person's other photo (what a perfect identity with the
+  reference's own expression scores) and the template itself (expression error 0; identity and leakage of a copy).
 - ``--pretrained_model``: the base pipeline the adapter was trained on, with its ``image_encoder`` and
   ``feature_extractor`` (as for the training scripts); generation at ``--resolution`` (default 1024) on
   ``--device`` (default cuda when available, fp16 there).
@@ -51,6 +61,10 @@ logger = logging.getLogger("evaluate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 USER_TITLE = "EmojiDiff on user references and templates"
 STYLE_COLUMNS = ("style_leakage", "style_following")
+# eval-side defaults for user data: models that ship in PyPI packages (emojidiff_pipeline.face_models)
+EVAL_DETECTOR = "emojidiff_pipeline.face_models.mediapipe_mesh:detector"
+EVAL_RECOGNIZER = "emojidiff_pipeline.face_models.dlib_models:recognizer"
+EVAL_EXPRESSION = "emojidiff_pipeline.face_models.dlib_models:expression_scorer"
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -79,8 +93,13 @@ def parse_args(input_args=None) -> argparse.Namespace:
     u.add_argument("--device", default=None, help="default: cuda when available (fp16), else cpu")
     u.add_argument("--eval_face_pack", default=None, help="eval-side insightface pack (detection + recognition)")
     u.add_argument("--eval_face_root", default="~/.insightface")
-    u.add_argument("--eval_recognizer", default=None, help="eval-side ArcFace-style ONNX (with the eval detector)")
-    u.add_argument("--eval_expression_estimator", default=None, help="'module:factory' -> scorer(images, kps)")
+    u.add_argument("--eval_detector", default=None,
+                   help=f"eval-side 'module:factory' FaceDetector when no --eval_face_pack (default {EVAL_DETECTOR})")
+    u.add_argument("--eval_recognizer", default=None,
+                   help=f"eval-side ArcFace-style ONNX or 'module:factory' FaceRecognizer (default without a pack: "
+                        f"{EVAL_RECOGNIZER})")  # fmt: skip
+    u.add_argument("--eval_expression_estimator", default=None,
+                   help=f"'module:factory' -> scorer(images, kps) (default {EVAL_EXPRESSION})")
     setup.add_face_args(p)  # the pipeline's own face front-end (user data only)
     args = p.parse_args(input_args)
     args.argv = list(sys.argv[1:] if input_args is None else input_args)  # for the report's "written by" line
@@ -96,7 +115,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_identities < 3:
         p.error("--num_identities must be >= 3 (leakage needs strangers)")
-    user_only = ["templates", "prompt", "resolution", "device", "eval_face_pack", "eval_recognizer",
+    user_only = ["templates", "prompt", "resolution", "device", "eval_face_pack", "eval_detector", "eval_recognizer",
                  "eval_expression_estimator", "face_pack", "recognizer", "detector"]  # fmt: skip
     if args.references is None:
         given = [f"--{name}" for name in user_only if getattr(args, name) is not None]
@@ -108,12 +127,12 @@ def parse_args(input_args=None) -> argparse.Namespace:
         missing.append("--templates (a folder of expression templates)")
     if args.pretrained_model is None:
         missing.append("--pretrained_model (the base pipeline, e.g. an SDXL folder or Hub id)")
-    if args.face_pack is None and not (args.detector and args.recognizer):
-        missing.append("--face_pack (the pipeline's face front-end; or --detector with --recognizer)")
-    if args.eval_face_pack is None:
-        missing.append("--eval_face_pack (an eval-side insightface pack)")
-    if args.eval_expression_estimator is None:
-        missing.append("--eval_expression_estimator ('module:factory' returning scorer(images, kps) -> (N, K))")
+    adapter_rows = any(spec.split("=", 1)[1] != "base" for spec in args.row)
+    if adapter_rows and args.face_pack is None and not (args.detector and args.recognizer):
+        missing.append("--face_pack (the pipeline's face front-end for the adapter rows; or --detector with "
+                       "--recognizer)")  # fmt: skip
+    if args.eval_face_pack is not None and args.eval_detector is not None:
+        p.error("--eval_face_pack and --eval_detector both give the eval-side detector: pass one")
     if missing:
         p.error("--references (user data) also needs " + "; ".join(missing))
     if args.title == p.get_default("title"):
@@ -123,6 +142,10 @@ def parse_args(input_args=None) -> argparse.Namespace:
     if args.resolution < 1:
         p.error(f"--resolution must be >= 1, got {args.resolution}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.eval_face_pack is None:
+        args.eval_detector = args.eval_detector or EVAL_DETECTOR
+        args.eval_recognizer = args.eval_recognizer or EVAL_RECOGNIZER
+    args.eval_expression_estimator = args.eval_expression_estimator or EVAL_EXPRESSION
     return args
 
 
@@ -181,9 +204,10 @@ def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
 
 
 def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None,
-                 expression_encoder=None, expression_scale=None) -> list[np.ndarray]:  # fmt: skip
+                 expression_encoder=None, expression_scale=None, progress=None) -> list[np.ndarray]:  # fmt: skip
     """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
-    `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale."""
+    `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale; `progress` (a tqdm bar)
+    advances by one per image."""
     folder, spec_scale = parse_row_spec(spec)
     _, expression_guidance = split_expression_guidance(spec)
     expression_scale = spec_scale if expression_scale is None else expression_scale
@@ -200,6 +224,8 @@ def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = No
         out = pipe([c.prompt for c in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                    generator=gens, output_type="np", **kwargs).images  # fmt: skip
         images.extend((out * 255).round().clip(0, 255).astype(np.uint8))
+        if progress is not None:
+            progress.update(len(chunk))
     return images
 
 
@@ -286,54 +312,80 @@ def thumbnails(images: list[np.ndarray], size: int = 256) -> list[np.ndarray]:
 
 
 def main_user(args: argparse.Namespace) -> dict:
-    """Every row on the --references x --templates cases, scored with the eval-side instruments given."""
+    """Every row on the --references x --templates cases, scored with the eval-side instruments given (by default
+    models that ship in PyPI packages), after two reference lines; writes results.json/.md, grids and results.png."""
+    from tqdm.auto import tqdm
+
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.evaluation import Instruments, same_person_similarity, score_row, write_report
-    from emojidiff_pipeline.train.idi import load_callable
+    from emojidiff_pipeline.evaluation import Instruments, plot_rows, same_person_similarity, score_row, write_report
+    from emojidiff_pipeline.hooks import load_factory
     from emojidiff_synthetic.cases import save_grid
 
     cases, pairs, described = user_cases(args.references, args.templates, args.prompt)
-    face = _face_analyzer("--face_pack" if args.face_pack else "--detector", recognizer=args.recognizer,
-                          face_pack=args.face_pack, face_root=args.face_root, detector=args.detector)  # fmt: skip
-    eval_face = _face_analyzer("--eval_face_pack", recognizer=args.eval_recognizer, face_pack=args.eval_face_pack,
-                               face_root=args.eval_face_root, detector=None)  # fmt: skip
-    same_pack = args.face_pack == args.eval_face_pack and (
-        Path(args.face_root).expanduser().resolve() == Path(args.eval_face_root).expanduser().resolve()
-    )
-    if same_pack and args.recognizer == args.eval_recognizer:
-        logger.warning("The eval-side face pack is the pipeline's own (%s): identity similarity is then measured "
-                       "by the recognizer the identity branch was conditioned on.", args.eval_face_pack)  # fmt: skip
-    inst = Instruments(face=eval_face, expression=load_callable(args.eval_expression_estimator,
-                                                                "--eval_expression_estimator"))  # fmt: skip
+    adapter_specs = [spec for spec in args.row if spec.split("=", 1)[1] != "base"]
+    face = None
+    if adapter_specs:
+        face = _face_analyzer("--face_pack" if args.face_pack else "--detector", recognizer=args.recognizer,
+                              face_pack=args.face_pack, face_root=args.face_root, detector=args.detector)  # fmt: skip
+    eval_face = _face_analyzer("--eval_face_pack" if args.eval_face_pack else "--eval_detector",
+                               recognizer=args.eval_recognizer, face_pack=args.eval_face_pack,
+                               face_root=args.eval_face_root, detector=args.eval_detector)  # fmt: skip
+    if face is not None and face.recognizer_name == eval_face.recognizer_name:
+        logger.warning("The eval-side recognizer is the pipeline's own (%s): identity similarity is then measured "
+                       "by the recognizer the identity branch was conditioned on.", eval_face.recognizer_name)  # fmt: skip
+    inst = Instruments(face=eval_face, expression=load_factory(args.eval_expression_estimator,
+                                                               "--eval_expression_estimator"))  # fmt: skip
+    logger.info("eval-side instruments: %r, expression %s", eval_face, args.eval_expression_estimator)
     dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model, torch_dtype=dtype).to(args.device)
-    if (pipe.image_encoder is None or pipe.feature_extractor is None) and any(
-        spec.split("=", 1)[1] != "base" for spec in args.row
-    ):
+    pipe.set_progress_bar_config(disable=True)  # one bar over the whole run instead of one per batch
+    if (pipe.image_encoder is None or pipe.feature_extractor is None) and adapter_specs:
         raise ValueError(f"--pretrained_model {args.pretrained_model} has no `image_encoder` / `feature_extractor`, "
                          "which adapter rows need for the templates: use the base folder the adapter was trained "
                          "on (as for the training scripts).")  # fmt: skip
-    rows = {}
     out = Path(args.out)
-    for spec in args.row:
-        name, row_spec = spec.split("=", 1)
-        logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
-        images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution,
-                              expression_encoder=load_encoder_factory(args.expression_encoder))  # fmt: skip
-        rows[name] = score_row(images, cases, inst)
-        save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
-        logger.info("row %s: %s", name, rows[name])
+    # reference lines: the reference person's other photo, and the template itself
+    second = {name: b for a, b, _, _ in pairs for name in [_person_of(a, cases)] if name is not None}
+    references = {}
+    with tqdm(total=2 + len(args.row), desc="scoring rows", unit="row") as scoring:
+        if second:
+            have = [c for c in cases if c.reference_person in second]
+            references["ref_other_photo_of_reference"] = score_row([second[c.reference_person] for c in have], have,
+                                                                   inst)  # fmt: skip
+        scoring.update(1)
+        references["ref_template_itself"] = score_row([c.template for c in cases], cases, inst)
+        scoring.update(1)
+        rows = {}
+        with tqdm(total=len(args.row) * len(cases), desc="generating", unit="image") as generating:
+            for spec in args.row:
+                name, row_spec = spec.split("=", 1)
+                logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
+                images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution,
+                                      expression_encoder=load_encoder_factory(args.expression_encoder),
+                                      progress=generating)  # fmt: skip
+                rows[name] = score_row(images, cases, inst)
+                scoring.update(1)
+                save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
+                logger.info("row %s: %s", name, rows[name])
     ceiling = "n/a (no person under --references has two images)"
     if pairs:
         ceiling = round(same_person_similarity(pairs, eval_face), 4)
     extra = {
         "same_person_identity_similarity": ceiling,
         "cases": described,
+        "eval_instruments": f"faces {eval_face!r}; expression {args.eval_expression_estimator}",
+        "reference_lines": references,
         "style_metrics": "n/a (user data has no style labels)",
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title, not_measured=(*STYLE_COLUMNS, "frechet_to_real"))
+    plot_rows({**{f"*{k}*": v for k, v in references.items()}, **rows}, out / "results.png", title=args.title)
     return {"rows": rows, **extra}
+
+
+def _person_of(image: np.ndarray, cases) -> str | None:
+    """The reference person whose (first) reference photo is `image`."""
+    return next((c.reference_person for c in cases if c.reference is image), None)
 
 
 # ------------------------------------------------------------------------------------------------ main
