@@ -766,7 +766,7 @@ class EmojiDiffMixin:
                                 create_pr=hub.get("create_pr", False))  # fmt: skip
 
     # the library modules a remote-code folder holds (pipeline.py's relative imports; none of them imports further)
-    _REMOTE_CODE_FILES = ("pipeline", "adapter", "attention", "layers", "face", "expression", "model_card")
+    _REMOTE_CODE_FILES = ("pipeline", "adapter", "attention", "layers", "face", "expression", "guidance", "model_card")
 
     def _write_remote_code(self, save_directory) -> None:
         """Copy the pipeline's code into `save_directory` in diffusers' custom-pipeline layout: `pipeline.py` and the
