@@ -1,7 +1,7 @@
 """Build the synthetic photo collection (identities x photos, captions, keypoints, held-out split, ground truth).
 
-    PYTHONPATH=src:synthetic/src python synthetic/scripts/build_collection.py --out data/collection [--num_identities 2000] \
-        [--photos_per_identity 8] [--size 64] [--seed 0] [--workers 2]
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/build_collection.py --out data/collection \
+        [--num_identities 2000] [--photos_per_identity 8] [--size 64] [--seed 0] [--workers 2]
 
 Resumable: run the same command again after an interruption and it finishes the build (same bytes as an
 uninterrupted build). Writes a summary with the command and the wall-clock to docs/collection.md (`--doc`).

@@ -1,6 +1,7 @@
 """Train the synthetic world's tiny SDXL-shaped base model from scratch on the photo collection.
 
-    PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py --collection data/collection --out runs/base --stage all [--resume]
+    PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py --collection data/collection --out runs/base \
+        --stage all [--resume]
 
 Stages (each resumable with `--resume`, each reads the collection only, never the renderer):
   vae            AutoencoderKL, 64x64 RGB -> 16x16x8 latents; then the latents of the collection are cached once.
@@ -225,7 +226,8 @@ def main(args: argparse.Namespace) -> None:
         if args.stage != "export":
             bm.save_base_config(args.out, config)
         with open(args.out / "commands.txt", "a") as f:
-            f.write("PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py " + shlex.join(sys.argv[1:]) + "\n")
+            command = "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_base.py " + shlex.join(sys.argv[1:])
+            f.write(command + "\n")
         stages = bm.STAGES if args.stage == "all" else (() if args.stage == "export" else (args.stage,))
         data_holder: dict = {}
         for stage in stages:

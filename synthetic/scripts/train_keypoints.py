@@ -78,7 +78,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     if len(set(args.sides)) != len(args.sides):
         p.error(f"--sides has duplicates: {args.sides}")
     argv = sys.argv[1:] if input_args is None else list(input_args)
-    args.command = "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_keypoints.py" + "".join(" " + shlex.quote(a) for a in argv)
+    command = "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_keypoints.py"
+    args.command = command + "".join(" " + shlex.quote(a) for a in argv)
     return args
 
 
@@ -88,9 +89,19 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 # settings that must match for a checkpoint to be resumed
 _RESUME_KEYS = (
-    "num_renders", "max_steps", "batch_size", "learning_rate", "weight_decay", "warmup_steps", "negative_fraction",
-    "wide_pose_prob", "flip_prob", "widths", "heatmap_stride", "seed",
-)  # fmt: skip
+    "num_renders",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "negative_fraction",
+    "wide_pose_prob",
+    "flip_prob",
+    "widths",
+    "heatmap_stride",
+    "seed",
+)
 
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, state: dict) -> None:
@@ -165,8 +176,12 @@ def train_side(side: str, args: argparse.Namespace) -> dict:
     model = KeypointNet(args.widths, args.heatmap_stride).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     state = _load_checkpoint(ckpt_dir, model, optimizer, settings) or {
-        "settings": settings, "step": 0, "train_seconds": 0.0, "render_seconds": 0.0, "history": [],
-    }  # fmt: skip
+        "settings": settings,
+        "step": 0,
+        "train_seconds": 0.0,
+        "render_seconds": 0.0,
+        "history": [],
+    }
     if state["step"] >= args.max_steps:
         logger.info("[%s] already trained (%d steps); skipping to evaluation", side, state["step"])
         return state
@@ -210,9 +225,14 @@ def train_side(side: str, args: argparse.Namespace) -> dict:
             state["history"].append({"step": state["step"], "kps_l1": mean_l1, "face_bce": parts["face_bce"]})
             logger.info(
                 "[%s] step %d/%d  kps L1 %.3f px  face BCE %.4f  lr %.2e  %.0f s",
-                side, state["step"], args.max_steps, mean_l1, parts["face_bce"], _lr_at(step, args),
+                side,
+                state["step"],
+                args.max_steps,
+                mean_l1,
+                parts["face_bce"],
+                _lr_at(step, args),
                 state["train_seconds"],
-            )  # fmt: skip
+            )
             running = []
         if time.perf_counter() - t_last_ckpt > 60.0 * args.checkpoint_minutes or state["step"] == last_step:
             _save_checkpoint(ckpt_dir, model, optimizer, state)
@@ -408,8 +428,11 @@ def main(args: argparse.Namespace) -> dict:
         m = result["held_out_64px"]
         logger.info(
             "[%s] held-out mean %.3f px, p95 %.3f px, face-present accuracy %.4f",
-            side, m["mean_px"], m["p95_px"], result["face_present"]["accuracy"],
-        )  # fmt: skip
+            side,
+            m["mean_px"],
+            m["p95_px"],
+            result["face_present"]["accuracy"],
+        )
     report["wall_clock_seconds"] = round(time.perf_counter() - t0, 1)
     if args.docs_dir:
         write_docs(report, Path(args.docs_dir))

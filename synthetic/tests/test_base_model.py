@@ -53,7 +53,8 @@ def test_unet_has_sdxl_blocks_and_processor_name_pattern(size):
     assert _attention_prefixes(names) == _attention_prefixes(SDXL_NAMES)
     # same per-transformer-block layout: attn1 (self) and attn2 (cross) under ...transformer_blocks.K
     pattern = re.compile(
-        r"^(down_blocks\.[12]|up_blocks\.[01]|mid_block)\.attentions\.\d\.transformer_blocks\.\d+\.attn[12]\.processor$"
+        r"^(down_blocks\.[12]|up_blocks\.[01]|mid_block)\.attentions\.\d"
+        r"\.transformer_blocks\.\d+\.attn[12]\.processor$"
     )
     assert all(pattern.match(n) for n in names)
     assert sum(n.endswith("attn2.processor") for n in names) == len(names) // 2
@@ -402,7 +403,8 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
 
 @pytest.mark.skipif(
     not (bm.ASSET_DIR / "model_index.json").is_file(),
-    reason=f"the shipped base model is not built yet ({bm.ASSET_DIR}; run synthetic/scripts/train_base.py --stage all)",
+    reason=f"the shipped base model is not built yet ({bm.ASSET_DIR}; "
+    "run synthetic/scripts/train_base.py --stage all)",
 )
 def test_shipped_base_loads_offline_and_generates():
     from emojidiff_pipeline import EmojiDiffPipeline

@@ -172,7 +172,11 @@ def test_resume_after_sigkill_equals_uninterrupted_build(small, tmp_path):
             cmd + ["--identity_delay_s", "0.2"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         first_of_next = out / "images" / identity_name(5 * committed) / "02.png"
-        _wait_for(lambda: len(list(shards.glob("shard_*.jsonl"))) >= committed and first_of_next.exists(), proc)  # noqa: B023
+
+        def shard_committed(committed=committed, first_of_next=first_of_next):
+            return len(list(shards.glob("shard_*.jsonl"))) >= committed and first_of_next.exists()
+
+        _wait_for(shard_committed, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert len(list(shards.glob("shard_*.jsonl"))) == committed

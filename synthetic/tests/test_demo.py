@@ -82,7 +82,12 @@ def test_demo_checks_every_argument_before_loading(demo_world, argv, pattern):
 
 
 def test_demo_runs_as_a_module(demo_world):
-    out = subprocess.run([sys.executable, "-m", "emojidiff_synthetic", "demo", "--steps", "0"],
-                         capture_output=True, text=True, timeout=120, cwd=demo_world)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "emojidiff_synthetic", "demo", "--steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=demo_world,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == ["emojidiff-synthetic demo: --steps must be >= 1, got 0."]

@@ -192,13 +192,11 @@ def _train_args(tmp_path: Path, name: str, *extra: str):
     sys.path.insert(0, str(REPO / "synthetic" / "scripts"))
     import train_keypoints
 
-    return train_keypoints, train_keypoints.parse_args([
-        "--sides", "train", "--output_dir", str(tmp_path / name / "weights"),
-        "--checkpoint_dir", str(tmp_path / name / "ckpt"), "--docs_dir", str(tmp_path / name / "docs"),
-        "--num_renders", "12", "--max_steps", "2", "--batch_size", "4", "--warmup_steps", "1", "--widths", "4", "4",
-        "8", "8", "--eval_num_identities", "20", "--eval_renders_per_identity", "1", "--eval_negatives", "2",
-        "--log_every", "1", *extra,
-    ])  # fmt: skip
+    folders = ["--output_dir", str(tmp_path / name / "weights"), "--checkpoint_dir", str(tmp_path / name / "ckpt")]
+    folders += ["--docs_dir", str(tmp_path / name / "docs")]
+    sizes = "--num_renders 12 --max_steps 2 --batch_size 4 --warmup_steps 1 --widths 4 4 8 8"
+    sizes += " --eval_num_identities 20 --eval_renders_per_identity 1 --eval_negatives 2 --log_every 1"
+    return train_keypoints, train_keypoints.parse_args(["--sides", "train", *folders, *sizes.split(), *extra])
 
 
 def test_training_script_runs_two_steps_and_resumes_exactly(tmp_path):

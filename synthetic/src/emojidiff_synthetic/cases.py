@@ -35,8 +35,8 @@ def held_out_cases(num_identities: int, num_templates: int, seed: int):
         pairs.append((r.image, other.image, r.keypoints, other.keypoints))
     for i in tpl_ids:
         style = Style.random(rng)
-        templates.append((int(i), style, render(Identity.from_seed(int(i)), Expression.random(rng), style,
-                                                Pose.random(rng))))  # fmt: skip
+        expression = Expression.random(rng)  # drawn before the pose, as always
+        templates.append((int(i), style, render(Identity.from_seed(int(i)), expression, style, Pose.random(rng))))
     cases = []
     for t_id, style, tpl in templates:
         tpl_style = {h: getattr(style, h) for h in STYLE_PROMPT_HEADS}
@@ -45,9 +45,19 @@ def held_out_cases(num_identities: int, num_templates: int, seed: int):
             # a prompt style that differs from the template's on every head
             prompt_style = Style(**{h: _other(STYLE_CHOICES[h], tpl_style[h], t_rng) for h in STYLE_PROMPT_HEADS})
             caption = make_caption(Identity.from_seed(r_id), Expression(), prompt_style, t_rng)
-            cases.append(Case(ref.image, tpl.image, caption, f"id{r_id}", f"id{t_id}",
-                              {h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS}, tpl_style,
-                              ref.keypoints, tpl.keypoints))  # fmt: skip
+            cases.append(
+                Case(
+                    reference=ref.image,
+                    template=tpl.image,
+                    prompt=caption,
+                    reference_person=f"id{r_id}",
+                    template_person=f"id{t_id}",
+                    prompt_style={h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS},
+                    template_style=tpl_style,
+                    reference_kps=ref.keypoints,
+                    template_kps=tpl.keypoints,
+                )
+            )
     return cases, pairs
 
 
@@ -108,8 +118,10 @@ def expression_benchmark(num_identities: int = 16, num_templates: int = 64, seed
 
     held_out = [i for i in range(DEFAULT_NUM_IDENTITIES) if is_held_out(i)]
     if num_identities + num_templates > len(held_out):
-        raise ValueError(f"`num_identities` + `num_templates` must be <= {len(held_out)} held-out people, got "
-                         f"{num_identities} + {num_templates}.")  # fmt: skip
+        raise ValueError(
+            f"`num_identities` + `num_templates` must be <= {len(held_out)} held-out people, got "
+            f"{num_identities} + {num_templates}."
+        )
     rng = np.random.default_rng([seed, 9])
     chosen = rng.permutation(held_out)[: num_identities + num_templates]
     ref_ids, tpl_ids = chosen[:num_identities], chosen[num_identities:]
@@ -131,9 +143,18 @@ def expression_benchmark(num_identities: int = 16, num_templates: int = 64, seed
             t_rng = np.random.default_rng([seed, r_id, int(t_id), 3])
             prompt_style = Style(**{h: _other(STYLE_CHOICES[h], tpl_style[h], t_rng) for h in STYLE_PROMPT_HEADS})
             caption = make_caption(Identity.from_seed(r_id), Expression(), prompt_style, t_rng)
-            case = Case(ref.image, tpl.image, caption, f"id{r_id}", f"id{t_id}",
-                        {h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS}, tpl_style, ref.keypoints,
-                        tpl.keypoints, template_factors=expression.to_vector())  # fmt: skip
+            case = Case(
+                reference=ref.image,
+                template=tpl.image,
+                prompt=caption,
+                reference_person=f"id{r_id}",
+                template_person=f"id{t_id}",
+                prompt_style={h: getattr(prompt_style, h) for h in STYLE_PROMPT_HEADS},
+                template_style=tpl_style,
+                reference_kps=ref.keypoints,
+                template_kps=tpl.keypoints,
+                template_factors=expression.to_vector(),
+            )
             cases.append(case)
             lines["neutral"].append(render(Identity.from_seed(r_id), Expression(), prompt_style, Pose()).image)
             lines["perfect"].append(render(Identity.from_seed(r_id), expression, prompt_style, Pose()).image)

@@ -22,7 +22,7 @@ PROG = "emojidiff-synthetic demo"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emojidiff-synthetic", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a grid of held-out identities x expression templates from the embedded default")
+    demo = sub.add_parser("demo", help="held-out identities x expression templates from the embedded default")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--guidance_scale", type=float, default=5.0)
@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="torch device (default: the pipeline stays on the cpu)")
     demo.add_argument("--output", default="outputs/emojidiff.png")
     demo.add_argument("--grid_identities", type=int, default=4, help="held-out identities (rows, at most 16)")
-    demo.add_argument("--grid_templates", type=int, default=6,
-                      help="expression templates (columns, at most 64; the first 44 show one factor each)")  # fmt: skip
+    templates_help = "expression templates (columns, at most 64; the first 44 show one factor each)"
+    demo.add_argument("--grid_templates", type=int, default=6, help=templates_help)
     from .app import add_app_parser
 
     add_app_parser(sub)
@@ -72,8 +72,10 @@ def demo(args: argparse.Namespace) -> int:
         )
         return 0
     if not 1 <= args.grid_templates <= 64 or not 1 <= args.grid_identities <= 16:
-        raise SystemExit(f"--grid_templates must be in [1, 64] and --grid_identities in [1, 16], got "
-                         f"{args.grid_templates} and {args.grid_identities}.")  # fmt: skip
+        raise SystemExit(
+            f"--grid_templates must be in [1, 64] and --grid_identities in [1, 16], got "
+            f"{args.grid_templates} and {args.grid_identities}."
+        )
     world = load_world()
     pipe = world.pipeline(torch_dtype=torch.float32)
     if args.device is not None:
@@ -96,8 +98,9 @@ def demo(args: argparse.Namespace) -> int:
                 expression_scale=args.expression_scale,
                 num_inference_steps=args.steps,
                 guidance_scale=args.guidance_scale,
-                generator=[torch.Generator().manual_seed(args.seed * 10_000 + offset + start + k)
-                           for k in range(len(chunk))],  # fmt: skip
+                generator=[
+                    torch.Generator().manual_seed(args.seed * 10_000 + offset + start + k) for k in range(len(chunk))
+                ],
                 output_type="np",
             ).images
             images.extend((out * 255).round().clip(0, 255).astype(np.uint8))
@@ -106,8 +109,9 @@ def demo(args: argparse.Namespace) -> int:
     path = save_grid(generate(grid_cases, 0), grid_cases, args.output, max(args.grid_identities, args.grid_templates))
     print(f"wrote {Path(path).resolve()} (first column: identity references; first row: expression templates)")
     output = Path(args.output)
-    sheet = save_identity_sheet(generate(sheet_cases, 5_000), sheet_cases,
-                                output.with_name(output.stem + "_one_identity" + output.suffix))  # fmt: skip
+    sheet = save_identity_sheet(
+        generate(sheet_cases, 5_000), sheet_cases, output.with_name(output.stem + "_one_identity" + output.suffix)
+    )
     print(f"wrote {sheet.resolve()} (top left: the identity reference; then templates above their outputs)")
     return 0
 

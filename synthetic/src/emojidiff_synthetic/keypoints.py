@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .renderer import POSE_RANGES, STYLE_CHOICES, Expression, Identity, Pose, Style, render
 from .renderer.background import draw_background
-from .world import EVAL_SIDE_SEED_BASE, TRAIN_SIDE_SEED_BASE
+from .world import EVAL_SIDE_SEED_BASE, SIDES, TRAIN_SIDE_SEED_BASE, check_side
 
 __all__ = [
     "KEYPOINT_NAMES",
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 KEYPOINT_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-SIDES: tuple[str, ...] = ("train", "eval")
 MODEL_IMAGE_SIZE = 64  # the network's input side; other square sizes are resized to it
 MIN_IMAGE_SIZE = 32
 
@@ -69,15 +68,9 @@ TRAIN_COMMAND = "PYTHONPATH=src:synthetic/src python synthetic/scripts/train_key
 _CONFIG_KEY = "keypoint_net_config"
 
 
-def _check_side(side: Any) -> str:
-    if side not in SIDES:
-        raise ValueError(f"`side` must be one of {list(SIDES)}, got {side!r}.")
-    return side
-
-
 def default_asset_path(side: str) -> Path:
     """Where the shipped weights of `side` live: ``emojidiff_synthetic/assets/keypoints/<side>.safetensors``."""
-    return ASSET_DIR / f"{_check_side(side)}.safetensors"
+    return ASSET_DIR / f"{check_side(side)}.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ class KeypointDetector:
         if not isinstance(model, KeypointNet):
             raise ValueError(f"`model` must be a KeypointNet, got {type(model).__qualname__}.")  # noqa: TRY004
         if side is not None:
-            _check_side(side)
+            check_side(side)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be a float in (0, 1), got {threshold!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -335,7 +328,7 @@ def load_keypoint_detector(
         threshold: face-present score below which the detector returns no face.
         device: where the network runs.
     """
-    side = _check_side(side)
+    side = check_side(side)
     path = default_asset_path(side) if path is None else Path(path).expanduser()
     model, _ = _load_keypoint_net(Path(path))
     return KeypointDetector(model.to(device), side=side, threshold=threshold)
@@ -385,7 +378,7 @@ def render_keypoint_dataset(
         ``{"images": (N, size, size, 3) uint8, "keypoints": (N, 5, 2) float32 (zeros for negatives),
         "has_face": (N,) bool}``.
     """
-    side = _check_side(side)
+    side = check_side(side)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive int, got {count!r}.")
     if not 0.0 <= negative_fraction < 1.0:

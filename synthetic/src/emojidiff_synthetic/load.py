@@ -15,21 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from .world import check_side
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BASE_DIR = ASSETS / "base"  # the tiny SDXL-shaped base pipeline (StableDiffusionXLPipeline folder)
-EMOJIDIFF_DIR = ASSETS / "emojidiff"  # the trained adapter (emoji_adapter/) that runs on BASE_DIR: the embedded default
-SIDES = ("train", "eval")
-
-
-def _check_side(side: str) -> str:
-    if side not in SIDES:
-        raise ValueError(f"`side` must be one of {SIDES}, got {side!r}.")
-    return side
+# the trained adapter (emoji_adapter/) that runs on BASE_DIR: the embedded default
+EMOJIDIFF_DIR = ASSETS / "emojidiff"
 
 
 def _require(path: Path, what: str, command: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"The synthetic world's {what} is not shipped in this checkout ({path}); build it with `{command}`.")
+        raise FileNotFoundError(
+            f"The synthetic world's {what} is not shipped in this checkout ({path}); build it with `{command}`."
+        )
     return path
 
 
@@ -37,7 +35,7 @@ def detector(side: str = "train"):
     """The world's keypoint detector of `side`: a FaceAnalyzer known-keypoint callable (image -> faces)."""
     from .keypoints import load_keypoint_detector
 
-    return load_keypoint_detector(_check_side(side))
+    return load_keypoint_detector(check_side(side))
 
 
 def train_detector():
@@ -54,7 +52,7 @@ def face_analyzer(side: str = "train"):
 
     from .instruments import identity_onnx_path
 
-    return FaceAnalyzer.from_models(detector=detector(side), recognizer=identity_onnx_path(_check_side(side)))
+    return FaceAnalyzer.from_models(detector=detector(side), recognizer=identity_onnx_path(check_side(side)))
 
 
 def expression_scorer(side: str = "train") -> Callable[[Sequence[np.ndarray], Sequence[Any]], np.ndarray]:
@@ -63,7 +61,7 @@ def expression_scorer(side: str = "train") -> Callable[[Sequence[np.ndarray], Se
     Images without keypoints go through the world's detector of the same side."""
     from .instruments import estimate_expressions, load_expression_estimator
 
-    estimator = load_expression_estimator(_check_side(side))
+    estimator = load_expression_estimator(check_side(side))
     find = detector(side)
 
     def score(images, keypoints):
@@ -116,7 +114,7 @@ def face_loss_model(kind: str, side: str = "train"):
     loaders = {"expression": load_expression_estimator, "identity": load_identity_encoder}
     if kind not in loaders:
         raise ValueError(f"`kind` must be one of {sorted(loaders)}, got {kind!r}.")
-    return DifferentiableFaceModel(loaders[kind](_check_side(side)), name=f"emojidiff-synthetic/{kind}-{side}")
+    return DifferentiableFaceModel(loaders[kind](check_side(side)), name=f"emojidiff-synthetic/{kind}-{side}")
 
 
 def train_expression_loss_model():
@@ -145,7 +143,9 @@ class World:
             _require(self.base_dir, "base model", "python synthetic/scripts/train_base.py"), **kwargs
         )
         if with_adapter:
-            folder = _require(self.emojidiff_dir / "emoji_adapter", "trained EmojiDiff adapter", "python training/results.py")
+            folder = _require(
+                self.emojidiff_dir / "emoji_adapter", "trained EmojiDiff adapter", "python training/results.py"
+            )
             adapter = EmojiDiffAdapter.from_pretrained(folder).to(pipe.unet.dtype)
             pipe.set_emoji_adapter(adapter)
             if adapter.uses_code_stream:

@@ -21,8 +21,13 @@ from .collection import Collection, make_caption
 from .renderer import render
 
 
-def build_oracle_triplets(collection_root: str | os.PathLike, out_dir: str | os.PathLike, num_triplets: int,
-                          num_references: int = 2, seed: int = 0) -> Path:  # fmt: skip
+def build_oracle_triplets(
+    collection_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_triplets: int,
+    num_references: int = 2,
+    seed: int = 0,
+) -> Path:
     """Write ``out_dir/triplets.jsonl`` and its rendered targets; returns the manifest path. Deterministic."""
     collection = Collection(collection_root)
     out_dir = Path(out_dir)

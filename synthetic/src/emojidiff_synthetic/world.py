@@ -8,6 +8,11 @@ the train-side and the eval-side instrument, and report accuracy on the collecti
 
 from __future__ import annotations
 
+from typing import Any
+
+# Each instrument exists twice: the train side may serve training (losses, filtering), the eval side only evaluation.
+SIDES: tuple[str, ...] = ("train", "eval")
+
 HELD_OUT_MODULUS = 10
 HELD_OUT_REMAINDER = 9
 
@@ -29,3 +34,10 @@ def is_held_out(identity_id: int) -> bool:
 def identity_name(identity_id: int) -> str:
     """Manifest name of a collection identity: ``"id00012"``."""
     return f"id{identity_id:05d}"
+
+
+def check_side(side: Any) -> str:
+    """`side` if it is one of SIDES, else a ValueError that lists them."""
+    if side not in SIDES:
+        raise ValueError(f"`side` must be one of {list(SIDES)}, got {side!r}.")
+    return side

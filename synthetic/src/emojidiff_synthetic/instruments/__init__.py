@@ -25,9 +25,9 @@ and ``run`` (the whole rebuild).
 This package imports torch; ``emojidiff_synthetic`` itself does not import it.
 """
 
+from ..world import SIDES
 from .files import (
     ASSET_DIR,
-    SIDES,
     TRAIN_COMMAND,
     identity_onnx_path,
     instrument_path,

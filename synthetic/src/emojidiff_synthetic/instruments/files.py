@@ -6,24 +6,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..world import EVAL_SIDE_SEED_BASE, TRAIN_SIDE_SEED_BASE
+from ..world import EVAL_SIDE_SEED_BASE, TRAIN_SIDE_SEED_BASE, check_side
 from .networks import KINDS, ExpressionEstimator, IdentityEncoder, StyleClassifier
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "instruments"
-SIDES: tuple[str, ...] = ("train", "eval")
 TRAIN_COMMAND = "python synthetic/scripts/train_instruments.py"
 _FORMAT = "emojidiff_instrument/1"
-
-
-def check_side(side: Any) -> str:
-    if side not in SIDES:
-        raise ValueError(f"`side` must be one of {list(SIDES)}, but got {side!r}.")
-    return side
 
 
 def side_seed_base(side: str) -> int:
