@@ -152,6 +152,14 @@ def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
     assert hand["max_timestep"] == 300 and hand["fixed"] is True and list(hand["identity_by_timestep"]) == ["300"]
 
 
+def test_train_ica_refuses_a_recognizer_stage1_was_not_trained_with(world, tmp_path):
+    pipe = EmojiDiffPipeline.from_pretrained(world / "base")
+    tiny_adapter(pipe.unet, num_expression_tokens=4, identity_encoder="insightface:glintr100").save_pretrained(
+        tmp_path / "stage1_other")
+    with pytest.raises(ValueError, match="trained with the recognizer 'insightface:glintr100'"):
+        train_ica.main(args_for(world, tmp_path / "out", "--max_steps", "1", "--adapter", str(tmp_path / "stage1_other")))
+
+
 def test_train_ica_flags_are_checked(world, tmp_path):
     base = ["--pretrained_model", str(world / "base"), "--triplets", "t.jsonl", "--recognizer", "r.onnx",
             "--output_dir", str(tmp_path), "--max_steps", "2"]  # fmt: skip

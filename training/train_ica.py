@@ -69,11 +69,12 @@ def main(args: argparse.Namespace):
         prepare_run_folder(output_dir, bool(args.resume_from_checkpoint), overwrite=False)
     triplets = setup.stage1_triplets(args, accelerator, output_dir)
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
-    adapter = setup.build_adapter(args, pipe)
+    face = setup.build_face_analyzer(args)
+    adapter = setup.build_adapter(args, pipe, face=face)  # checks the recognizer's name and width against stage 1's
     encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
     expression_model, identity_model = setup.build_face_loss_models(args)
     return run_ica(
-        accelerator, pipe, adapter, triplets, setup.build_face_analyzer(args), args.resolution, output_dir,
+        accelerator, pipe, adapter, triplets, face, args.resolution, output_dir,
         setup.stage1_config(args, args.max_steps), ani, args.resume_from_checkpoint, expression_encoder=encoder,
         expression_loss_model=expression_model, identity_loss_model=identity_model,
     )  # fmt: skip
