@@ -66,3 +66,47 @@ def test_training_summary_reads_the_run_logs(tmp_path):
     assert abs(t["template_swap_gap"] - 0.1) < 1e-9 and t["validations_after_best"] == 2
     results.write_training_summary({"base": "base", "row": str(run / "adapter")}, tmp_path, "cmd")
     assert "| row | 20 | 2.0 | 10 | 0.4000 | +10.00% | +2.00% | 2 |" in (tmp_path / "training.md").read_text()
+
+
+def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
+    """The driver's rows call the stage scripts with the recipe's flags: each face-loss row starts from the one before
+    it, the continuation and the push order their batches with another seed, and the push weighs expression up."""
+    import emojidiff_synthetic.oracle
+
+    calls = {}
+
+    def fake_stage(args):  # records the argv-derived namespace and leaves a finished run folder
+        calls[Path(args.output_dir).name] = args
+        (Path(args.output_dir) / "adapter").mkdir(parents=True)
+        (Path(args.output_dir) / "adapter" / "config.json").write_text("{}")
+
+    def fake_oracle(collection, out, n, seed):
+        out.mkdir(parents=True)
+        (out / "triplets.jsonl").write_text("")
+
+    def fake_evaluate(eval_args):
+        names = [spec.split("=", 1)[0] for spec in eval_args.row]
+        return {"rows": {n: row(identity=0.5, expression=0.05 if n == "face_losses_expression_push" else 0.1)
+                         for n in names}, "same_person_identity_similarity": 0.9}  # fmt: skip
+
+    monkeypatch.setattr(results.train_decoupled, "main", fake_stage)
+    monkeypatch.setattr(results.train_ica, "main", fake_stage)
+    monkeypatch.setattr(emojidiff_synthetic.oracle, "build_oracle_triplets", fake_oracle)
+    monkeypatch.setattr(results.evaluate, "main", fake_evaluate)
+    exported = []
+    monkeypatch.setattr(results, "export", lambda adapter, folder: exported.append(adapter))
+    monkeypatch.setattr(results, "write_training_summary", lambda *a: None)
+    work = tmp_path / "work"
+    results.main(results.parse_args(["--work", str(work), "--out", str(tmp_path / "out"), "--seed", "3",
+                                     "--face_loss_push_expression_weight", "5"]))  # fmt: skip
+
+    face, cont, push = (calls[n] for n in ("same_identity_code_face_losses", "face_losses_continued",
+                                             "face_losses_expression_push"))  # fmt: skip
+    assert face.adapter == str(work / "same_identity_code" / "adapter") and face.seed == 3
+    assert cont.adapter == str(work / "same_identity_code_face_losses" / "adapter") and cont.seed == 4
+    assert push.adapter == str(work / "face_losses_continued" / "adapter") and push.seed == 4
+    assert (face.expression_loss_weight, cont.expression_loss_weight, push.expression_loss_weight) == (2.0, 2.0, 5.0)
+    assert cont.max_steps == 4000 and push.max_steps == 2000 and push.learning_rate == 3e-4
+    assert calls["ica"].adapter == face.output_dir + "/adapter"  # ICA stays measured from row 2b
+    assert exported == [str(work / "face_losses_expression_push" / "adapter")]  # the lowest expression error ships
+    assert json.loads((tmp_path / "out" / "targets.json").read_text())["targets"][0]["measured"] == 0.05

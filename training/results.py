@@ -10,6 +10,8 @@ Rows (each a call into the stage scripts, with the train-side instruments of the
     instruments, train/face_losses.py);
  2c. stage 2 (ICA, training/train_ica.py) from row 2b: identity and alignment losses with ANI's timestep bound, the
     expression loss kept; --ica_fixed_bounds adds the same with hand-picked bounds instead of ANI's;
+ 2d. row 2b continued with the same losses (it had not converged), then with the expression loss weighted up
+    (--face_loss_push_expression_weight);
  3. stage 1 on oracle cross-identity pairs rendered directly (upper bound; reads the renderer's ground truth);
  4. --stream_rows: the same-identity row with the image stream and with both streams;
  5. --idi_rounds IDI rounds from row 1 (diffusion re-identification backend), each fine-tuning stage 1;
@@ -60,6 +62,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--expression_loss_weight", type=float, default=2.0, help="see train_decoupled.py")
     p.add_argument("--identity_loss_weight", type=float, default=0.5, help="see train_decoupled.py")
     p.add_argument("--face_loss_max_timestep", type=int, default=600, help="see train_decoupled.py")
+    p.add_argument("--face_loss_continue_steps", type=int, default=4000,
+                   help="most steps of the face-loss row's continuation with the same losses (row 2d)")
+    p.add_argument("--face_loss_push_steps", type=int, default=2000,
+                   help="most steps of the continuation's fine-tuning at --face_loss_push_expression_weight")
+    p.add_argument("--face_loss_push_expression_weight", type=float, default=6.0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
@@ -86,7 +93,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
         args.ica_fixed_bounds = [int(t) for t in args.ica_fixed_bounds.split(",") if t]
     except ValueError:
         p.error(f"--ica_fixed_bounds takes comma-separated timesteps, got {args.ica_fixed_bounds!r}")
-    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "ica_steps", "batch_size", "eval_identities",
+    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "face_loss_continue_steps",
+                 "face_loss_push_steps", "ica_steps", "batch_size", "eval_identities",
                  "eval_templates", "inference_steps"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -127,13 +135,25 @@ def main(args: argparse.Namespace) -> dict:
     rows["identity_only"] = rows["stage1_same_identity_code"] + "@id_only"
     rows["same_identity_code_all_layers"] = stage1(work / "same_identity_code_all_layers", args.all_layers_steps, *same, *code,
                                                    "--expression_layers", "all")  # fmt: skip
-    rows["stage1_same_identity_code_face_losses"] = stage1(
-        work / "same_identity_code_face_losses", args.face_loss_steps, *same, *code,
-        "--adapter", rows["stage1_same_identity_code"], "--learning_rate", str(args.face_loss_learning_rate),
-        "--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(args.expression_loss_weight),
-        "--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight),
-        "--face_loss_max_timestep", str(args.face_loss_max_timestep),
-    )  # fmt: skip
+    def face_loss_row(out: Path, steps: int, adapter: str, expression_weight: float, seed: int) -> str:
+        """Fine-tune `adapter` with the stage-1 face losses (a fresh optimizer and warm-up; `seed` orders batches)."""
+        return stage1(
+            out, steps, *same, *code, "--adapter", adapter, "--learning_rate", str(args.face_loss_learning_rate),
+            "--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(expression_weight),
+            "--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight),
+            "--face_loss_max_timestep", str(args.face_loss_max_timestep), "--seed", str(seed),
+        )  # fmt: skip
+
+    rows["stage1_same_identity_code_face_losses"] = face_loss_row(
+        work / "same_identity_code_face_losses", args.face_loss_steps, rows["stage1_same_identity_code"],
+        args.expression_loss_weight, args.seed)  # fmt: skip
+    # 2d: the face-loss row had not converged at its last step: continued with the same losses, then pushed harder
+    rows["face_losses_continued"] = face_loss_row(
+        work / "face_losses_continued", args.face_loss_continue_steps, rows["stage1_same_identity_code_face_losses"],
+        args.expression_loss_weight, args.seed + 1)  # fmt: skip
+    rows["face_losses_expression_push"] = face_loss_row(
+        work / "face_losses_expression_push", args.face_loss_push_steps, rows["face_losses_continued"],
+        args.face_loss_push_expression_weight, args.seed + 1)  # fmt: skip
     face_loss_models = ["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--identity_loss_model", IDENTITY_LOSS_MODEL]
 
     def ica(out: Path, *extra: str) -> str:  # stage 2 from the face-loss row, with its expression loss kept
