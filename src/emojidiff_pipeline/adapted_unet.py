@@ -17,16 +17,23 @@ from .attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_proces
 from .layers import expand_layer_values, unet_layers
 
 
-def adapted_unet_forward(unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                         pooled: torch.Tensor | None, time_ids: torch.Tensor | None,
-                         conditioning: EmojiDiffConditioning) -> torch.Tensor:  # fmt: skip
+def adapted_unet_forward(
+    unet,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    text: torch.Tensor,
+    pooled: torch.Tensor | None,
+    time_ids: torch.Tensor | None,
+    conditioning: EmojiDiffConditioning,
+) -> torch.Tensor:
     """The UNet's prediction (B, C, h, w) for `noisy` (B, C, h, w) at `timesteps` (B,) with text tokens (B, L, D);
     SDXL's `pooled` (B, D2) and `time_ids` (1 or B, 6) go in as added conditioning (None for an SD1.5 UNet)."""
     added = None
     if pooled is not None:
         added = {"text_embeds": pooled, "time_ids": time_ids.expand(noisy.shape[0], -1)}
-    return unet(noisy, timesteps, text, added_cond_kwargs=added,
-                cross_attention_kwargs={CONDITIONING_KWARG: conditioning}).sample  # fmt: skip
+    return unet(
+        noisy, timesteps, text, added_cond_kwargs=added, cross_attention_kwargs={CONDITIONING_KWARG: conditioning}
+    ).sample
 
 
 class AdaptedUNet:
@@ -41,14 +48,22 @@ class AdaptedUNet:
         install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
         self.unet, self.adapter = unet, adapter
         self.layers = unet_layers(unet)
-        self.identity_scale = expand_layer_values(self.layers, adapter.identity_layer_names, identity_scale,
-                                                  "identity_scale")  # fmt: skip
-        self.expression_scale = expand_layer_values(self.layers, adapter.expression_layer_names, expression_scale,
-                                                    "expression_scale")  # fmt: skip
+        self.identity_scale = expand_layer_values(
+            self.layers, adapter.identity_layer_names, identity_scale, "identity_scale"
+        )
+        self.expression_scale = expand_layer_values(
+            self.layers, adapter.expression_layer_names, expression_scale, "expression_scale"
+        )
 
-    def conditioning(self, identity_embeds: torch.Tensor, expression_image_embeds: torch.Tensor | None = None,
-                     expression_codes: torch.Tensor | None = None, identity_keep: torch.Tensor | None = None,
-                     expression_keep: torch.Tensor | None = None, model=None) -> EmojiDiffConditioning:  # fmt: skip
+    def conditioning(
+        self,
+        identity_embeds: torch.Tensor,
+        expression_image_embeds: torch.Tensor | None = None,
+        expression_codes: torch.Tensor | None = None,
+        identity_keep: torch.Tensor | None = None,
+        expression_keep: torch.Tensor | None = None,
+        model=None,
+    ) -> EmojiDiffConditioning:
         """Per-layer key/values for a batch: identity (B, n_ref, D), template tokens (B, P, E) and/or codes (B, K),
         keep masks (B,) bool (False: that row's branch gets its null tokens)."""
         out = (model or self.adapter)(

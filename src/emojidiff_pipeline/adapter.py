@@ -139,7 +139,9 @@ class PerceiverAttention(nn.Module):
 class ExpressionResampler(nn.Module):
     """Image-encoder patch tokens -> expression tokens: (B, P, E) -> (B, N, C). A perceiver resampler."""
 
-    def __init__(self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int, dim: int, depth: int, heads: int):
+    def __init__(
+        self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int, dim: int, depth: int, heads: int
+    ):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(1, num_tokens, dim) / math.sqrt(dim))
         self.proj_in = nn.Linear(image_embed_dim, dim)
@@ -148,7 +150,10 @@ class ExpressionResampler(nn.Module):
                 [
                     PerceiverAttention(dim, heads),
                     nn.Sequential(
-                        nn.LayerNorm(dim), nn.Linear(dim, dim * 4, bias=False), nn.GELU(), nn.Linear(dim * 4, dim, bias=False)
+                        nn.LayerNorm(dim),
+                        nn.Linear(dim, dim * 4, bias=False),
+                        nn.GELU(),
+                        nn.Linear(dim * 4, dim, bias=False),
                     ),
                 ]
             )
@@ -199,13 +204,18 @@ def _refuse_missing_local_folder(path, where: str) -> None:
     if os.path.isdir(os.path.expanduser(text)):
         return
     first = text.split("/")[0]
-    local = text.startswith((".", "/", "~")) or text.count("/") >= 2 or "\\" in text or (
-        "/" in text and first != "" and os.path.isdir(first)
+    local = (
+        text.startswith((".", "/", "~"))
+        or text.count("/") >= 2
+        or "\\" in text
+        or ("/" in text and first != "" and os.path.isdir(first))
     )
     if local or os.path.isfile(os.path.expanduser(text)):
         what = "is a file, not an adapter folder" if os.path.isfile(os.path.expanduser(text)) else "does not exist"
-        raise FileNotFoundError(f"{where}: this local path {what}. Pass the adapter's folder (with config.json and "
-                                "diffusion_pytorch_model.safetensors) or a Hub id `owner/name`.")  # fmt: skip
+        raise FileNotFoundError(
+            f"{where}: this local path {what}. Pass the adapter's folder (with config.json and "
+            "diffusion_pytorch_model.safetensors) or a Hub id `owner/name`."
+        )
 
 
 class EmojiDiffAdapter(ModelMixin, ConfigMixin):
@@ -217,8 +227,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         expression_layers (`dict[str, int]`): processor name -> hidden size of each layer with an expression branch.
         identity_embed_dim (`int`, defaults to 512): width of the normed face-recognition embedding.
         identity_encoder (`str`, *optional*): name of the face recognizer the identity branch was trained with
-            (`FaceAnalyzer.recognizer_name`, e.g. `"insightface:glintr100"` or `"dlib_face_recognition_resnet_model_v1"`);
-            the pipeline refuses a recognizer of another name or width. None (older adapters): width only.
+            (`FaceAnalyzer.recognizer_name`, e.g. `"insightface:glintr100"` or
+            `"dlib_face_recognition_resnet_model_v1"`); the pipeline refuses a recognizer of another name or width.
+            None (older adapters): width only.
         num_identity_tokens (`int`, defaults to 4): identity tokens per image.
         image_embed_dim (`int`, defaults to 1280): width of the image encoder's patch tokens (its hidden size).
         num_expression_tokens (`int`, defaults to 16): expression tokens per template.
@@ -282,7 +293,11 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         if expression_streams not in EXPRESSION_STREAMS:
             raise ValueError(f"`expression_streams` must be one of {EXPRESSION_STREAMS}, got {expression_streams!r}.")
         if expression_streams != "image":
-            if isinstance(expression_code_dim, bool) or not isinstance(expression_code_dim, int) or expression_code_dim <= 0:
+            if (
+                isinstance(expression_code_dim, bool)
+                or not isinstance(expression_code_dim, int)
+                or expression_code_dim <= 0
+            ):
                 raise ValueError(
                     f"`expression_streams`={expression_streams!r} needs `expression_code_dim` (a positive int, the "
                     f"expression encoder's code width), got {expression_code_dim!r}."
@@ -293,7 +308,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"`{arg}` must be a name (a non-empty str) or None, got {value!r}.")
         if resampler_dim % resampler_heads:
-            raise ValueError(f"`resampler_dim` ({resampler_dim}) must be divisible by `resampler_heads` ({resampler_heads}).")
+            raise ValueError(
+                f"`resampler_dim` ({resampler_dim}) must be divisible by `resampler_heads` ({resampler_heads})."
+            )
         for arg, layers in (("identity_layers", identity_layers), ("expression_layers", expression_layers)):
             if not isinstance(layers, dict) or not all(isinstance(v, int) and v > 0 for v in layers.values()):
                 raise ValueError(f"`{arg}` must map processor names to hidden sizes, got {layers!r}.")
@@ -304,9 +321,13 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         num_exp_tokens = 0
         if expression_streams in ("image", "both"):
             self.expression_resampler = ExpressionResampler(
-                image_embed_dim, cross_attention_dim, num_expression_tokens, resampler_dim, resampler_depth,
+                image_embed_dim,
+                cross_attention_dim,
+                num_expression_tokens,
+                resampler_dim,
+                resampler_depth,
                 resampler_heads,
-            )  # fmt: skip
+            )
             num_exp_tokens += num_expression_tokens
         if expression_streams in ("code", "both"):
             self.expression_code_proj = ExpressionCodeProjection(
@@ -332,7 +353,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         self.identity_kv = kv(identity_layers)
         self.expression_kv = kv(expression_layers)
         if zero_init_gates:  # per layer, per branch: values are multiplied by the gate (0 at init)
-            self.identity_gates = nn.ParameterDict({_module_key(n): nn.Parameter(torch.zeros(1)) for n in identity_layers})
+            self.identity_gates = nn.ParameterDict(
+                {_module_key(n): nn.Parameter(torch.zeros(1)) for n in identity_layers}
+            )
             self.expression_gates = nn.ParameterDict(
                 {_module_key(n): nn.Parameter(torch.zeros(1)) for n in expression_layers}
             )
@@ -376,13 +399,18 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         return adapter
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, weight_name: str | None = None, **kwargs) -> "EmojiDiffAdapter":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, weight_name: str | None = None, **kwargs
+    ) -> "EmojiDiffAdapter":
         """Load from a local folder or Hub id (``subfolder=`` works); safetensors only, never pickle.
 
-        `weight_name`: the weights file, when it is not ``diffusion_pytorch_model.safetensors`` (config.json beside it).
+        `weight_name`: the weights file, when it is not ``diffusion_pytorch_model.safetensors`` (config.json beside
+        it).
         """
         if kwargs.get("use_safetensors") is False:
-            raise ValueError("`use_safetensors=False` is not supported: EmojiDiff adapters load from safetensors only.")
+            raise ValueError(
+                "`use_safetensors=False` is not supported: EmojiDiff adapters load from safetensors only."
+            )
         kwargs["use_safetensors"] = True
         if kwargs.get("subfolder") is None:
             kwargs.pop("subfolder", None)
@@ -390,7 +418,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else ""
         )
         _refuse_missing_local_folder(pretrained_model_name_or_path, where)
-        local = os.path.join(os.path.expanduser(os.fspath(pretrained_model_name_or_path)), kwargs.get("subfolder") or "")
+        local = os.path.join(
+            os.path.expanduser(os.fspath(pretrained_model_name_or_path)), kwargs.get("subfolder") or ""
+        )
         if os.path.isdir(local) and not os.path.isfile(os.path.join(local, cls.config_name)):
             inner = os.path.join(local, "emoji_adapter", cls.config_name)
             hint = " It is a pipeline folder: pass `subfolder='emoji_adapter'`." if os.path.isfile(inner) else ""
@@ -417,7 +447,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
 
         unknown = set(kwargs) - set(_HUB_KWARGS) - {"use_safetensors", "torch_dtype"}
         if unknown:
-            raise TypeError(f"EmojiDiffAdapter.from_pretrained(weight_name=...) got unsupported arguments {sorted(unknown)}.")
+            raise TypeError(
+                f"EmojiDiffAdapter.from_pretrained(weight_name=...) got unsupported arguments {sorted(unknown)}."
+            )
         hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub)
         file = _get_model_file(pretrained_model_name_or_path, weights_name=weight_name, **hub)
@@ -445,9 +477,10 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub)
         required = [
-            n for n, p in inspect.signature(cls.__init__).parameters.items()
+            n
+            for n, p in inspect.signature(cls.__init__).parameters.items()
             if n != "self" and p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
-        ]  # fmt: skip
+        ]
         absent = [n for n in required if n not in config]
         if absent:
             described = f" (it describes a {config['_class_name']})" if config.get("_class_name") else ""
@@ -478,7 +511,10 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
     def check_unet(self, unet: nn.Module) -> None:
         """Raise ``ValueError`` naming the first layer of this adapter that `unet` lacks or has at another size."""
         layers = unet_layers(unet)
-        for branch, names in (("identity", self.config.identity_layers), ("expression", self.config.expression_layers)):
+        for branch, names in (
+            ("identity", self.config.identity_layers),
+            ("expression", self.config.expression_layers),
+        ):
             for name, size in names.items():
                 info = layers.get(name)
                 if info is None:
@@ -532,14 +568,20 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             expression_codes: (B, expression_code_dim) codes (code stream).
         """
         streams = self.config.expression_streams
-        for name, value, used in (("expression_image_embeds", expression_image_embeds, self.uses_image_stream),
-                                  ("expression_codes", expression_codes, self.uses_code_stream)):  # fmt: skip
+        for name, value, used in (
+            ("expression_image_embeds", expression_image_embeds, self.uses_image_stream),
+            ("expression_codes", expression_codes, self.uses_code_stream),
+        ):
             if value is not None and not used:
-                raise ValueError(f"`{name}` was given but this adapter's expression branch uses the {streams!r} stream.")
+                raise ValueError(
+                    f"`{name}` was given but this adapter's expression branch uses the {streams!r} stream."
+                )
         tokens = []
         if self.uses_image_stream:
             if expression_image_embeds is None:
-                raise ValueError(f"This adapter's expression branch ({streams!r} streams) needs `expression_image_embeds`.")
+                raise ValueError(
+                    f"This adapter's expression branch ({streams!r} streams) needs `expression_image_embeds`."
+                )
             tokens.append(self.expression_resampler(expression_image_embeds))
         if self.uses_code_stream:
             if expression_codes is None:
@@ -590,9 +632,10 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             identity_kv = self._key_values(identity_tokens, self.identity_kv, getattr(self, "identity_gates", None))
         if expression_image_embeds is not None or expression_codes is not None:
             expression_tokens = self._branch_tokens(
-                self.encode_expression(expression_image_embeds, expression_codes), self.expression_null_tokens,
+                self.encode_expression(expression_image_embeds, expression_codes),
+                self.expression_null_tokens,
                 expression_keep,
-            )  # fmt: skip
+            )
             expression_kv = self._key_values(
                 expression_tokens, self.expression_kv, getattr(self, "expression_gates", None)
             )

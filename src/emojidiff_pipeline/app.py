@@ -5,7 +5,8 @@
 
     emojidiff app --model <folder or Hub id> --face_root ~/.insightface   # or EMOJIDIFF_MODEL / INSIGHTFACE_ROOT
 
-Importing this module needs neither gradio nor torch; building the page needs ``pip install "emojidiff_pipeline[app]"``.
+Importing this module needs neither gradio nor torch; building the page needs
+``pip install "emojidiff_pipeline[app]"``.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def check_server_args(args: argparse.Namespace, refuse: Callable[[str], None]) -
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model and the face pack: a real EmojiDiff folder (env EMOJIDIFF_MODEL, INSIGHTFACE_MODEL, INSIGHTFACE_ROOT)."""
+    """--model and the face pack: a real EmojiDiff folder (env EMOJIDIFF_MODEL, INSIGHTFACE_MODEL,
+    INSIGHTFACE_ROOT)."""
     parser.add_argument(
         "--model",
         default=os.environ.get("EMOJIDIFF_MODEL"),

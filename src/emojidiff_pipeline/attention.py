@@ -101,8 +101,8 @@ class EmojiDiffConditioning:
             h, w = latent_size
             if abs(mh * w - mw * h) > 0.05 * max(mh * w, mw * h):
                 raise ValueError(
-                    f"`expression_mask` has size {mh}x{mw} (HxW) but the output latents are {h}x{w}: the aspect ratios "
-                    "differ, so the mask would be stretched. Give a mask of the output image's aspect ratio."
+                    f"`expression_mask` has size {mh}x{mw} (HxW) but the output latents are {h}x{w}: the aspect "
+                    "ratios differ, so the mask would be stretched. Give a mask of the output image's aspect ratio."
                 )
         self.latent_size = latent_size
         self._mask_cache.clear()
@@ -155,8 +155,9 @@ class EmojiDiffAttnProcessor:
         if isinstance(encoder_hidden_states, tuple):  # diffusers' IP-Adapter: (text tokens, [image tokens, ...])
             if not isinstance(self, IPAdapterAttnProcessor2_0):
                 raise ValueError(
-                    f"Layer {self.layer_name!r} received IP-Adapter image tokens but holds no IP-Adapter weights; load "
-                    "the IP-Adapter through the EmojiDiff pipeline (`pipe.load_ip_adapter`) so both branches are kept."
+                    f"Layer {self.layer_name!r} received IP-Adapter image tokens but holds no IP-Adapter weights; "
+                    "load the IP-Adapter through the EmojiDiff pipeline (`pipe.load_ip_adapter`) so both branches "
+                    "are kept."
                 )
             encoder_hidden_states, ip_hidden_states = encoder_hidden_states
         if attn.spatial_norm is not None:
@@ -260,8 +261,8 @@ class EmojiDiffIPAdapterAttnProcessor(EmojiDiffAttnProcessor, IPAdapterAttnProce
                 ip_adapter_masks = list(ip_adapter_masks.unsqueeze(1))
             if not (len(ip_adapter_masks) == len(self.scale) == len(ip_hidden_states)):
                 raise ValueError(
-                    f"Length of ip_adapter_masks array ({len(ip_adapter_masks)}) must match length of self.scale array "
-                    f"({len(self.scale)}) and number of ip_hidden_states ({len(ip_hidden_states)})"
+                    f"Length of ip_adapter_masks array ({len(ip_adapter_masks)}) must match length of self.scale "
+                    f"array ({len(self.scale)}) and number of ip_hidden_states ({len(ip_hidden_states)})"
                 )
             for index, (mask, scale, ip_state) in enumerate(zip(ip_adapter_masks, self.scale, ip_hidden_states)):
                 if mask is None:

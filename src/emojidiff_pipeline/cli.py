@@ -30,12 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance_scale", type=float, default=5.0)
     gen.add_argument("--identity_scale", type=float, default=1.0)
     gen.add_argument("--expression_scale", type=float, default=1.0)
-    gen.add_argument("--face_model", default="antelopev2",
-                     help="insightface model pack name, or 'module:factory' returning a face analyzer (e.g. "
-                          "emojidiff_pipeline.face_models.dlib_models:analyzer, dlib + MediaPipe, no licence limits)")
+    gen.add_argument(
+        "--face_model",
+        default="antelopev2",
+        help="insightface model pack name, or 'module:factory' returning a face analyzer (e.g. "
+        "emojidiff_pipeline.face_models.dlib_models:analyzer, dlib + MediaPipe, no licence limits)",
+    )
     gen.add_argument("--face_root", default="~/.insightface", help="folder holding models/<face_model>/")
-    gen.add_argument("--expression_encoder", default=None,
-                     help="'module:factory' ExpressionEncoder, for models whose expression branch has a code stream")
+    gen.add_argument(
+        "--expression_encoder",
+        default=None,
+        help="'module:factory' ExpressionEncoder, for models whose expression branch has a code stream",
+    )
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--output", default="outputs/emojidiff.png")
     sub.add_parser("app", add_help=False, help="the Gradio app on --model (`emojidiff app --help`)")
@@ -92,8 +98,11 @@ def check_device(device: str | None, refuse=_refuse) -> None:
         kind = torch.device(device).type
     except RuntimeError as err:
         refuse(f"--device {device!r} is not a torch device: {err}")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}  # fmt: skip
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
     if not available.get(kind, True):
         refuse(f"--device {device!r}: {kind} is not available on this machine.")
 
@@ -114,8 +123,10 @@ def check_model(model: str, refuse=_refuse) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model, run before anything is loaded: one line naming the argument, exit 1."""
     if args.model is None:
-        _refuse("--model is required: an EmojiDiff pipeline folder or Hub id (the synthetic world's demo is "
-                "`emojidiff-synthetic demo`, in synthetic/).")  # fmt: skip
+        _refuse(
+            "--model is required: an EmojiDiff pipeline folder or Hub id (the synthetic world's demo is "
+            "`emojidiff-synthetic demo`, in synthetic/)."
+        )
     if args.steps < 1:
         _refuse(f"--steps must be >= 1, got {args.steps}.")
     for name in ("guidance_scale", "identity_scale", "expression_scale"):

@@ -61,7 +61,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"Frechet distance needs two (N >= 2, D) feature sets of one width, got {a.shape}, {b.shape}.")
+        raise ValueError(
+            f"Frechet distance needs two (N >= 2, D) feature sets of one width, got {a.shape}, {b.shape}."
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     w, v = np.linalg.eigh(s_a)
@@ -128,8 +130,12 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     ok = [i for i, k in enumerate(gen_kps) if k is not None]
     expression_failures = 0
     if ok:
-        est = np.asarray(inst.expression([generated[i] for i in ok] + [cases[i].template for i in ok],
-                                         [gen_kps[i] for i in ok] + [cases[i].template_kps for i in ok]))  # fmt: skip
+        est = np.asarray(
+            inst.expression(
+                [generated[i] for i in ok] + [cases[i].template for i in ok],
+                [gen_kps[i] for i in ok] + [cases[i].template_kps for i in ok],
+            )
+        )
         exp_abs = np.abs(est[: len(ok)] - est[len(ok) :])  # (n_ok, K)
         read = np.isfinite(exp_abs).all(axis=1)  # an estimator may return NaN where it finds no face
         expression_failures = int((~read).sum())
@@ -156,20 +162,27 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         "identity_similarity": mean(id_sim),
         "identity_similarity_se": standard_error_over(id_sim, id_groups) if id_sim else float("nan"),
         "expression_error": mean(exp_err),
-        "expression_error_se": standard_error_over(exp_err, [cases[i].template_person for i in ok]) if ok else float("nan"),
+        "expression_error_se": standard_error_over(exp_err, [cases[i].template_person for i in ok])
+        if ok
+        else float("nan"),
         "expression_error_per_factor": per_factor,
         "identity_leakage": mean(leak),
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
         "face_sharpness": mean(sharp),
-        "face_sharpness_se": standard_error_over(sharp, [cases[i].template_person for i in ok]) if ok else float("nan"),
-        "frechet_to_real": (frechet_distance(np.stack(features), inst.real_identity_features)
-                            if inst.real_identity_features is not None and len(features) > 1 else float("nan")),
+        "face_sharpness_se": standard_error_over(sharp, [cases[i].template_person for i in ok])
+        if ok
+        else float("nan"),
+        "frechet_to_real": (
+            frechet_distance(np.stack(features), inst.real_identity_features)
+            if inst.real_identity_features is not None and len(features) > 1
+            else float("nan")
+        ),
         "no_face_rate": failures / max(1, len(cases)),
         "expression_unread_rate": expression_failures / max(1, len(cases)),
         **emotion,
         "num_cases": len(cases),
-    }  # fmt: skip
+    }
 
 
 def _emotion_scores(
@@ -254,32 +267,59 @@ def write_report(
     tmp.replace(out_dir / "results.json")
     references = extra.get("reference_lines", {})
     everything = {**{f"*{k}*": v for k, v in references.items()}, **rows}
-    cols = ["identity_similarity", "expression_error", "identity_leakage", "style_leakage", "style_following",
-            "face_sharpness", "frechet_to_real", "no_face_rate"]  # fmt: skip
+    cols = [
+        "identity_similarity",
+        "expression_error",
+        "identity_leakage",
+        "style_leakage",
+        "style_following",
+        "face_sharpness",
+        "frechet_to_real",
+        "no_face_rate",
+    ]
     if any("emotion_agreement" in r for r in everything.values()):  # an emotion classifier was given
         cols[-1:-1] = ["emotion_agreement", "emotion_top1_agreement"]
-    lines = [f"# {title}", "", f"Written by `{command}` (do not edit by hand).", "",
-             "| row | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
+    lines = [
+        f"# {title}",
+        "",
+        f"Written by `{command}` (do not edit by hand).",
+        "",
+        "| row | " + " | ".join(cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
     for name, r in everything.items():
         lines.append(f"| {name} | " + " | ".join(_cell(r, c, not_measured) for c in cols) + " |")
-    factors = next((list(r["expression_error_per_factor"]) for r in everything.values()
-                    if r.get("expression_error_per_factor")), [])  # fmt: skip
+    factors = next(
+        (list(r["expression_error_per_factor"]) for r in everything.values() if r.get("expression_error_per_factor")),
+        [],
+    )
     if factors:
-        lines += ["", "Expression error per factor (mean absolute error of the eval-side estimator):", "",
-                  "| row | " + " | ".join(factors) + " |", "| --- |" + " --- |" * len(factors)]  # fmt: skip
+        lines += [
+            "",
+            "Expression error per factor (mean absolute error of the eval-side estimator):",
+            "",
+            "| row | " + " | ".join(factors) + " |",
+            "| --- |" + " --- |" * len(factors),
+        ]
         for name, r in everything.items():
             pf = r.get("expression_error_per_factor") or {}
             lines.append(f"| {name} | " + " | ".join(f"{pf[f]:.3f}" if f in pf else "" for f in factors) + " |")
     probes = extra.get("template_probe") or {}
     if probes:
-        lines += ["", "Controlled probe: diffusion loss on the perfect target with the right template, the same "
-                  "template person re-rendered with another expression (same style and pose), and no expression:",
-                  "", "| row | right | wrong expression | none | wrong / right - 1 | none / right - 1 |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            "Controlled probe: diffusion loss on the perfect target with the right template, the same "
+            "template person re-rendered with another expression (same style and pose), and no expression:",
+            "",
+            "| row | right | wrong expression | none | wrong / right - 1 | none / right - 1 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for name, pr in probes.items():
-            lines.append(f"| {name} | {pr['loss_right_template']:.4f} | {pr['loss_wrong_expression_template']:.4f} | "
-                         f"{pr['loss_no_expression']:.4f} | {pr['wrong_vs_right']:+.4f} +- {pr['wrong_vs_right_se']:.4f} "
-                         f"| {pr['none_vs_right']:+.4f} +- {pr['none_vs_right_se']:.4f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {pr['loss_right_template']:.4f} | {pr['loss_wrong_expression_template']:.4f} | "
+                f"{pr['loss_no_expression']:.4f} | {pr['wrong_vs_right']:+.4f} +- {pr['wrong_vs_right_se']:.4f} "
+                f"| {pr['none_vs_right']:+.4f} +- {pr['none_vs_right_se']:.4f} |"
+            )
     lines.append("")
     for k, v in extra.items():
         if k not in ("reference_lines", "template_probe"):
@@ -307,8 +347,13 @@ def plot_rows(rows: dict[str, dict], path: str | Path, metrics: Sequence[str] = 
         y = np.arange(len(names))
         ax.barh(y, np.nan_to_num(values), xerr=np.where(np.isfinite(errors), errors, 0), color="#4c78a8", capsize=3)
         for k, v in enumerate(values):
-            ax.text(0 if not np.isfinite(v) else v, k, "  n/a" if not np.isfinite(v) else f"  {v:.3f}",
-                    va="center", fontsize=8)  # fmt: skip
+            ax.text(
+                0 if not np.isfinite(v) else v,
+                k,
+                "  n/a" if not np.isfinite(v) else f"  {v:.3f}",
+                va="center",
+                fontsize=8,
+            )
         ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(metric.replace("_", " "), fontsize=9, loc="left")
@@ -333,9 +378,15 @@ def _template_inputs(pipe, templates: Sequence[np.ndarray]) -> dict:
     return out
 
 
-def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray],
-                       wrong_templates: Sequence[np.ndarray], timesteps: Sequence[int] = (250, 500, 750),
-                       seed: int = 0, batch_size: int = 16) -> dict:  # fmt: skip
+def template_use_probe(
+    pipe,
+    cases: Sequence[Case],
+    targets: Sequence[np.ndarray],
+    wrong_templates: Sequence[np.ndarray],
+    timesteps: Sequence[int] = (250, 500, 750),
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict:
     """The controlled probe: does the adapter use the template's *expression*?
 
     For each case, the diffusion loss of predicting `targets[i]` (the reference person showing the template's exact
@@ -355,8 +406,9 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
     device, unet, vae = pipe._execution_device, pipe.unet, pipe.vae
     size = targets[0].shape[0]
     text_dim = pipe.text_encoder_2.config.projection_dim
-    time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=unet.dtype,
-                                      text_encoder_projection_dim=text_dim).to(device)  # fmt: skip
+    time_ids = pipe._get_add_time_ids(
+        (size, size), (0, 0), (size, size), dtype=unet.dtype, text_encoder_projection_dim=text_dim
+    ).to(device)
     per_case = {"right": [], "wrong": [], "none": []}
     g = torch.Generator().manual_seed(seed * 7 + 5)
     for start in range(0, len(cases), batch_size):
@@ -365,11 +417,14 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
         pixels = torch.as_tensor(np.stack([targets[i] for i in chunk]), dtype=torch.float32) / 127.5 - 1.0
         latents = vae.encode(pixels.permute(0, 3, 1, 2).to(device, vae.dtype)).latent_dist.mean
         latents = (latents * vae.config.scaling_factor).float().cpu()
-        prompt_embeds, _, pooled, _ = pipe.encode_prompt([cases[i].prompt for i in chunk], device=device,
-                                                         do_classifier_free_guidance=False)  # fmt: skip
+        prompt_embeds, _, pooled, _ = pipe.encode_prompt(
+            [cases[i].prompt for i in chunk], device=device, do_classifier_free_guidance=False
+        )
         identity = pipe.encode_identity([[cases[i].reference] for i in chunk], b)
-        inputs = {"right": _template_inputs(pipe, [cases[i].template for i in chunk]),
-                  "wrong": _template_inputs(pipe, [wrong_templates[i] for i in chunk])}  # fmt: skip
+        inputs = {
+            "right": _template_inputs(pipe, [cases[i].template for i in chunk]),
+            "wrong": _template_inputs(pipe, [wrong_templates[i] for i in chunk]),
+        }
         inputs["none"] = inputs["right"]
         losses = {k: torch.zeros(b) for k in per_case}
         for t in timesteps:
@@ -379,11 +434,20 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
             target = diffusion_target(scheduler, latents, noise, tt)
             for key, exp in inputs.items():
                 cond = pipe.prepare_conditioning(
-                    b, 1, False, identity, exp.get("expression_image_embeds"), 1.0, 0.0 if key == "none" else 1.0,
-                    None, device, exp.get("expression_codes"),
-                )  # fmt: skip
-                pred = adapted_unet_forward(unet, noisy.to(device, unet.dtype), tt.to(device), prompt_embeds, pooled,
-                                            time_ids, cond)  # fmt: skip
+                    batch_size=b,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=False,
+                    identity_embeds=identity,
+                    expression_image_embeds=exp.get("expression_image_embeds"),
+                    identity_scale=1.0,
+                    expression_scale=0.0 if key == "none" else 1.0,
+                    expression_mask=None,
+                    device=device,
+                    expression_codes=exp.get("expression_codes"),
+                )
+                pred = adapted_unet_forward(
+                    unet, noisy.to(device, unet.dtype), tt.to(device), prompt_embeds, pooled, time_ids, cond
+                )
                 losses[key] += F.mse_loss(pred.float().cpu(), target, reduction="none").mean(dim=(1, 2, 3))
         for key in per_case:
             per_case[key].extend((losses[key] / len(timesteps)).tolist())
@@ -401,9 +465,14 @@ def template_use_probe(pipe, cases: Sequence[Case], targets: Sequence[np.ndarray
     }
 
 
-def ridge_probe(features: np.ndarray, targets: np.ndarray, groups: Sequence[str], lambdas: Sequence[float] = (
-        0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0), clip: tuple[float, float] | None = (0.0, 1.0),
-        seed: int = 0) -> dict:  # fmt: skip
+def ridge_probe(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: Sequence[str],
+    lambdas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0),
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    seed: int = 0,
+) -> dict:
     """How much of `targets` (N, K) a linear map reads from `features` (N, F), on held-out groups (identities).
 
     Splits the groups 80/20 into train and test, tunes the ridge strength on an inner 80/20 group split of the train
@@ -435,7 +504,9 @@ def ridge_probe(features: np.ndarray, targets: np.ndarray, groups: Sequence[str]
     train = ~test
     inner_val = split(train)
     inner_train = train & ~inner_val
-    val_mae = {lam: float(np.abs(fit_predict(inner_train, inner_val, lam) - targets[inner_val]).mean()) for lam in lambdas}
+    val_mae = {
+        lam: float(np.abs(fit_predict(inner_train, inner_val, lam) - targets[inner_val]).mean()) for lam in lambdas
+    }
     best = min(val_mae, key=val_mae.get)
     pred = fit_predict(train, test, best)
     residual = ((pred - targets[test]) ** 2).sum()

@@ -54,7 +54,8 @@ class CallableExpressionEncoder:
         codes = np.asarray(self.fn(list(images), list(keypoints)), dtype=np.float32)
         if codes.shape != (len(images), self.code_dim):
             raise ValueError(
-                f"Expression encoder {self.name!r} returned shape {codes.shape}, expected ({len(images)}, {self.code_dim})."
+                f"Expression encoder {self.name!r} returned shape {codes.shape}, "
+                f"expected ({len(images)}, {self.code_dim})."
             )
         if not np.isfinite(codes).all():
             raise ValueError(f"Expression encoder {self.name!r} returned non-finite codes.")

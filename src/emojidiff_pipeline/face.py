@@ -21,8 +21,15 @@ import PIL.Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPRESSION_CROPS", "FaceAnalyzer", "align_expression_face", "align_face", "expression_mask", "face_mask",
-           "to_rgb_array"]  # fmt: skip
+__all__ = [
+    "EXPRESSION_CROPS",
+    "FaceAnalyzer",
+    "align_expression_face",
+    "align_face",
+    "expression_mask",
+    "face_mask",
+    "to_rgb_array",
+]
 
 # Geometries of the expression template crop: "arcface" (the 5-point ArcFace alignment, the first adapters'
 # geometry) and "eyes_nose" (aligned on the eyes and nose only, zoomed out so brows, chin and an open jaw fit).
@@ -217,11 +224,13 @@ def expression_crop_matrix(kps: np.ndarray, size: int, geometry: str = "eyes_nos
     return _similarity_matrix(kps[:3], expression_template(size).astype(np.float64))
 
 
-def align_expression_face(image_rgb: np.ndarray, kps: np.ndarray, size: int = 224,
-                          geometry: str = "eyes_nose") -> np.ndarray:  # fmt: skip
+def align_expression_face(
+    image_rgb: np.ndarray, kps: np.ndarray, size: int = 224, geometry: str = "eyes_nose"
+) -> np.ndarray:
     """The expression template crop: RGB [H, W, 3] uint8 + 5 keypoints (5, 2) -> RGB [size, size, 3] uint8.
 
-    ``"arcface"`` is :func:`align_face` (insightface ``norm_crop``); ``"eyes_nose"`` see :func:`expression_crop_matrix`.
+    ``"arcface"`` is :func:`align_face` (insightface ``norm_crop``); ``"eyes_nose"`` see
+    :func:`expression_crop_matrix`.
     """
     image_rgb = to_rgb_array(image_rgb, "image_rgb")
     if _check_geometry(geometry) == "arcface":
@@ -312,7 +321,8 @@ def is_face_recognizer(obj: Any) -> bool:
 
 
 def check_face_recognizer(recognizer: Any, arg: str = "recognizer") -> Any:
-    """Return `recognizer` if it follows the ``FaceRecognizer`` protocol, else raise naming `arg` and what was received."""
+    """Return `recognizer` if it follows the ``FaceRecognizer`` protocol, else raise naming `arg` and what was
+    received."""
     if not is_face_recognizer(recognizer):
         raise TypeError(
             f"`{arg}` must be a face recognizer with `name` (str), `embedding_dim` (int) and `embed(image, kps)` "
@@ -339,8 +349,9 @@ def recognizer_info(recognizer: Any) -> tuple[str | None, int | None]:
     return name, dim
 
 
-def check_adapter_recognizer(adapter_config: Any, recognizer_name: str | None, embedding_dim: int | None,
-                             arg: str = "face_analyzer") -> None:  # fmt: skip
+def check_adapter_recognizer(
+    adapter_config: Any, recognizer_name: str | None, embedding_dim: int | None, arg: str = "face_analyzer"
+) -> None:
     """Refuse a recognizer other than the one the adapter's identity branch was trained on (by width, then name).
 
     Adapters saved before `identity_encoder` was recorded (None) are checked by width only.
@@ -713,8 +724,10 @@ class FaceAnalyzer:
             embedding = self.recognizer.get(np.ascontiguousarray(image_rgb[:, :, ::-1]), face)  # insightface wants BGR
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if self.embedding_dim is not None and embedding.shape[0] != self.embedding_dim:
-            raise ValueError(f"The recognizer {self.recognizer_name!r} returned a {embedding.shape[0]}-d embedding "
-                             f"for `{input_name}`, but declares `embedding_dim`={self.embedding_dim}.")  # fmt: skip
+            raise ValueError(
+                f"The recognizer {self.recognizer_name!r} returned a {embedding.shape[0]}-d embedding "
+                f"for `{input_name}`, but declares `embedding_dim`={self.embedding_dim}."
+            )
         norm = float(np.linalg.norm(embedding))
         if not np.isfinite(norm) or norm == 0.0:
             raise ValueError(f"The recognizer returned a zero or non-finite embedding for `{input_name}`.")

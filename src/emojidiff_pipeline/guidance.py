@@ -29,11 +29,15 @@ def check_expression_guidance_scale(value: Any, guidance_scale: Any, has_express
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"`expression_guidance_scale` must be a finite number >= 0 or None, got {value!r}.")
     if not has_expression:
-        raise ValueError("`expression_guidance_scale` was given without an expression input (`expression_image`, "
-                         "`expression_embeds` or `expression_codes`); it would be ignored.")  # fmt: skip
+        raise ValueError(
+            "`expression_guidance_scale` was given without an expression input (`expression_image`, "
+            "`expression_embeds` or `expression_codes`); it would be ignored."
+        )
     if not (isinstance(guidance_scale, (int, float)) and guidance_scale > 1):
-        raise ValueError("`expression_guidance_scale` needs classifier-free guidance (`guidance_scale` > 1, and a "
-                         f"UNet without guidance embedding); got guidance_scale={guidance_scale!r}.")  # fmt: skip
+        raise ValueError(
+            "`expression_guidance_scale` needs classifier-free guidance (`guidance_scale` > 1, and a "
+            f"UNet without guidance embedding); got guidance_scale={guidance_scale!r}."
+        )
     return float(value)
 
 
@@ -54,8 +58,9 @@ def _fold(pred: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.cat([uncond, no_expression + ratio * (full - no_expression)])
 
 
-def attach_expression_guidance(unet: torch.nn.Module, rows: int, guidance_scale: float,
-                               expression_guidance_scale: float) -> list:  # fmt: skip
+def attach_expression_guidance(
+    unet: torch.nn.Module, rows: int, guidance_scale: float, expression_guidance_scale: float
+) -> list:
     """Hooks on `unet` for a call whose guided batch has 2 * `rows` rows; returns the handles (remove them after)."""
     ratio = expression_guidance_scale / guidance_scale
 
@@ -68,5 +73,7 @@ def attach_expression_guidance(unet: torch.nn.Module, rows: int, guidance_scale:
         output.sample = _fold(output.sample, ratio)
         return output
 
-    return [unet.register_forward_pre_hook(widen_inputs, with_kwargs=True),
-            unet.register_forward_hook(fold_output, with_kwargs=True)]  # fmt: skip
+    return [
+        unet.register_forward_pre_hook(widen_inputs, with_kwargs=True),
+        unet.register_forward_hook(fold_output, with_kwargs=True),
+    ]

@@ -74,9 +74,11 @@ def attention_blocks(layers: Mapping[str, LayerInfo], names: Sequence[str] | Non
             idx = int(m.group(4) if m.group(4) is not None else m.group(3))
             counts[key] = max(counts.get(key, 0), idx + 1)
     order = {"down": 0, "mid": 1, "up": 2}
-    return [Block(path, block, i, counts[(path, block)])
-            for (path, block) in sorted(found, key=lambda k: (order[k[0]], k[1]))
-            for i in sorted(found[(path, block)])]  # fmt: skip
+    return [
+        Block(path, block, i, counts[(path, block)])
+        for (path, block) in sorted(found, key=lambda k: (order[k[0]], k[1]))
+        for i in sorted(found[(path, block)])
+    ]
 
 
 def probe_blocks(blocks: Sequence[Block], score: Callable[[object], dict]) -> dict:

@@ -47,6 +47,7 @@ def expression_sensitive_blocks(layers: Mapping[str, "LayerInfo"]) -> dict:
         spec[f"block_{first}"] = [0.0 if i == 1 else 1.0 for i in range(up[first])]
     return {"up": spec}
 
+
 _PATH_PREFIX = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 
 
@@ -121,7 +122,8 @@ def expand_block_dict(
     unknown = [k for k in spec if k not in _PATH_PREFIX]
     if unknown:
         raise ValueError(
-            f"`{arg_name}` names unknown UNet path(s) {unknown}; valid keys are 'down', 'mid', 'up'. Got {dict(spec)!r}."
+            f"`{arg_name}` names unknown UNet path(s) {unknown}; valid keys are 'down', 'mid', 'up'. "
+            f"Got {dict(spec)!r}."
         )
     per_attention: dict[str, float] = {}  # "up_blocks.0.attentions.1" -> value
     for path, value in spec.items():
@@ -220,7 +222,9 @@ def select_layers(unet_or_layers: nn.Module | Mapping[str, LayerInfo], spec: Lay
                 hits = [n for n in hits if layers[n].is_cross_attention]
                 if not hits:
                     extra = f" (it matches only self-attention layers, e.g. {self_attn[0]!r})" if self_attn else ""
-                    raise ValueError(f"`{arg_name}` regex {item!r} matches no cross-attention layer{extra}. Got {spec!r}.")
+                    raise ValueError(
+                        f"`{arg_name}` regex {item!r} matches no cross-attention layer{extra}. Got {spec!r}."
+                    )
                 chosen_set.update(hits)
             else:
                 name = item if item in layers or item.endswith(".processor") else item + ".processor"

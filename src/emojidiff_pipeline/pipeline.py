@@ -49,13 +49,27 @@ ImageLike = PIL.Image.Image | np.ndarray
 
 # arguments of diffusers' img2img / inpaint / ControlNet pipelines, named in the error of a class that lacks them
 _INIT_IMAGE_ARGS = ("image", "init_image", "mask_image", "masked_image_latents", "strength", "denoising_start")
-_CONTROLNET_ARGS = ("control_image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
-                    "guess_mode")  # fmt: skip
+_CONTROLNET_ARGS = (
+    "control_image",
+    "controlnet_conditioning_scale",
+    "control_guidance_start",
+    "control_guidance_end",
+    "guess_mode",
+)
 _DEPRECATED_PARENT_ARGS = ("callback", "callback_steps")  # the parents pop these from their **kwargs
 # the EmojiDiff keyword arguments of `__call__` (the rest go to the diffusers parent)
-_EMOJIDIFF_ARGS = ("identity_image", "identity_embeds", "expression_image", "expression_kps", "expression_embeds",
-                   "expression_codes", "identity_scale", "expression_scale", "expression_mask",
-                   "expression_guidance_scale")  # fmt: skip
+_EMOJIDIFF_ARGS = (
+    "identity_image",
+    "identity_embeds",
+    "expression_image",
+    "expression_kps",
+    "expression_embeds",
+    "expression_codes",
+    "identity_scale",
+    "expression_scale",
+    "expression_mask",
+    "expression_guidance_scale",
+)
 
 
 def _check_call_kwargs(pipeline_cls: type, parent_signature: inspect.Signature, kwargs: Mapping[str, Any]) -> None:
@@ -141,7 +155,9 @@ class EmojiDiffMixin:
             dtype = torch_dtype or self.unet.dtype
             torch.nn.Module.to(emoji_adapter, device=self.unet.device, dtype=dtype)  # ModelMixin.to warns
         self.register_modules(emoji_adapter=emoji_adapter)
-        install_processors(self.unet, set(emoji_adapter.identity_layer_names) | set(emoji_adapter.expression_layer_names))
+        install_processors(
+            self.unet, set(emoji_adapter.identity_layer_names) | set(emoji_adapter.expression_layer_names)
+        )
         if model_offload:
             self.enable_model_cpu_offload(device=getattr(self, "_offload_device", None) or "cuda")
         elif sequential_offload:
@@ -155,7 +171,8 @@ class EmojiDiffMixin:
         torch_dtype: torch.dtype | None = None,
         **kwargs,
     ) -> EmojiDiffAdapter:
-        """Load an [`EmojiDiffAdapter`] from a local folder or Hub repo and attach it, like diffusers' `load_ip_adapter`.
+        """Load an [`EmojiDiffAdapter`] from a local folder or Hub repo and attach it, like diffusers'
+        `load_ip_adapter`.
 
         Args:
             pretrained_model_name_or_path: adapter folder (config.json + safetensors) or Hub id; for a saved EmojiDiff
@@ -285,10 +302,17 @@ class EmojiDiffMixin:
         if self.emoji_adapter is not None:
             from .face import check_adapter_recognizer
 
-            check_adapter_recognizer(self.emoji_adapter.config, getattr(self.face_analyzer, "recognizer_name", None),
-                                     getattr(self.face_analyzer, "embedding_dim", None), "pipe.face_analyzer")  # fmt: skip
+            check_adapter_recognizer(
+                self.emoji_adapter.config,
+                getattr(self.face_analyzer, "recognizer_name", None),
+                getattr(self.face_analyzer, "embedding_dim", None),
+                "pipe.face_analyzer",
+            )
         embeds = [
-            [self.face_analyzer.identity_embedding(img, input_name=f"identity_image[{i}][{j}]") for j, img in enumerate(refs)]
+            [
+                self.face_analyzer.identity_embedding(img, input_name=f"identity_image[{i}][{j}]")
+                for j, img in enumerate(refs)
+            ]
             for i, refs in enumerate(per_prompt)
         ]
         return torch.as_tensor(np.asarray(embeds, dtype=np.float32))  # (B or 1, n_ref, D)
@@ -298,7 +322,9 @@ class EmojiDiffMixin:
         """`expression_image` -> a list of one template, or one per prompt."""
         if _is_image(expression_image):
             templates = [expression_image]
-        elif isinstance(expression_image, (list, tuple)) and expression_image and all(map(_is_image, expression_image)):
+        elif (
+            isinstance(expression_image, (list, tuple)) and expression_image and all(map(_is_image, expression_image))
+        ):
             templates = list(expression_image)
             if len(templates) not in (1, batch_size):
                 raise ValueError(
@@ -327,14 +353,17 @@ class EmojiDiffMixin:
             return [None] * num_templates
         if _is_kps(kps):
             per_template = [kps]
-        elif isinstance(kps, (list, tuple, np.ndarray, torch.Tensor)) and len(kps) and all(
-            k is None or _is_kps(k) for k in kps
+        elif (
+            isinstance(kps, (list, tuple, np.ndarray, torch.Tensor))
+            and len(kps)
+            and all(k is None or _is_kps(k) for k in kps)
         ):
             per_template = list(kps)
         else:
             raise ValueError(
-                "`expression_kps` must be 5 landmarks (5, 2) (left eye, right eye, nose, left and right mouth corners, "
-                f"in pixels of the template) or a list of one per template; got {getattr(kps, 'shape', type(kps).__name__)}."
+                "`expression_kps` must be 5 landmarks (5, 2) (left eye, right eye, nose, left and right mouth "
+                "corners, in pixels of the template) or a list of one per template; got "
+                f"{getattr(kps, 'shape', type(kps).__name__)}."
             )
         if len(per_template) != num_templates:
             raise ValueError(
@@ -357,7 +386,9 @@ class EmojiDiffMixin:
         for i, (img, points) in enumerate(zip(templates, kps_list)):
             name = f"expression_image[{i}]" if len(templates) > 1 else "expression_image"
             if points is not None:  # known landmarks: the analyzer's crop without its detector
-                crop = align_expression_face(to_rgb_array(np.asarray(self._to_pil(img, name)), name), points, 224, geometry)
+                crop = align_expression_face(
+                    to_rgb_array(np.asarray(self._to_pil(img, name)), name), points, 224, geometry
+                )
                 img = masked_template(PIL.Image.fromarray(crop), expression_mask(224, geometry))
             elif self.face_analyzer is not None:
                 img = masked_template(*self.face_analyzer.expression_crop(img, input_name=name, geometry=geometry))
@@ -387,7 +418,9 @@ class EmojiDiffMixin:
         pixels = pixels.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
 
-    def encode_expression(self, expression_image, batch_size: int | None = None, device=None, kps=None) -> torch.Tensor:
+    def encode_expression(
+        self, expression_image, batch_size: int | None = None, device=None, kps=None
+    ) -> torch.Tensor:
         """Expression template(s) -> image-encoder patch tokens (N, P, E): crop (at known `kps`, or the face
         analyzer's), mask, encode: the same input the pipeline call and training feed the adapter.
 
@@ -430,9 +463,7 @@ class EmojiDiffMixin:
 
     # ------------------------------------------------------------------ checks
     @staticmethod
-    def _check_embeds(
-        name: str, embeds, width: int, batch_size: int, width_arg: str, nonzero: bool = False
-    ) -> None:
+    def _check_embeds(name: str, embeds, width: int, batch_size: int, width_arg: str, nonzero: bool = False) -> None:
         """Shape, dtype and value checks of a precomputed embedding input; `nonzero`: refuse zero-norm vectors."""
         if not isinstance(embeds, torch.Tensor):
             raise ValueError(f"`{name}` must be a torch.Tensor, got {type(embeds).__name__}.")
@@ -454,7 +485,9 @@ class EmojiDiffMixin:
         finite = torch.isfinite(embeds).all(dim=-1)  # (B, tokens)
         if not finite.all():
             b, t = (int(i) for i in (~finite).nonzero()[0])
-            raise ValueError(f"`{name}` holds NaN or inf values (first at [{b}, {t}]); got shape {tuple(embeds.shape)}.")
+            raise ValueError(
+                f"`{name}` holds NaN or inf values (first at [{b}, {t}]); got shape {tuple(embeds.shape)}."
+            )
         if nonzero:
             zero = embeds.abs().amax(dim=-1) == 0  # (B, tokens)
             if zero.any():
@@ -529,7 +562,9 @@ class EmojiDiffMixin:
         if expression_mask is not None:
             expression_mask = expand(expression_mask)
         # the UNet's dtype, whatever `.to()` calls left the adapter in
-        return EmojiDiffConditioning.build(output, layers, id_scales, exp_scales, expression_mask, dtype=self.unet.dtype)
+        return EmojiDiffConditioning.build(
+            output, layers, id_scales, exp_scales, expression_mask, dtype=self.unet.dtype
+        )
 
     def _prepare_mask(self, expression_mask) -> torch.Tensor:
         """User mask (PIL / HxW array / tensor, 1 = face region of the output) -> (1, 1, H, W) float; it is resized to
@@ -541,10 +576,14 @@ class EmojiDiffMixin:
         elif not isinstance(expression_mask, np.ndarray):
             raise ValueError(
                 "`expression_mask` must be a PIL image, an (H, W) numpy array or a torch.Tensor, got "
-                f"{type(expression_mask).__name__}" + (" (open the file first)." if isinstance(expression_mask, str) else ".")
+                f"{type(expression_mask).__name__}"
+                + (" (open the file first)." if isinstance(expression_mask, str) else ".")
             )
-        if not (np.issubdtype(expression_mask.dtype, np.floating) or np.issubdtype(expression_mask.dtype, np.integer)
-                or expression_mask.dtype == np.bool_):  # fmt: skip
+        if not (
+            np.issubdtype(expression_mask.dtype, np.floating)
+            or np.issubdtype(expression_mask.dtype, np.integer)
+            or expression_mask.dtype == np.bool_
+        ):
             raise ValueError(f"`expression_mask` must hold numbers, got dtype {expression_mask.dtype}.")
         mask = torch.as_tensor(np.asarray(expression_mask, dtype=np.float32))
         if mask.ndim != 2:
@@ -552,7 +591,9 @@ class EmojiDiffMixin:
         if mask.numel() == 0:
             raise ValueError(f"`expression_mask` is empty: got shape {tuple(mask.shape)}.")
         if not torch.isfinite(mask).all():
-            raise ValueError(f"`expression_mask` holds NaN or inf values ({int((~torch.isfinite(mask)).sum())} of them).")
+            raise ValueError(
+                f"`expression_mask` holds NaN or inf values ({int((~torch.isfinite(mask)).sum())} of them)."
+            )
         if mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"`expression_mask` values must lie in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}].")
         return mask[None, None]
@@ -605,7 +646,9 @@ class EmojiDiffMixin:
 
         Examples:
             >>> pipe = EmojiDiffPipeline.from_pretrained("path/to/emojidiff-sdxl")  # doctest: +SKIP
-            >>> image = pipe("a portrait, watercolor", identity_embeds=emb, expression_image=tpl).images[0]  # doctest: +SKIP
+            >>> image = pipe(  # doctest: +SKIP
+            ...     "a portrait, watercolor", identity_embeds=emb, expression_image=tpl
+            ... ).images[0]
         """
         # 1. Bind the parent's arguments; refuse names nobody takes
         signature = self._parent_call_signature()
@@ -639,9 +682,15 @@ class EmojiDiffMixin:
         if expression_image is not None and (expression_embeds is not None or expression_codes is not None):
             raise ValueError("Pass either `expression_image` or precomputed `expression_embeds`/`expression_codes`.")
         if expression_kps is not None and expression_image is None:
-            raise ValueError("`expression_kps` was given without `expression_image`; the landmarks locate the face in "
-                             "that template.")  # fmt: skip
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
+            raise ValueError(
+                "`expression_kps` was given without `expression_image`; the landmarks locate the face in "
+                "that template."
+            )
+        if (
+            not isinstance(num_images_per_prompt, int)
+            or isinstance(num_images_per_prompt, bool)
+            or num_images_per_prompt < 1
+        ):
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
         if cross_attention_kwargs is not None and CONDITIONING_KWARG in cross_attention_kwargs:
             raise ValueError(f"`cross_attention_kwargs` must not hold the reserved key {CONDITIONING_KWARG!r}.")
@@ -654,60 +703,97 @@ class EmojiDiffMixin:
         if identity_image is not None:
             identity_embeds = self.encode_identity(identity_image, batch_size)
         if identity_embeds is not None:
-            self._check_embeds("identity_embeds", identity_embeds, config.identity_embed_dim, batch_size,
-                               "identity_embed_dim", nonzero=True)  # fmt: skip
+            self._check_embeds(
+                "identity_embeds",
+                identity_embeds,
+                config.identity_embed_dim,
+                batch_size,
+                "identity_embed_dim",
+                nonzero=True,
+            )
         adapter = self.emoji_adapter
         if expression_image is not None and adapter.uses_image_stream:
             expression_embeds = self.encode_expression(expression_image, batch_size, device, kps=expression_kps)
         if expression_image is not None and adapter.uses_code_stream:
             expression_codes = self.encode_expression_codes(expression_image, batch_size, kps=expression_kps)
         if expression_embeds is not None and not adapter.uses_image_stream:
-            raise ValueError("`expression_embeds` (image-encoder tokens) was given, but this adapter's expression "
-                             f"branch uses only the {config.expression_streams!r} stream.")  # fmt: skip
+            raise ValueError(
+                "`expression_embeds` (image-encoder tokens) was given, but this adapter's expression "
+                f"branch uses only the {config.expression_streams!r} stream."
+            )
         if expression_codes is not None and not adapter.uses_code_stream:
             raise ValueError("`expression_codes` was given, but this adapter's expression branch has no code stream.")
         if has_expression and adapter.uses_image_stream and expression_embeds is None:
-            raise ValueError("This adapter's expression branch has an image stream: pass `expression_image` or "
-                             "`expression_embeds`.")  # fmt: skip
+            raise ValueError(
+                "This adapter's expression branch has an image stream: pass `expression_image` or `expression_embeds`."
+            )
         if has_expression and adapter.uses_code_stream and expression_codes is None:
-            raise ValueError("This adapter's expression branch has a code stream: pass `expression_image` (with an "
-                             "expression encoder set) or `expression_codes`.")  # fmt: skip
+            raise ValueError(
+                "This adapter's expression branch has a code stream: pass `expression_image` (with an "
+                "expression encoder set) or `expression_codes`."
+            )
         if expression_embeds is not None:
-            self._check_embeds("expression_embeds", expression_embeds, config.image_embed_dim, batch_size, "image_embed_dim")
+            self._check_embeds(
+                "expression_embeds", expression_embeds, config.image_embed_dim, batch_size, "image_embed_dim"
+            )
         if expression_codes is not None:
             if not isinstance(expression_codes, torch.Tensor) or expression_codes.ndim != 2:
-                raise ValueError(f"`expression_codes` must be a 2-D tensor (batch, {config.expression_code_dim}), got "
-                                 f"{getattr(expression_codes, 'shape', type(expression_codes).__name__)}.")  # fmt: skip
-            self._check_embeds("expression_codes", expression_codes[:, None], config.expression_code_dim, batch_size,
-                               "expression_code_dim")  # fmt: skip
+                raise ValueError(
+                    f"`expression_codes` must be a 2-D tensor (batch, {config.expression_code_dim}), got "
+                    f"{getattr(expression_codes, 'shape', type(expression_codes).__name__)}."
+                )
+            self._check_embeds(
+                "expression_codes",
+                expression_codes[:, None],
+                config.expression_code_dim,
+                batch_size,
+                "expression_code_dim",
+            )
         mask = None
         if expression_mask is not None and not has_expression:
-            raise ValueError("`expression_mask` was given without an expression input (`expression_image`, "
-                             "`expression_embeds` or `expression_codes`); it would be ignored.")  # fmt: skip
+            raise ValueError(
+                "`expression_mask` was given without an expression input (`expression_image`, "
+                "`expression_embeds` or `expression_codes`); it would be ignored."
+            )
         if expression_mask is not None:
             mask = self._prepare_mask(expression_mask)
 
         # 4. Adapter key/values for every adapted layer, cached for all steps
         do_cfg = arg("guidance_scale") > 1 and self.unet.config.time_cond_proj_dim is None
         expression_guidance_scale = check_expression_guidance_scale(
-            expression_guidance_scale, arg("guidance_scale") if do_cfg else None, has_expression)
+            expression_guidance_scale, arg("guidance_scale") if do_cfg else None, has_expression
+        )
         conditioning = self.prepare_conditioning(
-            batch_size, num_images_per_prompt, do_cfg, identity_embeds, expression_embeds,
-            identity_scale, expression_scale, mask, device, expression_codes, expression_guidance_scale is not None,
-        )  # fmt: skip
+            batch_size,
+            num_images_per_prompt,
+            do_cfg,
+            identity_embeds,
+            expression_embeds,
+            identity_scale,
+            expression_scale,
+            mask,
+            device,
+            expression_codes,
+            expression_guidance_scale is not None,
+        )
 
         # 5. Denoise with the parent's loop; a mask learns the latent grid when the UNet first runs
-        bound.arguments["cross_attention_kwargs"] = {**(cross_attention_kwargs or {}), CONDITIONING_KWARG: conditioning}
+        bound.arguments["cross_attention_kwargs"] = {
+            **(cross_attention_kwargs or {}),
+            CONDITIONING_KWARG: conditioning,
+        }
         hooks = []
         if mask is not None:
+
             def record_latent_size(module, hook_args, hook_kwargs):
                 sample = hook_args[0] if hook_args else hook_kwargs["sample"]
                 conditioning.set_latent_size(sample.shape[-2:])
 
             hooks.append(self.unet.register_forward_pre_hook(record_latent_size, with_kwargs=True))
         if expression_guidance_scale is not None:
-            hooks += attach_expression_guidance(self.unet, batch_size * num_images_per_prompt,
-                                                float(arg("guidance_scale")), expression_guidance_scale)  # fmt: skip
+            hooks += attach_expression_guidance(
+                self.unet, batch_size * num_images_per_prompt, float(arg("guidance_scale")), expression_guidance_scale
+            )
         try:
             return super().__call__(*bound.args, **bound.kwargs)
         finally:
@@ -753,8 +839,13 @@ class EmojiDiffMixin:
                 repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")
             ).repo_id
         if self.emoji_adapter is not None:
-            card = emojidiff_model_card(self, repo_id=repo_id or os.fspath(save_directory), base_model=base_model,
-                                        training_data=training_data, remote_code=remote_code)  # fmt: skip
+            card = emojidiff_model_card(
+                self,
+                repo_id=repo_id or os.fspath(save_directory),
+                base_model=base_model,
+                training_data=training_data,
+                remote_code=remote_code,
+            )
             card.save(os.path.join(save_directory, "README.md"))
         elif push_to_hub:  # no adapter: a base folder, carded as diffusers does
             from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
@@ -762,8 +853,13 @@ class EmojiDiffMixin:
             card = populate_model_card(load_or_create_model_card(repo_id, token=hub.get("token"), is_pipeline=True))
             card.save(os.path.join(save_directory, "README.md"))
         if push_to_hub:
-            self._upload_folder(save_directory, repo_id, token=hub.get("token"), commit_message=hub.get("commit_message"),
-                                create_pr=hub.get("create_pr", False))  # fmt: skip
+            self._upload_folder(
+                save_directory,
+                repo_id,
+                token=hub.get("token"),
+                commit_message=hub.get("commit_message"),
+                create_pr=hub.get("create_pr", False),
+            )
 
     # the library modules a remote-code folder holds (pipeline.py's relative imports; none of them imports further)
     _REMOTE_CODE_FILES = ("pipeline", "adapter", "attention", "layers", "face", "expression", "guidance", "model_card")
@@ -784,7 +880,9 @@ class EmojiDiffMixin:
         index["_class_name"] = ["pipeline", type(self).__name__]
         if self.emoji_adapter is not None:
             for name in ("adapter", "layers"):
-                shutil.copyfile(os.path.join(source, f"{name}.py"), os.path.join(save_directory, "emoji_adapter", f"{name}.py"))
+                shutil.copyfile(
+                    os.path.join(source, f"{name}.py"), os.path.join(save_directory, "emoji_adapter", f"{name}.py")
+                )
             index["emoji_adapter"] = ["adapter", "EmojiDiffAdapter"]
         with open(index_path, "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
@@ -825,11 +923,18 @@ class EmojiDiffPipeline(EmojiDiffMixin, StableDiffusionXLPipeline):
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
-            feature_extractor=feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
-        )  # fmt: skip
+        )
         self._init_emojidiff(emoji_adapter)
 
 
@@ -857,11 +962,19 @@ class EmojiDiffImg2ImgPipeline(EmojiDiffMixin, StableDiffusionXLImg2ImgPipeline)
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
-            feature_extractor=feature_extractor, requires_aesthetics_score=requires_aesthetics_score,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
         self._init_emojidiff(emoji_adapter)
 
 
@@ -889,11 +1002,19 @@ class EmojiDiffInpaintPipeline(EmojiDiffMixin, StableDiffusionXLInpaintPipeline)
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
-            feature_extractor=feature_extractor, requires_aesthetics_score=requires_aesthetics_score,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
         self._init_emojidiff(emoji_adapter)
 
 
@@ -922,11 +1043,19 @@ class EmojiDiffControlNetPipeline(EmojiDiffMixin, StableDiffusionXLControlNetPip
         emoji_adapter: EmojiDiffAdapter | None = None,
     ):
         super().__init__(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet, controlnet=controlnet, scheduler=scheduler,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
-            feature_extractor=feature_extractor, image_encoder=image_encoder,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+        )
         self._init_emojidiff(emoji_adapter)
 
 
@@ -953,12 +1082,23 @@ class EmojiDiffStableDiffusionPipeline(EmojiDiffMixin, StableDiffusionPipeline):
         requires_safety_checker: bool = True,
     ):
         super().__init__(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=safety_checker, feature_extractor=feature_extractor, image_encoder=image_encoder,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
             requires_safety_checker=requires_safety_checker,
-        )  # fmt: skip
+        )
         self._init_emojidiff(emoji_adapter)
 
 
-EMOJIDIFF_PIPELINES = (EmojiDiffPipeline, EmojiDiffImg2ImgPipeline, EmojiDiffInpaintPipeline,
-                       EmojiDiffControlNetPipeline, EmojiDiffStableDiffusionPipeline)  # fmt: skip
+EMOJIDIFF_PIPELINES = (
+    EmojiDiffPipeline,
+    EmojiDiffImg2ImgPipeline,
+    EmojiDiffInpaintPipeline,
+    EmojiDiffControlNetPipeline,
+    EmojiDiffStableDiffusionPipeline,
+)

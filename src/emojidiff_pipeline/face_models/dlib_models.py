@@ -45,8 +45,15 @@ def kps_from_68(points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=np.float32)
     if points.shape != (68, 2):
         raise ValueError(f"`points` must be dlib's 68 landmarks of shape (68, 2), got {points.shape}.")
-    return np.stack([points[list(_EYE_A)].mean(0), points[list(_EYE_B)].mean(0), points[_NOSE_TIP],
-                     points[_MOUTH_A], points[_MOUTH_B]]).astype(np.float32)  # fmt: skip
+    return np.stack(
+        [
+            points[list(_EYE_A)].mean(0),
+            points[list(_EYE_B)].mean(0),
+            points[_NOSE_TIP],
+            points[_MOUTH_A],
+            points[_MOUTH_B],
+        ]
+    ).astype(np.float32)
 
 
 def box_from_kps(kps: np.ndarray) -> tuple[int, int, int, int]:
@@ -176,8 +183,18 @@ def lms_features(points: np.ndarray) -> np.ndarray:
 
 
 # the rigid points of a frontal face, outer eye corners 1 apart (the mean over the packaged photos and their mirrors)
-_LMS_CANONICAL_RIGID = np.array([[-0.5, -0.009], [-0.222, 0.009], [0.222, 0.008], [0.5, -0.009],
-                                 [0.0, -0.024], [0.0, 0.121], [0.0, 0.262], [0.0, 0.403]])  # fmt: skip
+_LMS_CANONICAL_RIGID = np.array(
+    [
+        [-0.5, -0.009],
+        [-0.222, 0.009],
+        [0.222, 0.008],
+        [0.5, -0.009],
+        [0.0, -0.024],
+        [0.0, 0.121],
+        [0.0, 0.262],
+        [0.0, 0.403],
+    ]
+)
 
 
 class LandmarkExpressionScorer:
@@ -216,7 +233,8 @@ class LandmarkExpressionScorer:
 
 
 def expression_scorer() -> LandmarkExpressionScorer:
-    """``module:factory`` hook: ``--eval_expression_estimator emojidiff_pipeline.face_models.dlib_models:expression_scorer``."""
+    """``module:factory`` hook:
+    ``--eval_expression_estimator emojidiff_pipeline.face_models.dlib_models:expression_scorer``."""
     return LandmarkExpressionScorer()
 
 
@@ -232,7 +250,8 @@ def detector() -> DlibDetector:
 
 def analyzer():
     """``module:factory`` hook for a whole face front-end with no non-commercial model: MediaPipe's face mesh as
-    the detector and dlib's recognizer (``emojidiff generate --face_model emojidiff_pipeline.face_models.dlib_models:analyzer``)."""
+    the detector and dlib's recognizer
+    (``emojidiff generate --face_model emojidiff_pipeline.face_models.dlib_models:analyzer``)."""
     from ..face import FaceAnalyzer
     from .mediapipe_mesh import MediaPipeDetector
 

@@ -226,8 +226,9 @@ def box_from_kps(kps: Any) -> tuple[int, int, int, int]:
     eyes, mouth = kps[:2].mean(0), kps[3:].mean(0)
     d = float(np.linalg.norm(mouth - eyes))
     if d < 1.0:
-        raise NoFaceError(f"`kps` give an eye-to-mouth distance of {d:.2f} px; cannot place a face box (kps "
-                          f"{kps.tolist()}).")  # fmt: skip
+        raise NoFaceError(
+            f"`kps` give an eye-to-mouth distance of {d:.2f} px; cannot place a face box (kps {kps.tolist()})."
+        )
     cx, half, top = (eyes[0] + mouth[0]) / 2, _BOX_HALF_WIDTH * d, eyes[1] - _BOX_TOP * d
     return int(round(cx - half)), int(round(top)), int(round(cx + half)), int(round(top + 2 * half))
 
@@ -289,8 +290,9 @@ class FerEmotion:
             if self._cascade.empty():
                 raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml could not be loaded.")
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        found = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, flags=cv2.CASCADE_SCALE_IMAGE,
-                                               minSize=(50, 50))  # fmt: skip
+        found = self._cascade.detectMultiScale(
+            grey, scaleFactor=1.1, minNeighbors=5, flags=cv2.CASCADE_SCALE_IMAGE, minSize=(50, 50)
+        )
         boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in np.asarray(found).reshape(-1, 4)]
         return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 

@@ -21,8 +21,18 @@ import numpy as np
 
 from .mediapipe_mesh import IRIS_A, IRIS_B, FaceMesh, kps_from_mesh
 
-FIELDS = ("eye_open_a", "eye_open_b", "brow_height_a", "brow_height_b", "mouth_open", "mouth_width",
-          "mouth_corner_a", "mouth_corner_b", "gaze_x", "gaze_y")  # fmt: skip
+FIELDS = (
+    "eye_open_a",
+    "eye_open_b",
+    "brow_height_a",
+    "brow_height_b",
+    "mouth_open",
+    "mouth_width",
+    "mouth_corner_a",
+    "mouth_corner_b",
+    "gaze_x",
+    "gaze_y",
+)
 
 # Canonical face-mesh indices. Eye "a" = image-left in a frontal photo (MediaPipe's right-eye indices).
 _EYE_CORNERS = {"a": (33, 133), "b": (263, 362)}  # (outer, inner)
@@ -70,10 +80,18 @@ def mesh_features(landmarks: np.ndarray) -> np.ndarray:
         width = float(np.linalg.norm(q[outer] - q[inner]))
         gaze.append((q[_IRIS[s]] - qc[s]) / max(width, 1e-6))
     gx, gy = np.mean(gaze, axis=0)
-    values = [eye_open("a"), eye_open("b"), brow("a"), brow("b"),
-              q[_LIP_INNER_LOWER, 1] - q[_LIP_INNER_UPPER, 1],
-              q[_MOUTH_CORNERS["b"], 0] - q[_MOUTH_CORNERS["a"], 0],
-              lip_centre_y - q[_MOUTH_CORNERS["a"], 1], lip_centre_y - q[_MOUTH_CORNERS["b"], 1], gx, gy]  # fmt: skip
+    values = [
+        eye_open("a"),
+        eye_open("b"),
+        brow("a"),
+        brow("b"),
+        q[_LIP_INNER_LOWER, 1] - q[_LIP_INNER_UPPER, 1],
+        q[_MOUTH_CORNERS["b"], 0] - q[_MOUTH_CORNERS["a"], 0],
+        lip_centre_y - q[_MOUTH_CORNERS["a"], 1],
+        lip_centre_y - q[_MOUTH_CORNERS["b"], 1],
+        gx,
+        gy,
+    ]
     return np.asarray(values, dtype=np.float32)
 
 
@@ -135,8 +153,9 @@ class MeshExpressionEncoder:
             face = self.landmarks(image, kps)
             if face is None:
                 if self.on_missing == "raise":
-                    raise ValueError(f"MediaPipe's face mesh found no face in `images[{i}]` "
-                                     f"(shape {np.asarray(image).shape}).")  # fmt: skip
+                    raise ValueError(
+                        f"MediaPipe's face mesh found no face in `images[{i}]` (shape {np.asarray(image).shape})."
+                    )
                 continue
             codes[i] = mesh_features(face)
             if self.symmetrize:
@@ -186,9 +205,11 @@ class BlendshapeEncoder:
 
             raise ImportError(f"BlendshapeEncoder needs mediapipe: `{INSTALL_COMMAND}`.") from err
         options = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(path)), output_face_blendshapes=True, num_faces=1,
+            base_options=BaseOptions(model_asset_path=str(path)),
+            output_face_blendshapes=True,
+            num_faces=1,
             running_mode=vision.RunningMode.IMAGE,
-        )  # fmt: skip
+        )
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
         self.model_path, self.on_missing, self.fields = path, on_missing, None
 
@@ -214,7 +235,8 @@ class BlendshapeEncoder:
 
 
 def expression_encoder() -> MeshExpressionEncoder:
-    """``module:factory`` hook: ``--expression_encoder emojidiff_pipeline.face_models.mediapipe_expression:expression_encoder``."""
+    """``module:factory`` hook:
+    ``--expression_encoder emojidiff_pipeline.face_models.mediapipe_expression:expression_encoder``."""
     return MeshExpressionEncoder()
 
 

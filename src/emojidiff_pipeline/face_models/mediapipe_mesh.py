@@ -55,9 +55,11 @@ class FaceMesh:
             raise ValueError(f"`min_detection_confidence` must be in (0, 1), got {min_detection_confidence!r}.")
         self.max_num_faces, self.min_detection_confidence = max_num_faces, float(min_detection_confidence)
         self._mesh = _import_mediapipe().FaceMesh(
-            static_image_mode=True, max_num_faces=max_num_faces, refine_landmarks=True,
+            static_image_mode=True,
+            max_num_faces=max_num_faces,
+            refine_landmarks=True,
             min_detection_confidence=self.min_detection_confidence,
-        )  # fmt: skip
+        )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from ..face import to_rgb_array

@@ -1,5 +1,6 @@
-"""What a face detector and a face recognizer must provide to plug into :class:`~emojidiff_pipeline.face.FaceAnalyzer`,
-training, IDI and evaluation. The expression encoder's protocol is :class:`emojidiff_pipeline.expression.ExpressionEncoder`.
+"""What a face detector and a face recognizer must provide to plug into
+:class:`~emojidiff_pipeline.face.FaceAnalyzer`, training, IDI and evaluation. The expression encoder's protocol is
+:class:`emojidiff_pipeline.expression.ExpressionEncoder`.
 
     class MyDetector:                         # FaceDetector
         name = "my-detector"
@@ -25,8 +26,15 @@ import numpy as np
 # run-time checks live with the face front-end (face.py is also copied into remote-code pipeline folders)
 from ..face import check_adapter_recognizer, check_face_recognizer, is_face_recognizer, recognizer_info
 
-__all__ = ["FaceDetector", "FaceRecognizer", "check_adapter_recognizer", "check_face_detector",
-           "check_face_recognizer", "is_face_recognizer", "recognizer_info"]  # fmt: skip
+__all__ = [
+    "FaceDetector",
+    "FaceRecognizer",
+    "check_adapter_recognizer",
+    "check_face_detector",
+    "check_face_recognizer",
+    "is_face_recognizer",
+    "recognizer_info",
+]
 
 
 @runtime_checkable

@@ -156,10 +156,20 @@ class FaceLossConfig:
         return self.identity_weight > 0 or self.alignment_weight > 0
 
 
-def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, config: FaceLossConfig,
-                expression_model: DifferentiableFaceModel | None = None,
-                identity_model: DifferentiableFaceModel | None = None, prediction_off: torch.Tensor | None = None,
-                reference_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def face_losses(
+    vae,
+    scheduler,
+    noisy,
+    prediction,
+    latents,
+    timesteps,
+    kps,
+    config: FaceLossConfig,
+    expression_model: DifferentiableFaceModel | None = None,
+    identity_model: DifferentiableFaceModel | None = None,
+    prediction_off: torch.Tensor | None = None,
+    reference_embeds: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The weighted face losses of a batch, and their parts.
 
     noisy, prediction, latents: (B, C, h, w) (the UNet's input, its output, the clean target latents); timesteps
@@ -173,7 +183,9 @@ def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, conf
     if config.needs_identity_model and identity_model is None:
         raise ValueError("`identity_weight` or `alignment_weight` > 0 needs an `identity_model`.")
     if config.alignment_weight > 0 and prediction_off is None:
-        raise ValueError("`alignment_weight` > 0 needs `prediction_off` (the prediction with the expression branch off).")
+        raise ValueError(
+            "`alignment_weight` > 0 needs `prediction_off` (the prediction with the expression branch off)."
+        )
     if config.identity_weight > 0 and config.identity_anchor == "reference" and reference_embeds is None:
         raise ValueError("`identity_anchor='reference'` needs `reference_embeds`.")
     rows = (timesteps <= config.max_timestep).nonzero().flatten()
@@ -209,7 +221,9 @@ def face_losses(vae, scheduler, noisy, prediction, latents, timesteps, kps, conf
         total = total + config.identity_weight * out["identity"]
     if config.alignment_weight > 0:
         with torch.no_grad():
-            x0_off = one_step_x0(scheduler, noisy[rows.cpu()].to(prediction.device), prediction_off[idx], timesteps[rows])
+            x0_off = one_step_x0(
+                scheduler, noisy[rows.cpu()].to(prediction.device), prediction_off[idx], timesteps[rows]
+            )
             anchor_off = F.normalize(identity_model(decode_latents(vae, x0_off), k).float(), dim=-1)
         out["alignment"] = (1 - (got * anchor_off).sum(-1)).mean()
         total = total + config.alignment_weight * out["alignment"]

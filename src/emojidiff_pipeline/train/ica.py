@@ -62,8 +62,15 @@ class AniConfig:
 
 
 @torch.no_grad()
-def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: DifferentiableFaceModel, config: AniConfig,
-                           num_validation: int = 0, batch_size: int = 16) -> dict:  # fmt: skip
+def calibrate_max_timestep(
+    pipe,
+    adapter,
+    cache: dict,
+    identity_model: DifferentiableFaceModel,
+    config: AniConfig,
+    num_validation: int = 0,
+    batch_size: int = 16,
+) -> dict:
     """ANI: the largest candidate timestep whose one-step x0 keeps the target's identity.
 
     For each candidate t, the calibration rows (a seeded draw from the training rows, i.e. not the held-out ones)
@@ -108,10 +115,18 @@ def calibrate_max_timestep(pipe, adapter, cache: dict, identity_model: Different
     kept = [t for t in config.candidates if by_t[t] >= config.threshold]
     bound = max(kept) if kept else config.candidates[0]
     if not kept:
-        logger.warning("ANI: no candidate timestep keeps identity >= %.3f (%s); using the smallest, %d.",
-                       config.threshold, by_t, bound)  # fmt: skip
-    logger.info("ANI: max timestep %d (identity by timestep %s, threshold %.3f)", bound,
-                {t: round(v, 4) for t, v in by_t.items()}, config.threshold)  # fmt: skip
+        logger.warning(
+            "ANI: no candidate timestep keeps identity >= %.3f (%s); using the smallest, %d.",
+            config.threshold,
+            by_t,
+            bound,
+        )
+    logger.info(
+        "ANI: max timestep %d (identity by timestep %s, threshold %.3f)",
+        bound,
+        {t: round(v, 4) for t, v in by_t.items()},
+        config.threshold,
+    )
     return {"max_timestep": int(bound), "threshold": config.threshold, "identity_by_timestep": by_t}
 
 
@@ -138,9 +153,21 @@ def copy_ani_into_adapters(output_dir: Path) -> None:
             write_text_atomic(folder / ANI_FILE, source.read_text())
 
 
-def run_ica(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path, config,
-            ani: AniConfig, resume_from_checkpoint: str | None = None, expression_encoder=None,
-            expression_loss_model=None, identity_loss_model=None) -> tuple[list[float], dict]:  # fmt: skip
+def run_ica(
+    accelerator,
+    pipe,
+    adapter,
+    triplets,
+    face_analyzer,
+    resolution: int,
+    output_dir: Path,
+    config,
+    ani: AniConfig,
+    resume_from_checkpoint: str | None = None,
+    expression_encoder=None,
+    expression_loss_model=None,
+    identity_loss_model=None,
+) -> tuple[list[float], dict]:
     """ICA from the stage-1 `adapter`: cache, ANI bound (calibrated once per run, reused on resume), then the
     stage-1 loop with timesteps and face losses limited to ``[0, bound]``. `config` is a
     :class:`~.stage1.Stage1Config` whose ``face_losses`` hold the ICA weights. Returns (losses, ANI result)."""
@@ -149,32 +176,60 @@ def run_ica(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int
     from .stage1 import prepare_stage1_cache, train_stage1
 
     if config.face_losses is None or not config.face_losses.enabled:
-        raise ValueError("ICA needs face losses: set identity, alignment and/or expression weights in "
-                         "`config.face_losses`.")  # fmt: skip
+        raise ValueError(
+            "ICA needs face losses: set identity, alignment and/or expression weights in `config.face_losses`."
+        )
     if identity_loss_model is None:
         raise ValueError("ICA needs an `identity_loss_model` (a DifferentiableFaceModel face recognizer) for ANI.")
     output_dir = Path(output_dir)
-    cache = prepare_stage1_cache(accelerator, pipe, adapter, triplets, face_analyzer, resolution, output_dir, config,
-                                 resume_from_checkpoint, expression_encoder)  # fmt: skip
+    cache = prepare_stage1_cache(
+        accelerator,
+        pipe,
+        adapter,
+        triplets,
+        face_analyzer,
+        resolution,
+        output_dir,
+        config,
+        resume_from_checkpoint,
+        expression_encoder,
+    )
     if not resume_from_checkpoint and (output_dir / ANI_FILE).exists() and accelerator.is_main_process:
         (output_dir / ANI_FILE).unlink()  # a fresh run recalibrates (the folder check above passed)
     accelerator.wait_for_everyone()
     pipe.unet.to(accelerator.device)
     identity_loss_model.to(accelerator.device)
-    result = load_or_calibrate(output_dir, lambda: calibrate_max_timestep(
-        pipe, adapter, cache, identity_loss_model, ani, config.num_validation, config.batch_size),
-        accelerator.is_main_process)  # every process calibrates alike (fixed rows and noise); the main one writes
+    # every process calibrates alike (fixed rows and noise); the main one writes
+    result = load_or_calibrate(
+        output_dir,
+        lambda: calibrate_max_timestep(
+            pipe, adapter, cache, identity_loss_model, ani, config.num_validation, config.batch_size
+        ),
+        accelerator.is_main_process,
+    )
     accelerator.wait_for_everyone()
     if bool(result.get("fixed")) != (ani.fixed_max_timestep is not None) or (
         ani.fixed_max_timestep is not None and result["max_timestep"] != ani.fixed_max_timestep
     ):
-        raise ValueError(f"{output_dir / ANI_FILE} holds {result!r}, but this run asks for fixed_max_timestep="
-                         f"{ani.fixed_max_timestep!r}; resume with the run's own bound or start a fresh run.")  # fmt: skip
+        raise ValueError(
+            f"{output_dir / ANI_FILE} holds {result!r}, but this run asks for fixed_max_timestep="
+            f"{ani.fixed_max_timestep!r}; resume with the run's own bound or start a fresh run."
+        )
     bound = int(result["max_timestep"])
-    config = dataclasses.replace(config, max_train_timestep=bound,
-                                 face_losses=dataclasses.replace(config.face_losses, max_timestep=bound))  # fmt: skip
-    losses = train_stage1(accelerator, pipe, adapter, cache, config, output_dir, resume_from_checkpoint,
-                          expression_loss_model, identity_loss_model)  # fmt: skip
+    config = dataclasses.replace(
+        config, max_train_timestep=bound, face_losses=dataclasses.replace(config.face_losses, max_timestep=bound)
+    )
+    losses = train_stage1(
+        accelerator,
+        pipe,
+        adapter,
+        cache,
+        config,
+        output_dir,
+        resume_from_checkpoint,
+        expression_loss_model,
+        identity_loss_model,
+    )
     if accelerator.is_main_process:
         copy_ani_into_adapters(output_dir)
     accelerator.wait_for_everyone()

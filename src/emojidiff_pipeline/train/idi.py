@@ -117,8 +117,14 @@ class DiffusionReIDBackend:
     """Re-identification with no extra model: image-to-image from the image itself with the identity branch only
     (expression branch off, low strength so the expression survives), pasted back inside the face mask."""
 
-    def __init__(self, pipe, strength: float = 0.5, num_inference_steps: int = 20, guidance_scale: float = 5.0,
-                 mask_size: int = 112):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        strength: float = 0.5,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 5.0,
+        mask_size: int = 112,
+    ):
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"`reid_strength` must be in (0, 1], got {strength}.")
         from diffusers import StableDiffusionXLImg2ImgPipeline
@@ -126,7 +132,11 @@ class DiffusionReIDBackend:
         components = {k: v for k, v in pipe.components.items() if k != "emoji_adapter"}
         self.img2img = StableDiffusionXLImg2ImgPipeline(**components)
         self.pipe, self.strength, self.steps, self.guidance, self.mask_size = (
-            pipe, strength, num_inference_steps, guidance_scale, mask_size
+            pipe,
+            strength,
+            num_inference_steps,
+            guidance_scale,
+            mask_size,
         )
         self.prompt = ""
 
@@ -142,10 +152,15 @@ class DiffusionReIDBackend:
             1, 1, do_cfg, embeds, None, 1.0, 0.0, None, self.pipe._execution_device
         )
         out = self.img2img(
-            self.prompt, image=PIL.Image.fromarray(image), strength=self.strength, num_inference_steps=self.steps,
-            guidance_scale=self.guidance, generator=torch.Generator().manual_seed(seed), output_type="np",
+            self.prompt,
+            image=PIL.Image.fromarray(image),
+            strength=self.strength,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
             cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
-        ).images[0]  # fmt: skip
+        ).images[0]
         generated = (out * 255).round().clip(0, 255).astype(np.uint8)
         # face mask in image coordinates: the aligned-space mask warped back through the 5-point similarity
         matrix, _ = cv2.estimateAffinePartial2D(arcface_template(self.mask_size), np.asarray(kps, np.float32))
@@ -202,8 +217,16 @@ class IDIRound:
         swapper: a :class:`Swapper`.
     """
 
-    def __init__(self, pipe, face_analyzer, expression_scorer: ExpressionScorer, swapper: Swapper,
-                 filters: FilterConfig, config: RoundConfig, collection_root: str | os.PathLike):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        face_analyzer,
+        expression_scorer: ExpressionScorer,
+        swapper: Swapper,
+        filters: FilterConfig,
+        config: RoundConfig,
+        collection_root: str | os.PathLike,
+    ):
         self.pipe, self.face, self.expression, self.swapper = pipe, face_analyzer, expression_scorer, swapper
         self.filters, self.config, self.root = filters, config, Path(collection_root)
 
@@ -214,18 +237,27 @@ class IDIRound:
         seed = self.config.seed * 1_000_003 + pair.index
         template = self._image(pair.template)
         refs = [self._image(r) for r in pair.references]
-        ref_embeds = [self.face.identity_embedding(img, f"reference of pair {pair.index}", kps=r.get("kps"))
-                      for img, r in zip(refs, pair.references)]  # fmt: skip
+        ref_embeds = [
+            self.face.identity_embedding(img, f"reference of pair {pair.index}", kps=r.get("kps"))
+            for img, r in zip(refs, pair.references)
+        ]
         ref_embed = np.mean(ref_embeds, axis=0)
         ref_embed /= np.linalg.norm(ref_embed)
-        template_embed = self.face.identity_embedding(template, f"template of pair {pair.index}", kps=pair.template.get("kps"))
+        template_embed = self.face.identity_embedding(
+            template, f"template of pair {pair.index}", kps=pair.template.get("kps")
+        )
         size = self.config.resolution
         generated = self.pipe(
-            pair.prompt, identity_embeds=torch.as_tensor(ref_embed)[None, None],
+            pair.prompt,
+            identity_embeds=torch.as_tensor(ref_embed)[None, None],
             **self._template_inputs(template, pair.template.get("kps")),
-            num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
-            height=size, width=size, generator=torch.Generator().manual_seed(seed), output_type="np",
-        ).images[0]  # fmt: skip
+            num_inference_steps=self.config.num_inference_steps,
+            guidance_scale=self.config.guidance_scale,
+            height=size,
+            width=size,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images[0]
         generated = (generated * 255).round().clip(0, 255).astype(np.uint8)
         faces = self.face.detect(generated, f"generated image of pair {pair.index}")
         if not faces:
@@ -237,8 +269,9 @@ class IDIRound:
             return None, {"index": pair.index, "rejected": ["no_face"]}
         kps = self.face.select(faces, f"swapped image of pair {pair.index}").kps
         result_embed = self.face.identity_embedding(result, "result", kps=kps)
-        exp_result, exp_template = self.expression([result, template], [kps, np.asarray(pair.template["kps"])
-                                                                         if "kps" in pair.template else None])
+        exp_result, exp_template = self.expression(
+            [result, template], [kps, np.asarray(pair.template["kps"]) if "kps" in pair.template else None]
+        )
         scores = Scores(
             expression_error=float(np.abs(exp_result - exp_template).mean()),
             identity_similarity=float(result_embed @ ref_embed),
@@ -254,13 +287,18 @@ class IDIRound:
         triplet = Triplet(
             template=str(self.root / pair.template["path"]),
             references=[str(self.root / r["path"]) for r in pair.references],
-            target=str(path), prompt=pair.prompt,
+            target=str(path),
+            prompt=pair.prompt,
             template_kps=pair.template.get("kps"),
             reference_kps=[r["kps"] for r in pair.references] if all("kps" in r for r in pair.references) else None,
-            extra={"template_identity": pair.template["identity"], "target_identity": pair.references[0]["identity"],
-                   "pair": pair.index, **asdict(scores)},
+            extra={
+                "template_identity": pair.template["identity"],
+                "target_identity": pair.references[0]["identity"],
+                "pair": pair.index,
+                **asdict(scores),
+            },
             target_kps=np.asarray(kps, dtype=np.float64).round(3).tolist(),
-        )  # fmt: skip
+        )
         return triplet, stats
 
     def _template_inputs(self, template: np.ndarray, kps) -> dict[str, torch.Tensor]:
@@ -270,7 +308,9 @@ class IDIRound:
 
         adapter, out = self.pipe.emoji_adapter, {}
         if adapter.uses_image_stream:
-            crop, mask = self.face.expression_crop(template, "template", kps=kps, geometry=adapter.config.template_crop)
+            crop, mask = self.face.expression_crop(
+                template, "template", kps=kps, geometry=adapter.config.template_crop
+            )
             out["expression_embeds"] = self.pipe.encode_template_crops([masked_template(crop, mask)])
         if adapter.uses_code_stream:
             if self.pipe.expression_encoder is None:
@@ -279,8 +319,9 @@ class IDIRound:
             out["expression_codes"] = torch.as_tensor(codes, dtype=torch.float32)
         return out
 
-    def run(self, records: Sequence[dict], out_dir: str | os.PathLike, process_index: int = 0,
-            num_processes: int = 1) -> list[int]:  # fmt: skip
+    def run(
+        self, records: Sequence[dict], out_dir: str | os.PathLike, process_index: int = 0, num_processes: int = 1
+    ) -> list[int]:
         """Process this process's unfinished shards; returns the shard ids it finished now."""
         out_dir = Path(out_dir)
         records = unique_records(records, self.root)  # a photo listed twice would be drawn twice as a reference
@@ -329,8 +370,13 @@ def assemble_round(out_dir: str | os.PathLike, num_shards: int) -> dict:
         for r in s["rejected"]:
             reasons[r] += 1
     seconds = sum(s.get("seconds", 0.0) for s in stats)  # summed over processes: compute time, not wall-clock
-    summary = {"pairs": len(stats), "accepted": len(triplets), "yield": len(triplets) / max(1, len(stats)),
-               "rejected_by": dict(sorted(reasons.items())), "compute_seconds": round(seconds, 1),
-               "accepted_per_compute_minute": round(60 * len(triplets) / seconds, 2) if seconds else None}  # fmt: skip
+    summary = {
+        "pairs": len(stats),
+        "accepted": len(triplets),
+        "yield": len(triplets) / max(1, len(stats)),
+        "rejected_by": dict(sorted(reasons.items())),
+        "compute_seconds": round(seconds, 1),
+        "accepted_per_compute_minute": round(60 * len(triplets) / seconds, 2) if seconds else None,
+    }
     write_text_atomic(out_dir / "round_stats.json", json.dumps(summary, indent=1))  # last: marks the round done
     return summary

@@ -29,14 +29,20 @@ def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def add_face_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("face front-end (train-side instruments)")
-    g.add_argument("--recognizer", default=None,
-                   help="identity embeddings: an ArcFace-style ONNX, or 'module:factory' returning a FaceRecognizer "
-                        "(e.g. emojidiff_pipeline.face_models.dlib_models:recognizer)")  # fmt: skip
+    g.add_argument(
+        "--recognizer",
+        default=None,
+        help="identity embeddings: an ArcFace-style ONNX, or 'module:factory' returning a FaceRecognizer "
+        "(e.g. emojidiff_pipeline.face_models.dlib_models:recognizer)",
+    )
     g.add_argument("--face_pack", default=None, help="insightface model pack name (detection + recognition)")
     g.add_argument("--face_root", default="~/.insightface")
-    g.add_argument("--detector", default=None,
-                   help="'module:factory' returning a FaceDetector / keypoint callable (e.g. "
-                        "emojidiff_pipeline.face_models.mediapipe_mesh:detector)")  # fmt: skip
+    g.add_argument(
+        "--detector",
+        default=None,
+        help="'module:factory' returning a FaceDetector / keypoint callable (e.g. "
+        "emojidiff_pipeline.face_models.mediapipe_mesh:detector)",
+    )
 
 
 def build_face_analyzer(args: argparse.Namespace, need_detector: bool = False):
@@ -46,8 +52,9 @@ def build_face_analyzer(args: argparse.Namespace, need_detector: bool = False):
     from ..hooks import is_factory_spec, load_factory
 
     if args.recognizer is None and args.face_pack is None:
-        raise ValueError("Identity embeddings need `--recognizer` (ONNX or module:factory) or `--face_pack` (an "
-                         "insightface pack).")  # fmt: skip
+        raise ValueError(
+            "Identity embeddings need `--recognizer` (ONNX or module:factory) or `--face_pack` (an insightface pack)."
+        )
     recognizer = args.recognizer
     if is_factory_spec(recognizer):
         recognizer = load_factory(recognizer, "--recognizer")
@@ -73,12 +80,19 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resampler_dim", type=int, default=None, help="default: the image encoder's width")
     g.add_argument("--resampler_depth", type=int, default=4)
     g.add_argument("--resampler_heads", type=int, default=None, help="default: resampler_dim // 64 (at least 1)")
-    g.add_argument("--expression_streams", default="image", choices=["image", "code", "both"],
-                   help="how the template reaches a new adapter's expression branch: image-encoder tokens (the "
-                        "paper's), an expression encoder's code, or both")  # fmt: skip
-    g.add_argument("--expression_encoder", default=None,
-                   help="'module:factory' returning an ExpressionEncoder (emojidiff_pipeline.expression); needed by "
-                        "the code stream")  # fmt: skip
+    g.add_argument(
+        "--expression_streams",
+        default="image",
+        choices=["image", "code", "both"],
+        help="how the template reaches a new adapter's expression branch: image-encoder tokens (the "
+        "paper's), an expression encoder's code, or both",
+    )
+    g.add_argument(
+        "--expression_encoder",
+        default=None,
+        help="'module:factory' returning an ExpressionEncoder (emojidiff_pipeline.expression); needed by "
+        "the code stream",
+    )
     g.add_argument("--num_expression_code_tokens", type=int, default=4)
 
 
@@ -138,36 +152,76 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--identity_drop", type=float, default=0.05)
     g.add_argument("--expression_drop", type=float, default=0.05)
     g.add_argument("--text_drop", type=float, default=0.05)
-    g.add_argument("--face_loss_weight", type=float, default=0.0,
-                   help="extra diffusion-loss weight around the target's face keypoints (0: the standard loss)")
-    g.add_argument("--expression_loss_weight", type=float, default=0.0,
-                   help="weight of the expression loss read by --expression_loss_model on the one-step x0 (0: off)")
-    g.add_argument("--expression_loss_model", default=None,
-                   help="'module:factory' returning a DifferentiableFaceModel expression estimator "
-                        "(emojidiff_pipeline.train.face_losses); not the one evaluation measures with")  # fmt: skip
-    g.add_argument("--identity_loss_weight", type=float, default=0.0,
-                   help="weight of the identity loss 1 - cos read by --identity_loss_model on the one-step x0")
-    g.add_argument("--identity_loss_model", default=None,
-                   help="'module:factory' returning a DifferentiableFaceModel face recognizer")
-    g.add_argument("--alignment_loss_weight", type=float, default=0.0,
-                   help="ICA's alignment loss 1 - cos(F(x0 expression on), stopgrad F(x0 expression off)) read by "
-                        "--identity_loss_model (0: off)")  # fmt: skip
-    g.add_argument("--identity_anchor", default="target", choices=["target", "reference"],
-                   help="the identity loss compares with F of the decoded target, or with the reference embedding "
-                        "(then F must be the network of --recognizer)")  # fmt: skip
-    g.add_argument("--face_loss_max_timestep", type=int, default=400,
-                   help="the face losses apply to rows with timestep <= this (a one-step x0 from more noise is a blur)")
-    g.add_argument("--strip_prompt_words", default=None,
-                   help="comma-separated phrases removed from training prompts (e.g. expression words)")
+    g.add_argument(
+        "--face_loss_weight",
+        type=float,
+        default=0.0,
+        help="extra diffusion-loss weight around the target's face keypoints (0: the standard loss)",
+    )
+    g.add_argument(
+        "--expression_loss_weight",
+        type=float,
+        default=0.0,
+        help="weight of the expression loss read by --expression_loss_model on the one-step x0 (0: off)",
+    )
+    g.add_argument(
+        "--expression_loss_model",
+        default=None,
+        help="'module:factory' returning a DifferentiableFaceModel expression estimator "
+        "(emojidiff_pipeline.train.face_losses); not the one evaluation measures with",
+    )
+    g.add_argument(
+        "--identity_loss_weight",
+        type=float,
+        default=0.0,
+        help="weight of the identity loss 1 - cos read by --identity_loss_model on the one-step x0",
+    )
+    g.add_argument(
+        "--identity_loss_model",
+        default=None,
+        help="'module:factory' returning a DifferentiableFaceModel face recognizer",
+    )
+    g.add_argument(
+        "--alignment_loss_weight",
+        type=float,
+        default=0.0,
+        help="ICA's alignment loss 1 - cos(F(x0 expression on), stopgrad F(x0 expression off)) read by "
+        "--identity_loss_model (0: off)",
+    )
+    g.add_argument(
+        "--identity_anchor",
+        default="target",
+        choices=["target", "reference"],
+        help="the identity loss compares with F of the decoded target, or with the reference embedding "
+        "(then F must be the network of --recognizer)",
+    )
+    g.add_argument(
+        "--face_loss_max_timestep",
+        type=int,
+        default=400,
+        help="the face losses apply to rows with timestep <= this (a one-step x0 from more noise is a blur)",
+    )
+    g.add_argument(
+        "--strip_prompt_words",
+        default=None,
+        help="comma-separated phrases removed from training prompts (e.g. expression words)",
+    )
     g.add_argument("--num_validation", type=int, default=0, help="triplets held out for the validation loss")
     g.add_argument("--validation_steps", type=int, default=250)
-    g.add_argument("--early_stopping_patience", type=int, default=0,
-                   help="stop after this many validations without a better loss; the best adapter ships (0: off)")
+    g.add_argument(
+        "--early_stopping_patience",
+        type=int,
+        default=0,
+        help="stop after this many validations without a better loss; the best adapter ships (0: off)",
+    )
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=3)
-    g.add_argument("--overwrite_output_dir", action="store_true",
-                   help="a fresh run (no --resume_from_checkpoint) into a folder holding another run deletes that "
-                        "run's checkpoints, logs and adapter first; without it such a run is refused")  # fmt: skip
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="a fresh run (no --resume_from_checkpoint) into a folder holding another run deletes that "
+        "run's checkpoints, logs and adapter first; without it such a run is refused",
+    )
     g.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     g.add_argument("--seed", type=int, default=0)
 
@@ -214,8 +268,9 @@ def build_face_loss_models(args: argparse.Namespace) -> tuple:
         spec = getattr(args, f"{kind}_loss_model", None)
         model = load_callable(spec, f"--{kind}_loss_model") if spec else None
         if model is not None and not isinstance(model, DifferentiableFaceModel):
-            raise ValueError(f"`--{kind}_loss_model` {spec!r} must return a DifferentiableFaceModel, got "
-                             f"{type(model).__name__}.")  # fmt: skip
+            raise ValueError(
+                f"`--{kind}_loss_model` {spec!r} must return a DifferentiableFaceModel, got {type(model).__name__}."
+            )
         models.append(model)
     return tuple(models)
 
@@ -233,15 +288,23 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
     )
 
     return Stage1Config(
-        max_steps=max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        lr_warmup_steps=args.lr_warmup_steps, identity_drop=args.identity_drop, expression_drop=args.expression_drop,
-        text_drop=args.text_drop, seed=args.seed, checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit, face_loss_weight=args.face_loss_weight,
-        num_validation=args.num_validation, validation_steps=args.validation_steps,
+        max_steps=max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_warmup_steps=args.lr_warmup_steps,
+        identity_drop=args.identity_drop,
+        expression_drop=args.expression_drop,
+        text_drop=args.text_drop,
+        seed=args.seed,
+        checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+        face_loss_weight=args.face_loss_weight,
+        num_validation=args.num_validation,
+        validation_steps=args.validation_steps,
         early_stopping_patience=args.early_stopping_patience,
         overwrite_output_dir=getattr(args, "overwrite_output_dir", False),
         face_losses=face if face.enabled else None,
-    )  # fmt: skip
+    )
 
 
 def stage1_triplets(args: argparse.Namespace, accelerator, output_dir) -> list:
@@ -254,10 +317,14 @@ def stage1_triplets(args: argparse.Namespace, accelerator, output_dir) -> list:
     output_dir = Path(output_dir)
     if args.same_identity_from:  # read and check the inputs before anything is written
         records = read_collection(args.same_identity_from, "`--same_identity_from` collection")
-        triplets = same_identity_triplets(records, Path(args.same_identity_from).parent, args.num_references, args.seed)
+        triplets = same_identity_triplets(
+            records, Path(args.same_identity_from).parent, args.num_references, args.seed
+        )
         if not triplets:
-            raise ValueError(f"`--same_identity_from` collection {args.same_identity_from!r} gives no same-identity "
-                             "triplet: no identity has two or more distinct photos.")  # fmt: skip
+            raise ValueError(
+                f"`--same_identity_from` collection {args.same_identity_from!r} gives no same-identity "
+                "triplet: no identity has two or more distinct photos."
+            )
         output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
             write_triplets(triplets, output_dir / "triplets.jsonl")

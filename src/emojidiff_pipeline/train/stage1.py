@@ -93,9 +93,17 @@ def _cache_key(triplets: list[Triplet], resolution: int, extra: str) -> str:
 
 
 @torch.no_grad()
-def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int, batch_size: int = 16,
-                  with_target_kps: bool = False, expression_encoder=None, with_image_tokens: bool = True,
-                  template_crop: str = "arcface") -> dict:  # fmt: skip
+def prepare_cache(
+    pipe,
+    face_analyzer,
+    triplets: list[Triplet],
+    resolution: int,
+    batch_size: int = 16,
+    with_target_kps: bool = False,
+    expression_encoder=None,
+    with_image_tokens: bool = True,
+    template_crop: str = "arcface",
+) -> dict:
     """Encode everything frozen once.
 
     Returns tensors: ``latents`` (N, 4, h, w) scaled VAE means of the targets; ``identity`` (N, 1, 512) normed mean
@@ -121,7 +129,10 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     # targets -> latents
     latents = []
     for i in range(0, len(triplets), batch_size):
-        imgs = [np.asarray(load(t.target, resolution), dtype=np.float32) / 127.5 - 1.0 for t in triplets[i : i + batch_size]]
+        imgs = [
+            np.asarray(load(t.target, resolution), dtype=np.float32) / 127.5 - 1.0
+            for t in triplets[i : i + batch_size]
+        ]
         x = torch.as_tensor(np.stack(imgs)).permute(0, 3, 1, 2).to(device, vae.dtype)
         latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
     latents = torch.cat(latents).float().cpu()
@@ -130,10 +141,13 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     identity = []
     for n, t in enumerate(triplets):
         embs = [
-            face_analyzer.identity_embedding(load(p), input_name=f"references[{j}] of triplet {n}",
-                                             kps=None if t.reference_kps is None else t.reference_kps[j])
+            face_analyzer.identity_embedding(
+                load(p),
+                input_name=f"references[{j}] of triplet {n}",
+                kps=None if t.reference_kps is None else t.reference_kps[j],
+            )
             for j, p in enumerate(t.references)
-        ]  # fmt: skip
+        ]
         identity.append(F.normalize(torch.as_tensor(np.mean(embs, axis=0)), dim=-1))
     identity = torch.stack(identity)[:, None].float()
 
@@ -145,13 +159,20 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     for i in range(0, len(unique_templates), batch_size):
         chunk = [(load(path), path, json.loads(kps)) for path, kps in unique_templates[i : i + batch_size]]
         if with_image_tokens:
-            crops = [masked_template(*face_analyzer.expression_crop(img, input_name=f"template {path}", kps=kps,
-                                                                    geometry=template_crop))
-                     for img, path, kps in chunk]  # fmt: skip
+            crops = [
+                masked_template(
+                    *face_analyzer.expression_crop(img, input_name=f"template {path}", kps=kps, geometry=template_crop)
+                )
+                for img, path, kps in chunk
+            ]
             tokens.append(pipe.encode_template_crops(crops, device).float().cpu())
         if expression_encoder is not None:
-            codes.append(torch.as_tensor(expression_encoder([np.asarray(img) for img, _, _ in chunk],
-                                                            [kps for _, _, kps in chunk]), dtype=torch.float32))  # fmt: skip
+            codes.append(
+                torch.as_tensor(
+                    expression_encoder([np.asarray(img) for img, _, _ in chunk], [kps for _, _, kps in chunk]),
+                    dtype=torch.float32,
+                )
+            )
     extra = {"templates": torch.cat(tokens)} if with_image_tokens else {}
     if expression_encoder is not None:
         extra["template_codes"] = torch.cat(codes)
@@ -161,12 +182,18 @@ def prepare_cache(pipe, face_analyzer, triplets: list[Triplet], resolution: int,
     prompt_pos = {p: i for i, p in enumerate(prompts)}
     embeds, pooled = [], []
     for i in range(0, len(prompts), batch_size):
-        pe, _, pp, _ = pipe.encode_prompt(prompts[i : i + batch_size], device=device, do_classifier_free_guidance=False)
+        pe, _, pp, _ = pipe.encode_prompt(
+            prompts[i : i + batch_size], device=device, do_classifier_free_guidance=False
+        )
         embeds.append(pe.float().cpu())
         pooled.append(pp.float().cpu())
     text_dim = pipe.text_encoder_2.config.projection_dim
     add_time_ids = pipe._get_add_time_ids(
-        (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32, text_encoder_projection_dim=text_dim
+        (resolution, resolution),
+        (0, 0),
+        (resolution, resolution),
+        dtype=torch.float32,
+        text_encoder_projection_dim=text_dim,
     )
     if with_target_kps:
         extra["target_kps"] = target_keypoints(face_analyzer, triplets, resolution)
@@ -207,7 +234,9 @@ def target_keypoints(face_analyzer, triplets: list[Triplet], resolution: int) ->
     return torch.stack(out).float()
 
 
-def keypoint_bumps(points: torch.Tensor, sigma: torch.Tensor, grid_size: tuple[int, int], image_size: int) -> torch.Tensor:
+def keypoint_bumps(
+    points: torch.Tensor, sigma: torch.Tensor, grid_size: tuple[int, int], image_size: int
+) -> torch.Tensor:
     """(B, 1, h, w) in [0, 1]: the largest Gaussian bump (std `sigma` (B,), in pixels) over `points` (B, P, 2, pixel
     (x, y) at `image_size`), sampled at the centres of an h x w grid over the image (pixel centres when h = size)."""
     h, w = grid_size
@@ -218,16 +247,27 @@ def keypoint_bumps(points: torch.Tensor, sigma: torch.Tensor, grid_size: tuple[i
     return torch.exp(-(dx**2 + dy**2) / (2 * sigma.view(-1, 1, 1, 1) ** 2)).amax(1, keepdim=True)
 
 
-def face_loss_weights(kps: torch.Tensor, latent_size: tuple[int, int], resolution: int, face_weight: float) -> torch.Tensor:
+def face_loss_weights(
+    kps: torch.Tensor, latent_size: tuple[int, int], resolution: int, face_weight: float
+) -> torch.Tensor:
     """Per-latent-cell loss weights (B, 1, h, w): ``1 + face_weight * g`` with g the :func:`keypoint_bumps` of the five
     keypoints `kps` (B, 5, 2, pixels at `resolution`), sigma = 0.35 x eye distance."""
     sigma = 0.35 * (kps[:, 0] - kps[:, 1]).norm(dim=-1).clamp(min=1.0)
     return 1.0 + face_weight * keypoint_bumps(kps, sigma, tuple(latent_size), resolution)
 
 
-def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, cache_dir: Path,
-                          with_target_kps: bool = False, expression_encoder=None,
-                          with_image_tokens: bool = True, template_crop: str = "arcface") -> dict:  # fmt: skip
+def load_or_prepare_cache(
+    accelerator,
+    pipe,
+    face_analyzer,
+    triplets,
+    resolution,
+    cache_dir: Path,
+    with_target_kps: bool = False,
+    expression_encoder=None,
+    with_image_tokens: bool = True,
+    template_crop: str = "arcface",
+) -> dict:
     """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it. The hash covers
     the triplets and their images' size and mtime, the resolution, the pipeline's name, the image encoder, the face
     front-end (recognizer and detector) and the expression encoder, so a change to any of them re-encodes."""
@@ -239,9 +279,16 @@ def load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution
     path = cache_dir / f"cache-{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
         logger.info("Encoding %d triplets once (VAE, recognizer, image encoder, text encoders)...", len(triplets))
-        cache = prepare_cache(pipe, face_analyzer, triplets, resolution, with_target_kps=with_target_kps,
-                              expression_encoder=expression_encoder, with_image_tokens=with_image_tokens,
-                              template_crop=template_crop)  # fmt: skip
+        cache = prepare_cache(
+            pipe,
+            face_analyzer,
+            triplets,
+            resolution,
+            with_target_kps=with_target_kps,
+            expression_encoder=expression_encoder,
+            with_image_tokens=with_image_tokens,
+            template_crop=template_crop,
+        )
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
     accelerator.wait_for_everyone()
@@ -259,8 +306,12 @@ def save_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.op
         (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
 
 
-CHECKPOINT_FILES = ("state.json", "optimizer.safetensors", "adapter/config.json",
-                    "adapter/diffusion_pytorch_model.safetensors")  # fmt: skip
+CHECKPOINT_FILES = (
+    "state.json",
+    "optimizer.safetensors",
+    "adapter/config.json",
+    "adapter/diffusion_pytorch_model.safetensors",
+)
 
 
 def _missing_checkpoint_files(folder: Path) -> list[str]:
@@ -287,16 +338,21 @@ def load_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.op
         raise FileNotFoundError(f"Checkpoint {folder} is incomplete: it has no {folder / missing[0]}.")
     weights_path = folder / "adapter" / "diffusion_pytorch_model.safetensors"
     weights = _read_safetensors(weights_path, folder)
-    check_tensor_shapes({k: tuple(v.shape) for k, v in adapter.state_dict().items()},
-                        {k: tuple(v.shape) for k, v in weights.items()}, f"Checkpoint {folder}", weights_path,
-                        "this run's adapter")  # fmt: skip
+    check_tensor_shapes(
+        {k: tuple(v.shape) for k, v in adapter.state_dict().items()},
+        {k: tuple(v.shape) for k, v in weights.items()},
+        f"Checkpoint {folder}",
+        weights_path,
+        "this run's adapter",
+    )
     state_path, optimizer_path = folder / "state.json", folder / "optimizer.safetensors"
     try:
         meta = json.loads(state_path.read_text())
         step, param_groups = int(meta["step"]), meta["param_groups"]
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"Checkpoint {folder}: {state_path} is not a valid state file ({err!r}); it is corrupt or "
-                         "truncated.") from err  # fmt: skip
+        raise ValueError(
+            f"Checkpoint {folder}: {state_path} is not a valid state file ({err!r}); it is corrupt or truncated."
+        ) from err
     tensors = _read_safetensors(optimizer_path, folder)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
@@ -304,19 +360,25 @@ def load_checkpoint(folder: Path, adapter: EmojiDiffAdapter, optimizer: torch.op
         for name, value in tensors.items():
             idx, key = name.split(".", 1)
             if value.ndim and tuple(value.shape) != tuple(params[int(idx)].shape):
-                raise ValueError(f"{name!r} has shape {tuple(value.shape)}, its parameter {tuple(params[int(idx)].shape)}")
+                raise ValueError(
+                    f"{name!r} has shape {tuple(value.shape)}, its parameter {tuple(params[int(idx)].shape)}"
+                )
             state.setdefault(int(idx), {})[key] = value
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"Checkpoint {folder}: {optimizer_path} and {state_path} do not fit this run's optimizer "
-                         f"({err}); the checkpoint belongs to another adapter configuration.") from err  # fmt: skip
+        raise ValueError(
+            f"Checkpoint {folder}: {optimizer_path} and {state_path} do not fit this run's optimizer "
+            f"({err}); the checkpoint belongs to another adapter configuration."
+        ) from err
     adapter.load_state_dict(weights)
     return step
 
 
 def _checkpoint_folders(output_dir: Path) -> list[Path]:
     """checkpoint-<step> folders of `output_dir`, by step."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    found = [
+        p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -368,8 +430,11 @@ def prepare_run_folder(output_dir: Path, resume: bool, overwrite: bool, is_main_
             "delete the old run first."
         )
     if is_main_process:
-        logger.warning("`overwrite_output_dir`: deleting the previous run in %s (%s).", output_dir,
-                       ", ".join(sorted(p.name for p in found)))  # fmt: skip
+        logger.warning(
+            "`overwrite_output_dir`: deleting the previous run in %s (%s).",
+            output_dir,
+            ", ".join(sorted(p.name for p in found)),
+        )
         for path in found:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -405,8 +470,20 @@ def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tenso
     return perm[num_validation:].sort().values, perm[:num_validation].sort().values
 
 
-def adapted_prediction(adapted: AdaptedUNet, cache: dict, rows: torch.Tensor, noisy, timesteps, text, pooled,
-                       keep_id, keep_exp, device, template_rows=None, model=None) -> torch.Tensor:  # fmt: skip
+def adapted_prediction(
+    adapted: AdaptedUNet,
+    cache: dict,
+    rows: torch.Tensor,
+    noisy,
+    timesteps,
+    text,
+    pooled,
+    keep_id,
+    keep_exp,
+    device,
+    template_rows=None,
+    model=None,
+) -> torch.Tensor:
     """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
 
     `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`. `model`: the
@@ -421,13 +498,28 @@ def adapted_prediction(adapted: AdaptedUNet, cache: dict, rows: torch.Tensor, no
         expression_keep=keep_exp.to(device),
         model=model,
     )
-    return adapted(noisy.to(device), timesteps.to(device), text.to(device), pooled.to(device),
-                   cache["add_time_ids"].to(device), conditioning)  # fmt: skip
+    return adapted(
+        noisy.to(device),
+        timesteps.to(device),
+        text.to(device),
+        pooled.to(device),
+        cache["add_time_ids"].to(device),
+        conditioning,
+    )
 
 
 @torch.no_grad()
-def validation_losses(adapted: AdaptedUNet, scheduler, cache: dict, rows: torch.Tensor, device, seed: int,
-                      batch_size: int, face: dict | None = None, model=None) -> dict[str, float]:  # fmt: skip
+def validation_losses(
+    adapted: AdaptedUNet,
+    scheduler,
+    cache: dict,
+    rows: torch.Tensor,
+    device,
+    seed: int,
+    batch_size: int,
+    face: dict | None = None,
+    model=None,
+) -> dict[str, float]:
     """Held-out diffusion loss at fixed noise and evenly spread timesteps, and two probes of the expression branch:
     the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
     (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
@@ -454,16 +546,30 @@ def validation_losses(adapted: AdaptedUNet, scheduler, cache: dict, rows: torch.
         pooled = cache["pooled"][cache["prompt_index"][r]]
         ones = torch.ones(len(r), dtype=torch.bool)
         preds = {}
-        for key, keep_exp, tpl in (("loss", ones, None), ("loss_template_swap", ones, swapped[sl]),
-                                   ("loss_no_expression", ~ones, None)):  # fmt: skip
-            preds[key] = adapted_prediction(adapted, cache, r, noisy, t, text, pooled, ones, keep_exp, device,
-                                            template_rows=tpl, model=model)  # fmt: skip
+        for key, keep_exp, tpl in (
+            ("loss", ones, None),
+            ("loss_template_swap", ones, swapped[sl]),
+            ("loss_no_expression", ~ones, None),
+        ):
+            preds[key] = adapted_prediction(
+                adapted, cache, r, noisy, t, text, pooled, ones, keep_exp, device, template_rows=tpl, model=model
+            )
             sums[key] += F.mse_loss(preds[key].float(), target, reduction="sum").item()
         if face is not None:
-            parts = face_losses(face["vae"], scheduler, noisy, preds["loss"], latents, t, cache["target_kps"][r],
-                                face["config"], face["expression_model"], face["identity_model"],
-                                prediction_off=preds["loss_no_expression"],
-                                reference_embeds=cache["identity"][r][:, 0])  # fmt: skip
+            parts = face_losses(
+                face["vae"],
+                scheduler,
+                noisy,
+                preds["loss"],
+                latents,
+                t,
+                cache["target_kps"][r],
+                face["config"],
+                face["expression_model"],
+                face["identity_model"],
+                prediction_off=preds["loss_no_expression"],
+                reference_embeds=cache["identity"][r][:, 0],
+            )
             m = int((t <= face["config"].max_timestep).sum())
             for name, value in parts.items():
                 if name != "total":
@@ -474,9 +580,12 @@ def validation_losses(adapted: AdaptedUNet, scheduler, cache: dict, rows: torch.
     if face is not None:
         out.update({f"face_{k}": v / max(1, face_rows) for k, v in face_sums.items()})
         cfg = face["config"]
-        out["objective"] = (out["loss"] + cfg.expression_weight * out.get("face_expression", 0.0)
-                            + cfg.identity_weight * out.get("face_identity", 0.0)
-                            + cfg.alignment_weight * out.get("face_alignment", 0.0))  # fmt: skip
+        out["objective"] = (
+            out["loss"]
+            + cfg.expression_weight * out.get("face_expression", 0.0)
+            + cfg.identity_weight * out.get("face_identity", 0.0)
+            + cfg.alignment_weight * out.get("face_alignment", 0.0)
+        )
     return out
 
 
@@ -530,9 +639,17 @@ def _read_log(path: Path) -> list[dict]:
     return records
 
 
-def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, output_dir: Path,
-                 resume_from_checkpoint: str | None = None, expression_loss_model=None,
-                 identity_loss_model=None) -> list[float]:  # fmt: skip
+def train_stage1(
+    accelerator,
+    pipe,
+    adapter: EmojiDiffAdapter,
+    cache: dict,
+    config: Stage1Config,
+    output_dir: Path,
+    resume_from_checkpoint: str | None = None,
+    expression_loss_model=None,
+    identity_loss_model=None,
+) -> list[float]:
     """Run the loop; returns this run's per-step losses (mean over processes). Writes loss_log.jsonl,
     checkpoint-<step>/ folders and the final adapter/ folder under `output_dir`.
 
@@ -544,11 +661,14 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     resolution = int(cache["add_time_ids"][0, 0])
     if config.face_loss_weight > 0 and "target_kps" not in cache:
         raise ValueError("`face_loss_weight` > 0 needs a cache prepared with `with_target_kps=True`.")
-    face = _face_loss_setup(pipe, config.face_losses, cache, expression_loss_model, identity_loss_model,
-                            accelerator.device)  # fmt: skip
+    face = _face_loss_setup(
+        pipe, config.face_losses, cache, expression_loss_model, identity_loss_model, accelerator.device
+    )
     if adapter.uses_code_stream and "template_codes" not in cache:
-        raise ValueError("The adapter's expression branch has a code stream: prepare the cache with its "
-                         f"`expression_encoder` ({adapter.config.expression_encoder!r}).")  # fmt: skip
+        raise ValueError(
+            "The adapter's expression branch has a code stream: prepare the cache with its "
+            f"`expression_encoder` ({adapter.config.expression_encoder!r})."
+        )
     if adapter.uses_image_stream and "templates" not in cache:
         raise ValueError("The adapter's expression branch has an image stream: prepare the cache with image tokens.")
     unet.requires_grad_(False)
@@ -562,8 +682,9 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     start_step = 0
     log_path = output_dir / "loss_log.jsonl"
     elapsed_before = 0.0  # training wall-clock of the run before this process (resume), logged per step
-    prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
-                       accelerator.is_main_process)  # fmt: skip
+    prepare_run_folder(
+        output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir, accelerator.is_main_process
+    )
     accelerator.wait_for_everyone()
     if resume_from_checkpoint:
         folder = find_checkpoint(output_dir, resume_from_checkpoint)
@@ -587,14 +708,24 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
     per_process = config.batch_size
     global_batch = per_process * accelerator.num_processes
     if accelerator.is_main_process:
-        info = {"num_processes": accelerator.num_processes, "global_batch": global_batch, "num_triplets": n,
-                "start_step": start_step, "config": dataclasses.asdict(config)}  # fmt: skip
+        info = {
+            "num_processes": accelerator.num_processes,
+            "global_batch": global_batch,
+            "num_triplets": n,
+            "start_step": start_step,
+            "config": dataclasses.asdict(config),
+        }
         write_text_atomic(output_dir / "run_info.json", json.dumps(info, indent=1))
     null_text = torch.zeros_like(cache["prompt_embeds"][:1])
     null_pooled = torch.zeros_like(cache["pooled"][:1])
     losses = []
-    progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
-                    disable=not accelerator.is_local_main_process, desc="stage 1")  # fmt: skip
+    progress = tqdm(
+        range(start_step, config.max_steps),
+        initial=start_step,
+        total=config.max_steps,
+        disable=not accelerator.is_local_main_process,
+        desc="stage 1",
+    )
     clock = time.monotonic()
     for step in progress:
         # randomness is drawn for the whole global batch and sliced, so N processes x B == 1 process x N*B
@@ -604,7 +735,11 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         latents = cache["latents"][rows]
         b = latents.shape[0]
         noise = torch.randn((global_batch, *latents.shape[1:]), generator=g)[mine]
-        high = scheduler.config.num_train_timesteps if config.max_train_timestep is None else config.max_train_timestep + 1
+        high = (
+            scheduler.config.num_train_timesteps
+            if config.max_train_timestep is None
+            else config.max_train_timestep + 1
+        )
         timesteps = torch.randint(0, high, (global_batch,), generator=g)[mine]
         keep_id = (torch.rand(global_batch, generator=g) >= config.identity_drop)[mine]
         keep_exp = (torch.rand(global_batch, generator=g) >= config.expression_drop)[mine]
@@ -616,12 +751,14 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
 
         device = accelerator.device
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = adapted_prediction(adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device,
-                                  model=model)  # fmt: skip
+        pred = adapted_prediction(
+            adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device, model=model
+        )
         target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
         if config.face_loss_weight > 0:
-            weights = face_loss_weights(cache["target_kps"][rows], latents.shape[-2:], resolution,
-                                        config.face_loss_weight).to(device)  # fmt: skip
+            weights = face_loss_weights(
+                cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
+            ).to(device)
             loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
         else:
             loss = F.mse_loss(pred.float(), target)
@@ -630,11 +767,33 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
             pred_off = None
             if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
                 with torch.no_grad():
-                    pred_off = adapted_prediction(adapted, cache, rows, noisy, timesteps, text, pooled, keep_id,
-                                                  torch.zeros_like(keep_exp), device, model=model)  # fmt: skip
-            parts = face_losses(face["vae"], scheduler, noisy, pred, latents, timesteps, cache["target_kps"][rows],
-                                face["config"], face["expression_model"], face["identity_model"], prediction_off=pred_off,
-                                reference_embeds=cache["identity"][rows][:, 0])  # fmt: skip
+                    pred_off = adapted_prediction(
+                        adapted,
+                        cache,
+                        rows,
+                        noisy,
+                        timesteps,
+                        text,
+                        pooled,
+                        keep_id,
+                        torch.zeros_like(keep_exp),
+                        device,
+                        model=model,
+                    )
+            parts = face_losses(
+                face["vae"],
+                scheduler,
+                noisy,
+                pred,
+                latents,
+                timesteps,
+                cache["target_kps"][rows],
+                face["config"],
+                face["expression_model"],
+                face["identity_model"],
+                prediction_off=pred_off,
+                reference_embeds=cache["identity"][rows][:, 0],
+            )
             record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
             record["diffusion_loss"] = loss.item()
             loss = loss + parts["total"]
@@ -651,8 +810,9 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
         stop = False
         if config.num_validation and (done % config.validation_steps == 0 or done == config.max_steps):
             # every process computes the same numbers, so all take the same early-stopping decision
-            val = validation_losses(adapted, scheduler, cache, val_rows, device, config.seed, per_process, face,
-                                    model=model)  # fmt: skip
+            val = validation_losses(
+                adapted, scheduler, cache, val_rows, device, config.seed, per_process, face, model=model
+            )
             score = val.get("objective", val["loss"])
             improved = best_loss is None or score < best_loss
             best_loss, stale = (score, 0) if improved else (best_loss, stale + 1)
@@ -662,8 +822,12 @@ def train_stage1(accelerator, pipe, adapter: EmojiDiffAdapter, cache: dict, conf
                     _save_adapter(accelerator.unwrap_model(model), output_dir / "best_adapter")
                 with open(val_log, "a") as f:
                     f.write(json.dumps({"step": step, **val, "best": improved}) + "\n")
-                logger.info("step %d validation %s%s", done, {k: round(v, 5) for k, v in val.items()},
-                            " (best)" if improved else f" ({stale} without improvement)")  # fmt: skip
+                logger.info(
+                    "step %d validation %s%s",
+                    done,
+                    {k: round(v, 5) for k, v in val.items()},
+                    " (best)" if improved else f" ({stale} without improvement)",
+                )
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 elapsed = round(elapsed_before + time.monotonic() - clock, 2)
@@ -688,8 +852,9 @@ def _face_losses_on(config: Stage1Config) -> bool:
     return config.face_losses is not None and config.face_losses.enabled
 
 
-def _face_loss_setup(pipe, config: FaceLossConfig | None, cache: dict, expression_model, identity_model,
-                     device) -> dict | None:  # fmt: skip
+def _face_loss_setup(
+    pipe, config: FaceLossConfig | None, cache: dict, expression_model, identity_model, device
+) -> dict | None:
     """What :func:`face_losses` needs, checked up front (None when the face losses are off)."""
     if config is None or not config.enabled:
         return None
@@ -700,8 +865,9 @@ def _face_loss_setup(pipe, config: FaceLossConfig | None, cache: dict, expressio
     if config.expression_weight > 0 and expression_model is None:
         raise ValueError("`expression_weight` > 0 needs an `expression_loss_model` (a DifferentiableFaceModel).")
     if config.needs_identity_model and identity_model is None:
-        raise ValueError("`identity_weight` / `alignment_weight` > 0 need an `identity_loss_model` (a "
-                         "DifferentiableFaceModel).")  # fmt: skip
+        raise ValueError(
+            "`identity_weight` / `alignment_weight` > 0 need an `identity_loss_model` (a DifferentiableFaceModel)."
+        )
     pipe.vae.to(device)
     return {
         "vae": pipe.vae,
@@ -745,33 +911,83 @@ def _prune(output_dir: Path, limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_stage1(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
-               config: Stage1Config, resume_from_checkpoint: str | None = None, expression_encoder=None,
-               expression_loss_model=None, identity_loss_model=None) -> list[float]:  # fmt: skip
+def run_stage1(
+    accelerator,
+    pipe,
+    adapter,
+    triplets,
+    face_analyzer,
+    resolution: int,
+    output_dir: Path,
+    config: Stage1Config,
+    resume_from_checkpoint: str | None = None,
+    expression_encoder=None,
+    expression_loss_model=None,
+    identity_loss_model=None,
+) -> list[float]:
     """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`. An adapter with a code stream
     needs the `expression_encoder` it was built for."""
-    cache = prepare_stage1_cache(accelerator, pipe, adapter, triplets, face_analyzer, resolution, output_dir, config,
-                                 resume_from_checkpoint, expression_encoder)  # fmt: skip
-    return train_stage1(accelerator, pipe, adapter, cache, config, Path(output_dir), resume_from_checkpoint,
-                        expression_loss_model, identity_loss_model)  # fmt: skip
+    cache = prepare_stage1_cache(
+        accelerator,
+        pipe,
+        adapter,
+        triplets,
+        face_analyzer,
+        resolution,
+        output_dir,
+        config,
+        resume_from_checkpoint,
+        expression_encoder,
+    )
+    return train_stage1(
+        accelerator,
+        pipe,
+        adapter,
+        cache,
+        config,
+        Path(output_dir),
+        resume_from_checkpoint,
+        expression_loss_model,
+        identity_loss_model,
+    )
 
 
-def prepare_stage1_cache(accelerator, pipe, adapter, triplets, face_analyzer, resolution: int, output_dir: Path,
-                         config: Stage1Config, resume_from_checkpoint: str | None = None,
-                         expression_encoder=None) -> dict:  # fmt: skip
+def prepare_stage1_cache(
+    accelerator,
+    pipe,
+    adapter,
+    triplets,
+    face_analyzer,
+    resolution: int,
+    output_dir: Path,
+    config: Stage1Config,
+    resume_from_checkpoint: str | None = None,
+    expression_encoder=None,
+) -> dict:
     """Check the run folder and the expression encoder, then load (or encode once) the cache the loop trains on."""
     if adapter.uses_code_stream:
         from ..expression import check_adapter_encoder
 
         if expression_encoder is None:
-            raise ValueError(f"The adapter has a code stream: pass its `expression_encoder` "
-                             f"({adapter.config.expression_encoder!r}).")  # fmt: skip
+            raise ValueError(
+                f"The adapter has a code stream: pass its `expression_encoder` "
+                f"({adapter.config.expression_encoder!r})."
+            )
         check_adapter_encoder(adapter.config, expression_encoder)
-    prepare_run_folder(output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir,
-                       accelerator.is_main_process)  # refuse before the cache is written into a used folder
-    cache = load_or_prepare_cache(accelerator, pipe, face_analyzer, triplets, resolution, Path(output_dir) / "cache",
-                                  with_target_kps=config.face_loss_weight > 0 or _face_losses_on(config),
-                                  expression_encoder=expression_encoder if adapter.uses_code_stream else None,
-                                  with_image_tokens=adapter.uses_image_stream,
-                                  template_crop=adapter.config.template_crop)  # fmt: skip
+    # refuse before the cache is written into a used folder
+    prepare_run_folder(
+        output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir, accelerator.is_main_process
+    )
+    cache = load_or_prepare_cache(
+        accelerator,
+        pipe,
+        face_analyzer,
+        triplets,
+        resolution,
+        Path(output_dir) / "cache",
+        with_target_kps=config.face_loss_weight > 0 or _face_losses_on(config),
+        expression_encoder=expression_encoder if adapter.uses_code_stream else None,
+        with_image_tokens=adapter.uses_image_stream,
+        template_crop=adapter.config.template_crop,
+    )
     return cache

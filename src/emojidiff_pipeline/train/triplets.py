@@ -8,7 +8,8 @@ Manifest format: JSON Lines, one triplet per line, paths relative to the manifes
      "template_identity": "id00012"}
 
 ``template_kps`` / ``reference_kps`` / ``target_kps`` are optional known 5-point keypoints (insightface order);
-without them the face front-end detects the face (``target_kps`` is only read by the face-weighted loss). The ``*_identity`` fields are optional and only used for bookkeeping (IDI logs).
+without them the face front-end detects the face (``target_kps`` is only read by the face-weighted loss). The
+``*_identity`` fields are optional and only used for bookkeeping (IDI logs).
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ class Triplet:
         def rel(p):
             return os.path.relpath(p, root) if root is not None else p
 
-        out = {"template": rel(self.template), "references": [rel(p) for p in self.references],
-               "target": rel(self.target), "prompt": self.prompt}  # fmt: skip
+        out = {
+            "template": rel(self.template),
+            "references": [rel(p) for p in self.references],
+            "target": rel(self.target),
+            "prompt": self.prompt,
+        }
         if self.template_kps is not None:
             out["template_kps"] = self.template_kps
         if self.reference_kps is not None:
@@ -66,8 +71,9 @@ def _kps(value: Any, where: str) -> list:
     return arr.tolist()
 
 
-def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest"
-               ) -> Iterator[tuple[str, dict]]:  # fmt: skip
+def iter_jsonl(
+    path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest"
+) -> Iterator[tuple[str, dict]]:
     """(``"file:line"``, record) for each non-blank line of a JSON Lines file, in order. Every error names the file
     and line: invalid UTF-8, invalid JSON, a line that is not an object, a record without a `required` field. The
     one reader of every JSONL file that training reads (collection and triplet manifests)."""
@@ -81,8 +87,9 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str 
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}): "
-                                 f"{raw[:80]!r}") from err  # fmt: skip
+                raise ValueError(
+                    f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}): {raw[:80]!r}"
+                ) from err
             if not line.strip():
                 continue
             try:
@@ -93,8 +100,10 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str 
                 raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
             missing = [k for k in required if k not in record]
             if missing:
-                raise ValueError(f"{where}: the record has no {', '.join(f'`{k}`' for k in missing)} field "
-                                 f"(it has {sorted(record)}).")  # fmt: skip
+                raise ValueError(
+                    f"{where}: the record has no {', '.join(f'`{k}`' for k in missing)} field "
+                    f"(it has {sorted(record)})."
+                )
             yield where, record
 
 
@@ -124,8 +133,9 @@ def read_collection(path: str | os.PathLike, what: str = "collection manifest") 
     for where, record in iter_jsonl(path, COLLECTION_FIELDS, what):
         for key in ("path", "caption"):
             if not isinstance(record[key], str) or (key == "path" and not record[key]):
-                raise ValueError(f"{where}: `{key}` must be a {'non-empty ' if key == 'path' else ''}string, "
-                                 f"got {record[key]!r}.")  # fmt: skip
+                raise ValueError(
+                    f"{where}: `{key}` must be a {'non-empty ' if key == 'path' else ''}string, got {record[key]!r}."
+                )
         records.append(record)
     if not records:
         raise ValueError(f"{what} {str(path)!r} holds no records (the file is empty).")
@@ -143,8 +153,10 @@ def unique_records(records: Sequence[dict], root: str | os.PathLike) -> list[dic
                 raise ValueError(f"collection record {n} has no `{key}` field (it has {sorted(r)}).")
         key = os.path.normpath(root / r["path"])
         if key in first and first[key]["identity"] != r["identity"]:
-            raise ValueError(f"collection records list {r['path']!r} under two identities: "
-                             f"{first[key]['identity']!r} and {r['identity']!r} (record {n}).")  # fmt: skip
+            raise ValueError(
+                f"collection records list {r['path']!r} under two identities: "
+                f"{first[key]['identity']!r} and {r['identity']!r} (record {n})."
+            )
         first.setdefault(key, r)
     dropped = len(records) - len(first)
     if dropped:
@@ -177,9 +189,17 @@ def read_triplets(manifest: str | os.PathLike) -> list[Triplet]:
         target_kps = _kps(item["target_kps"], f"{where} `target_kps`") if "target_kps" in item else None
         known = {"template", "references", "target", "prompt", "template_kps", "reference_kps", "target_kps"}
         triplets.append(
-            Triplet(resolved[0], resolved[1:-1], resolved[-1], item["prompt"], template_kps, reference_kps,
-                    {k: v for k, v in item.items() if k not in known}, target_kps)
-        )  # fmt: skip
+            Triplet(
+                resolved[0],
+                resolved[1:-1],
+                resolved[-1],
+                item["prompt"],
+                template_kps,
+                reference_kps,
+                {k: v for k, v in item.items() if k not in known},
+                target_kps,
+            )
+        )
     if not triplets:
         raise ValueError(f"`triplets` manifest {str(manifest)!r} holds no triplets.")
     return triplets
@@ -245,5 +265,9 @@ def strip_prompt_phrases(triplets: Sequence[Triplet], phrases: Iterable[str]) ->
     def strip(prompt: str) -> str:
         return ",".join(part for part in prompt.split(",") if part.strip().lower() not in drop).strip()
 
-    return [Triplet(t.template, t.references, t.target, strip(t.prompt), t.template_kps, t.reference_kps, t.extra,
-                    t.target_kps) for t in triplets]  # fmt: skip
+    return [
+        Triplet(
+            t.template, t.references, t.target, strip(t.prompt), t.template_kps, t.reference_kps, t.extra, t.target_kps
+        )
+        for t in triplets
+    ]
