@@ -1,5 +1,7 @@
 """Parameter counts of EmojiDiffAdapter on the real SDXL and SD1.5 UNet configs (built on the meta device).
 
+Usage::
+
     python benchmarks/adapter_size.py   # writes docs/adapter_size.md
 """
 
@@ -22,8 +24,10 @@ def count(adapter: EmojiDiffAdapter, prefix: str = "") -> int:
 
 def main() -> None:
     rows = []
-    for name, file, image_dim in (("SDXL base 1.0", "sdxl_base_1.0_unet_config.json", 1280),
-                                  ("SD 1.5", "sd_1.5_unet_config.json", 1280)):  # fmt: skip
+    for name, file, image_dim in (
+        ("SDXL base 1.0", "sdxl_base_1.0_unet_config.json", 1280),
+        ("SD 1.5", "sd_1.5_unet_config.json", 1280),
+    ):
         with init_empty_weights():
             unet = UNet2DConditionModel.from_config(json.loads((CONFIGS / file).read_text()))
             adapter = EmojiDiffAdapter.from_unet(unet, image_embed_dim=image_dim)
@@ -33,15 +37,21 @@ def main() -> None:
             f"{count(adapter, 'identity_proj.') / 1e6:.1f} | {count(adapter, 'expression_resampler.') / 1e6:.1f} | "
             f"{count(adapter) / 1e6:.1f} | {count(unet) / 1e6:.1f} |"
         )
-    text = "\n".join([
-        "# EmojiDiffAdapter size", "",
-        "Written by `python benchmarks/adapter_size.py` (do not edit by hand). Default presets: identity branch in "
-        "every cross-attention layer, expression branch in the `expression_sensitive` preset; 4 identity tokens, "
-        "16 expression tokens, a 4-layer resampler of width 768 over ViT-H/14 patch tokens (1280 wide).", "",
-        "| UNet | identity layers | expression layers | identity K/V (M) | expression K/V (M) | identity projection (M) "
-        "| resampler (M) | adapter total (M) | UNet (M) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# EmojiDiffAdapter size",
+            "",
+            "Written by `python benchmarks/adapter_size.py` (do not edit by hand). Default presets: identity branch "
+            "in every cross-attention layer, expression branch in the `expression_sensitive` preset; 4 identity "
+            "tokens, 16 expression tokens, a 4-layer resampler of width 768 over ViT-H/14 patch tokens (1280 wide).",
+            "",
+            "| UNet | identity layers | expression layers | identity K/V (M) | expression K/V (M) "
+            "| identity projection (M) | resampler (M) | adapter total (M) | UNet (M) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    )
     Path("docs/adapter_size.md").write_text(text)
     print(text)
 

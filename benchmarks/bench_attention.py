@@ -72,9 +72,16 @@ def main(argv=None) -> None:
         unet, image_embed_dim=256, resampler_dim=256, resampler_heads=4, resampler_depth=4
     ).eval()
     image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=8,
-                         image_size=224, patch_size=14, projection_dim=256)
-    ).eval()  # fmt: skip
+        CLIPVisionConfig(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_attention_heads=4,
+            num_hidden_layers=8,
+            image_size=224,
+            patch_size=14,
+            projection_dim=256,
+        )
+    ).eval()
     identity = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
     template = torch.randn(1, 3, 224, 224)
 
@@ -83,10 +90,11 @@ def main(argv=None) -> None:
         keep = torch.tensor([False, True])
         out = adapter(identity.expand(2, -1, -1), patches.expand(2, -1, -1), keep, keep)
         return EmojiDiffConditioning.build(
-            out, layers,
+            out,
+            layers,
             expand_layer_values(layers, adapter.identity_layer_names, 1.0, "identity_scale"),
             expand_layer_values(layers, adapter.expression_layer_names, 1.0, "expression_scale"),
-        )  # fmt: skip
+        )
 
     # IP-Adapter anchor: diffusers' processor with 4 identity tokens on every cross-attention layer
     ip_procs = {
@@ -118,10 +126,15 @@ def main(argv=None) -> None:
         unet.encoder_hid_proj = None
         unet.config.encoder_hid_dim_type = None
         install_processors(unet, set(adapter.identity_layer_names) | set(adapter.expression_layer_names))
-        return lambda: unet(sample, 500, text, added_cond_kwargs=added, cross_attention_kwargs={"emojidiff": conditioning})
+        return lambda: unet(
+            sample, 500, text, added_cond_kwargs=added, cross_attention_kwargs={"emojidiff": conditioning}
+        )
 
-    setups = {"plain SDXL attention": plain_setup, "IP-Adapter (diffusers, 4 tokens, all cross-attn)": ip_setup,
-              "EmojiDiff (identity all + expression preset)": emoji_setup}  # fmt: skip
+    setups = {
+        "plain SDXL attention": plain_setup,
+        "IP-Adapter (diffusers, 4 tokens, all cross-attn)": ip_setup,
+        "EmojiDiff (identity all + expression preset)": emoji_setup,
+    }
     times = {name: [] for name in setups}
     with torch.no_grad():
         for r in range(args.warmup + args.rounds):

@@ -153,7 +153,8 @@ def main(argv=None) -> None:
         f"Model: `{Path(args.model).name}` with the adapter `{Path(args.adapter).name}` at {args.resolution}x"
         f"{args.resolution}, batch {args.batch_size}, face-weighted diffusion loss (6), {platform.machine()} CPU, "
         f"{args.threads} torch threads, torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps "
-        "per set-up, each in its own process (peak memory: its resident set). Inputs cached (no encoders in the loop).",
+        "per set-up, each in its own process (peak memory: its resident set). Inputs cached (no encoders in the "
+        "loop).",
         "",
         "| set-up | s / step | samples / s | x stage-1 step | peak memory (MiB) |",
         "| --- | --- | --- | --- | --- |",

@@ -22,8 +22,10 @@ def kept_share(neutral, changed, geometry: str, size: int = 224) -> float:
     full = np.abs(neutral.image.astype(np.float32) - changed.image.astype(np.float32)).sum()
     if full == 0:
         return float("nan")
-    crops = [align_expression_face(r.image, neutral.keypoints, size, geometry).astype(np.float32)
-             for r in (neutral, changed)]  # fmt: skip
+    crops = [
+        align_expression_face(r.image, neutral.keypoints, size, geometry).astype(np.float32)
+        for r in (neutral, changed)
+    ]
     area = abs(np.linalg.det(expression_crop_matrix(neutral.keypoints, size, geometry)[:, :2]))
     kept = (np.abs(crops[0] - crops[1]) * expression_mask(size, geometry)[..., None]).sum() / area
     return float(kept / full)
@@ -45,20 +47,28 @@ def main(argv=None) -> dict:
         identity, style, pose = Identity.from_seed(people[k % len(people)]), Style.random(rng), Pose.random(rng)
         neutral = render(identity, Expression(), style, pose, size=128)
         for field in EXPRESSION_FIELDS:
-            changed = render(identity, Expression(**{field: 0.0 if field.startswith("gaze") else 1.0}), style, pose,
-                             size=128)  # fmt: skip
+            changed = render(
+                identity, Expression(**{field: 0.0 if field.startswith("gaze") else 1.0}), style, pose, size=128
+            )
             for g in EXPRESSION_CROPS:
                 shares[g][field].append(kept_share(neutral, changed, g))
     table = {g: {f: float(np.nanmean(v)) for f, v in by.items()} for g, by in shares.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/crop_signal.py" + (f" --renders {args.renders}" if args.renders != 32 else "")
-    out.with_suffix(".json").write_text(json.dumps({"kept_share": table, "renders": args.renders, "command": command},
-                                                   indent=1))  # fmt: skip
-    lines = ["# Expression signal kept by the template crop", "", f"Written by `{command}` (do not edit by hand): share"
-             f" of each factor's pixel change (neutral -> far value) that the masked crop keeps, mean of {args.renders}"
-             " held-out identities in random styles and poses at 128 px.", "",
-             "| geometry | " + " | ".join(EXPRESSION_FIELDS) + " |", "| --- |" + " --- |" * len(EXPRESSION_FIELDS)]  # fmt: skip
+    out.with_suffix(".json").write_text(
+        json.dumps({"kept_share": table, "renders": args.renders, "command": command}, indent=1)
+    )
+    lines = [
+        "# Expression signal kept by the template crop",
+        "",
+        f"Written by `{command}` (do not edit by hand): share"
+        f" of each factor's pixel change (neutral -> far value) that the masked crop keeps, mean of {args.renders}"
+        " held-out identities in random styles and poses at 128 px.",
+        "",
+        "| geometry | " + " | ".join(EXPRESSION_FIELDS) + " |",
+        "| --- |" + " --- |" * len(EXPRESSION_FIELDS),
+    ]
     for g, by in table.items():
         lines.append(f"| {g} | " + " | ".join(f"{by[f]:.2f}" for f in EXPRESSION_FIELDS) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -52,8 +52,12 @@ def check_photo(image: np.ndarray, mesh_detector, dlib_detector) -> dict:
             inside = (xy >= 0).all(1) & (xy < SIZE).all(1)
             values = np.where(inside, mask[np.clip(xy[:, 1], 0, SIZE - 1), np.clip(xy[:, 0], 0, SIZE - 1)], 0.0)
             kept[region] = float(values.min())
-        result[geometry] = {"crop": align_expression_face(image, kps, SIZE, geometry), "mask": mask,
-                            "points": points, "min_mask": kept}  # fmt: skip
+        result[geometry] = {
+            "crop": align_expression_face(image, kps, SIZE, geometry),
+            "mask": mask,
+            "points": points,
+            "min_mask": kept,
+        }
     return result
 
 
@@ -73,8 +77,11 @@ def _panel(result: dict, image: np.ndarray) -> Image.Image:
     for k, geometry in enumerate(("arcface", "eyes_nose")):
         crop = Image.fromarray(result[geometry]["crop"])
         draw = ImageDraw.Draw(crop)
-        for ids, colour in ((REGIONS["brows"], (255, 0, 255)), (REGIONS["chin"], (0, 200, 255)),
-                            (REGIONS["mouth"], (255, 255, 0))):  # fmt: skip
+        for ids, colour in (
+            (REGIONS["brows"], (255, 0, 255)),
+            (REGIONS["chin"], (0, 200, 255)),
+            (REGIONS["mouth"], (255, 255, 0)),
+        ):
             for x, y in result[geometry]["points"][list(ids)]:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         if geometry == "arcface":
@@ -115,29 +122,42 @@ def main(argv: list[str] | None = None) -> dict:
             "mediapipe_kps": np.round(result["kps"], 1).tolist(),
             "dlib_faces": len(result["dlib"]),
             "dlib_vs_mediapipe_max_kps_gap_in_eye_distances": (
-                None if dlib_kps is None else round(float(np.abs(dlib_kps - result["kps"]).max() / iod), 3)),
-            "min_mask_value": {g: {r: round(v, 3) for r, v in result[g]["min_mask"].items()}
-                               for g in ("arcface", "eyes_nose")},
-        }  # fmt: skip
+                None if dlib_kps is None else round(float(np.abs(dlib_kps - result["kps"]).max() / iod), 3)
+            ),
+            "min_mask_value": {
+                g: {r: round(v, 3) for r, v in result[g]["min_mask"].items()} for g in ("arcface", "eyes_nose")
+            },
+        }
     sheet = Image.new("RGB", (4 * SIZE, len(rows) * SIZE), (255, 255, 255))
     for k, row in enumerate(rows):
         sheet.paste(row, (0, k * SIZE))
     sheet.save(out / "front_end.png")
     (out / "front_end.json").write_text(json.dumps(report, indent=1))
     command = "python benchmarks/front_end_photos.py" + (f" --out {args.out}" if argv else "")
-    lines = ["# The face front-end on real packaged photos", "", f"Written by `{command}`.", "",
-             "![front end](front_end.png)", "",
-             "Each row: the photo with MediaPipe's box and 5 points (green) and dlib's (orange); the ArcFace crop "
-             "(insightface norm_crop at MediaPipe's points; green rings: the template's 5 points); the `eyes_nose` "
-             "expression crop; the masked crop the image stream sees. Dots: the face mesh's brows (magenta), chin "
-             "(cyan) and mouth (yellow) mapped into each crop.", "",
-             "Smallest mask value at each region's mesh points (1: fully kept, 0: outside the crop or masked off):", "",
-             "| photo | dlib faces | dlib vs MediaPipe 5 points (max, eye distances) | arcface brows / chin / mouth "
-             "| eyes_nose brows / chin / mouth |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "# The face front-end on real packaged photos",
+        "",
+        f"Written by `{command}`.",
+        "",
+        "![front end](front_end.png)",
+        "",
+        "Each row: the photo with MediaPipe's box and 5 points (green) and dlib's (orange); the ArcFace crop "
+        "(insightface norm_crop at MediaPipe's points; green rings: the template's 5 points); the `eyes_nose` "
+        "expression crop; the masked crop the image stream sees. Dots: the face mesh's brows (magenta), chin "
+        "(cyan) and mouth (yellow) mapped into each crop.",
+        "",
+        "Smallest mask value at each region's mesh points (1: fully kept, 0: outside the crop or masked off):",
+        "",
+        "| photo | dlib faces | dlib vs MediaPipe 5 points (max, eye distances) | arcface brows / chin / mouth "
+        "| eyes_nose brows / chin / mouth |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, r in report.items():
         a, e = r["min_mask_value"]["arcface"], r["min_mask_value"]["eyes_nose"]
-        lines.append(f"| {name} | {r['dlib_faces']} | {r['dlib_vs_mediapipe_max_kps_gap_in_eye_distances']} | "
-                     f"{a['brows']} / {a['chin']} / {a['mouth']} | {e['brows']} / {e['chin']} / {e['mouth']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['dlib_faces']} | {r['dlib_vs_mediapipe_max_kps_gap_in_eye_distances']} | "
+            f"{a['brows']} / {a['chin']} / {a['mouth']} | {e['brows']} / {e['chin']} / {e['mouth']} |"
+        )
     (out / "front_end.md").write_text("\n".join(lines) + "\n")
     return report
 

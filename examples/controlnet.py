@@ -31,7 +31,9 @@ def main(argv=None) -> list[PIL.Image.Image]:
     parser.add_argument("--output", default="controlnet.png")
     args = parser.parse_args(argv)
     if len(args.controlnet) != len(args.control_image):
-        parser.error(f"give one --control_image per --controlnet ({len(args.controlnet)} vs {len(args.control_image)})")
+        parser.error(
+            f"give one --control_image per --controlnet ({len(args.controlnet)} vs {len(args.control_image)})"
+        )
 
     controlnets = [ControlNetModel.from_pretrained(path) for path in args.controlnet]
     pipe = EmojiDiffControlNetPipeline.from_pretrained(

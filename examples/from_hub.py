@@ -46,8 +46,10 @@ def main(argv=None) -> list[PIL.Image.Image]:
 
         extra = {}
         if args.image_encoder:
-            extra = dict(image_encoder=CLIPVisionModelWithProjection.from_pretrained(args.image_encoder),
-                         feature_extractor=CLIPImageProcessor.from_pretrained(args.image_encoder))  # fmt: skip
+            extra = dict(
+                image_encoder=CLIPVisionModelWithProjection.from_pretrained(args.image_encoder),
+                feature_extractor=CLIPImageProcessor.from_pretrained(args.image_encoder),
+            )
         pipe = EmojiDiffPipeline.from_pretrained(args.sdxl, torch_dtype=dtype, **extra)
         pipe.load_emoji_adapter(args.adapter, subfolder=args.subfolder)  # follows the UNet's dtype and device
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")

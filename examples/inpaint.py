@@ -1,4 +1,4 @@
-"""EmojiDiff inpainting: repaint only the masked region (e.g. the face) with the identity and the template's expression.
+"""EmojiDiff inpainting: repaint the masked region (e.g. the face) with the identity and the template's expression.
 
     python examples/inpaint.py --model path/or/hub-id --image photo.png --mask face_mask.png \
         --identity_embeds me.npy --expression grin.png

@@ -35,8 +35,12 @@ def main(argv=None) -> list[PIL.Image.Image]:
     args = parser.parse_args(argv)
 
     pipe = EmojiDiffPipeline.from_pretrained(args.model)
-    pipe.load_ip_adapter(args.ip_adapter, subfolder=args.subfolder, weight_name=args.weight_name,
-                         image_encoder_folder=None if pipe.image_encoder is not None else "image_encoder")  # fmt: skip
+    pipe.load_ip_adapter(
+        args.ip_adapter,
+        subfolder=args.subfolder,
+        weight_name=args.weight_name,
+        image_encoder_folder=None if pipe.image_encoder is not None else "image_encoder",
+    )
     pipe.set_ip_adapter_scale(args.ip_scale)  # or InstantStyle's per-block dict {"up": {"block_0": [0, 1, 0]}}
     images = pipe(
         args.prompt,

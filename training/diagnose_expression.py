@@ -33,8 +33,12 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=256, help="cached training rows for the loss comparison")
     p.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500, 700])
     p.add_argument("--probe_photos", type=int, default=3000)
-    p.add_argument("--face_loss_weight", type=float, default=6.0,
-                   help="weight of the face-weighted loss when the cache has target keypoints (as the run trained)")
+    p.add_argument(
+        "--face_loss_weight",
+        type=float,
+        default=6.0,
+        help="weight of the face-weighted loss when the cache has target keypoints (as the run trained)",
+    )
     p.add_argument("--out", default="docs/results/expression_diagnosis.md")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(input_args)
@@ -47,8 +51,9 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed: int,
-               face_loss_weight: float = 6.0) -> dict[int, dict[str, float]]:  # fmt: skip
+def loss_table(
+    pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed: int, face_loss_weight: float = 6.0
+) -> dict[int, dict[str, float]]:
     """Mean stage-1 loss (face-weighted when the cache has target keypoints) per timestep and template condition."""
     from emojidiff_pipeline.adapted_unet import AdaptedUNet
     from emojidiff_pipeline.train.stage1 import diffusion_target, face_loss_weights, training_noise_scheduler
@@ -61,12 +66,19 @@ def loss_table(pipe, adapter, cache: dict, rows: int, timesteps: list[int], seed
     latents, b = cache["latents"][idx], len(idx)
     noise = torch.randn(latents.shape, generator=g)
     resolution = int(cache["add_time_ids"][0, 0])
-    weights = (face_loss_weights(cache["target_kps"][idx], latents.shape[-2:], resolution, face_loss_weight)
-               if "target_kps" in cache else torch.ones(b, 1, *latents.shape[-2:]))  # fmt: skip
+    weights = (
+        face_loss_weights(cache["target_kps"][idx], latents.shape[-2:], resolution, face_loss_weight)
+        if "target_kps" in cache
+        else torch.ones(b, 1, *latents.shape[-2:])
+    )
     text = cache["prompt_embeds"][cache["prompt_index"][idx]]
     pooled = cache["pooled"][cache["prompt_index"][idx]]
-    conditions = {"own template": (idx, True, True), "another row's template": (shuffled, True, True),
-                  "expression dropped": (idx, False, True), "identity dropped": (idx, True, False)}  # fmt: skip
+    conditions = {
+        "own template": (idx, True, True),
+        "another row's template": (shuffled, True, True),
+        "expression dropped": (idx, False, True),
+        "identity dropped": (idx, True, False),
+    }
     table = {}
     for t in timesteps:
         tt = torch.full((b,), t)
@@ -127,8 +139,9 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model or BASE_DIR)
     adapter = EmojiDiffAdapter.from_pretrained(args.adapter).eval()
-    losses = loss_table(pipe, adapter, load_file(args.cache), args.rows, args.timesteps, args.seed,
-                        args.face_loss_weight)  # fmt: skip
+    losses = loss_table(
+        pipe, adapter, load_file(args.cache), args.rows, args.timesteps, args.seed, args.face_loss_weight
+    )
     probe = expression_probe(pipe, Path(args.collection), args.probe_photos, args.seed, adapter.config.template_crop)
     command = "python training/diagnose_expression.py " + " ".join(shlex.quote(a) for a in args.argv)
     report = {"losses": losses, "probe": probe, "command": command}
@@ -136,16 +149,27 @@ def main(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     names = list(next(iter(losses.values())))
-    lines = ["# Expression branch diagnosis", "", f"Written by `{command}` (do not edit by hand).", "",
-             f"## Stage-1 loss on {args.rows} cached training rows (same noise; relative change vs own template)", "",
-             "| timestep | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]  # fmt: skip
+    lines = [
+        "# Expression branch diagnosis",
+        "",
+        f"Written by `{command}` (do not edit by hand).",
+        "",
+        f"## Stage-1 loss on {args.rows} cached training rows (same noise; relative change vs own template)",
+        "",
+        "| timestep | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
     for t, row in losses.items():
         own = row["own template"]
         lines.append(f"| {t} | " + " | ".join(f"{v:.4f} ({(v / own - 1):+.1%})" for v in row.values()) + " |")
-    lines += ["", "## Do the template tokens carry expression? (ridge probe, held-out identities)", "",
-              f"- probe MAE {probe['probe_mae']:.4f} (R^2 {probe['r2']:.3f}, ridge lambda {probe['ridge_lambda']:g} tuned "
-              f"on held-out identities) vs predicting the mean {probe['mean_predictor_mae']:.4f} "
-              f"({probe['train_rows']} train / {probe['test_rows']} test photos, {probe['features']} features)"]  # fmt: skip
+    lines += [
+        "",
+        "## Do the template tokens carry expression? (ridge probe, held-out identities)",
+        "",
+        f"- probe MAE {probe['probe_mae']:.4f} (R^2 {probe['r2']:.3f}, ridge lambda {probe['ridge_lambda']:g} tuned "
+        f"on held-out identities) vs predicting the mean {probe['mean_predictor_mae']:.4f} "
+        f"({probe['train_rows']} train / {probe['test_rows']} test photos, {probe['features']} features)",
+    ]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out.resolve()}")
     return report

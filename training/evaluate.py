@@ -80,12 +80,19 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--title", default="EmojiDiff in the synthetic world: held-out identities and templates")
     p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
     p.add_argument("--num_identities", type=int, default=16)
-    p.add_argument("--num_templates", type=int, default=64,
-                   help="held-out templates (synthetic world: the first 44 show one factor each, covering all 11)")
+    p.add_argument(
+        "--num_templates",
+        type=int,
+        default=64,
+        help="held-out templates (synthetic world: the first 44 show one factor each, covering all 11)",
+    )
     p.add_argument("--no_probe", action="store_true", help="skip the controlled template probe (adapter rows)")
-    p.add_argument("--expression_encoder", default=None,
-                   help="'module:factory' ExpressionEncoder for adapters with a code stream (synthetic world: the "
-                        "world's train-side estimator by default)")  # fmt: skip
+    p.add_argument(
+        "--expression_encoder",
+        default=None,
+        help="'module:factory' ExpressionEncoder for adapters with a code stream (synthetic world: the "
+        "world's train-side estimator by default)",
+    )
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance_scale", type=float, default=5.0)
     p.add_argument("--batch_size", type=int, default=16)
@@ -99,13 +106,22 @@ def parse_args(input_args=None) -> argparse.Namespace:
     u.add_argument("--device", default=None, help="default: cuda when available (fp16), else cpu")
     u.add_argument("--eval_face_pack", default=None, help="eval-side insightface pack (detection + recognition)")
     u.add_argument("--eval_face_root", default="~/.insightface")
-    u.add_argument("--eval_detector", default=None,
-                   help=f"eval-side 'module:factory' FaceDetector when no --eval_face_pack (default {EVAL_DETECTOR})")
-    u.add_argument("--eval_recognizer", default=None,
-                   help=f"eval-side ArcFace-style ONNX or 'module:factory' FaceRecognizer (default without a pack: "
-                        f"{EVAL_RECOGNIZER})")  # fmt: skip
-    u.add_argument("--eval_expression_estimator", default=None,
-                   help=f"'module:factory' -> scorer(images, kps) (default {EVAL_EXPRESSION})")
+    u.add_argument(
+        "--eval_detector",
+        default=None,
+        help=f"eval-side 'module:factory' FaceDetector when no --eval_face_pack (default {EVAL_DETECTOR})",
+    )
+    u.add_argument(
+        "--eval_recognizer",
+        default=None,
+        help=f"eval-side ArcFace-style ONNX or 'module:factory' FaceRecognizer (default without a pack: "
+        f"{EVAL_RECOGNIZER})",
+    )
+    u.add_argument(
+        "--eval_expression_estimator",
+        default=None,
+        help=f"'module:factory' -> scorer(images, kps) (default {EVAL_EXPRESSION})",
+    )
     setup.add_face_args(p)  # the pipeline's own face front-end (user data only)
     args = p.parse_args(input_args)
     args.argv = list(sys.argv[1:] if input_args is None else input_args)  # for the report's "written by" line
@@ -121,8 +137,10 @@ def parse_args(input_args=None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_identities < 3:
         p.error("--num_identities must be >= 3 (leakage needs strangers)")
-    user_only = ["templates", "prompt", "resolution", "device", "eval_face_pack", "eval_detector", "eval_recognizer",
-                 "eval_expression_estimator", "face_pack", "recognizer", "detector"]  # fmt: skip
+    user_only = (
+        "templates prompt resolution device eval_face_pack eval_detector eval_recognizer eval_expression_estimator"
+        " face_pack recognizer detector"
+    ).split()
     if args.references is None:
         given = [f"--{name}" for name in user_only if getattr(args, name) is not None]
         if given:
@@ -135,8 +153,9 @@ def parse_args(input_args=None) -> argparse.Namespace:
         missing.append("--pretrained_model (the base pipeline, e.g. an SDXL folder or Hub id)")
     adapter_rows = any(spec.split("=", 1)[1] != "base" for spec in args.row)
     if adapter_rows and args.face_pack is None and not (args.detector and args.recognizer):
-        missing.append("--face_pack (the pipeline's face front-end for the adapter rows; or --detector with "
-                       "--recognizer)")  # fmt: skip
+        missing.append(
+            "--face_pack (the pipeline's face front-end for the adapter rows; or --detector with --recognizer)"
+        )
     if args.eval_face_pack is not None and args.eval_detector is not None:
         p.error("--eval_face_pack and --eval_detector both give the eval-side detector: pass one")
     if missing:
@@ -164,7 +183,7 @@ def split_expression_guidance(spec: str) -> tuple[str, float | None]:
     try:
         scale = float(option[len("eg=") :])
     except ValueError:
-        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a number, got {option[len('eg='):]!r}.") from None
+        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a number, got {option[len('eg=') :]!r}.") from None
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(f"--row spec {spec!r}: '@eg=' needs a finite scale >= 0, got {scale}.")
     if rest == "base" or rest.endswith("@id_only"):
@@ -183,7 +202,7 @@ def parse_row_spec(spec: str) -> tuple[str, float]:
         try:
             scale = float(option[len("exp=") :])
         except ValueError:
-            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp='):]!r}.") from None
+            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp=') :]!r}.") from None
         if not np.isfinite(scale) or scale < 0:
             raise ValueError(f"--row spec {spec!r}: '@exp=' needs a finite scale >= 0, got {scale}.")
         return folder, scale
@@ -203,14 +222,25 @@ def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
         pipe.set_emoji_adapter(torch.nn.Module.to(adapter, device=pipe.unet.device, dtype=pipe.unet.dtype))
         if adapter.uses_code_stream:
             if expression_encoder is None:
-                raise ValueError(f"--row {folder}: the adapter has a code stream (encoder "
-                                 f"{adapter.config.expression_encoder!r}); pass --expression_encoder.")  # fmt: skip
+                raise ValueError(
+                    f"--row {folder}: the adapter has a code stream (encoder "
+                    f"{adapter.config.expression_encoder!r}); pass --expression_encoder."
+                )
             pipe.set_expression_encoder(expression_encoder())
     pipe.set_face_analyzer(face)
 
 
-def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = None,
-                 expression_encoder=None, expression_scale=None, progress=None) -> list[np.ndarray]:  # fmt: skip
+def generate_row(
+    pipe,
+    spec: str,
+    cases,
+    face,
+    args,
+    resolution: int | None = None,
+    expression_encoder=None,
+    expression_scale=None,
+    progress=None,
+) -> list[np.ndarray]:
     """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
     `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale; `progress` (a tqdm bar)
     advances by one per image."""
@@ -224,11 +254,21 @@ def generate_row(pipe, spec: str, cases, face, args, resolution: int | None = No
         chunk = cases[start : start + args.batch_size]
         kwargs = dict(size)
         if folder != "base":
-            kwargs.update(identity_image=[[c.reference] for c in chunk], expression_image=[c.template for c in chunk],
-                          expression_scale=expression_scale, expression_guidance_scale=expression_guidance)  # fmt: skip
+            kwargs.update(
+                identity_image=[[c.reference] for c in chunk],
+                expression_image=[c.template for c in chunk],
+                expression_scale=expression_scale,
+                expression_guidance_scale=expression_guidance,
+            )
         gens = [torch.Generator().manual_seed(args.seed * 100_000 + start + k) for k in range(len(chunk))]
-        out = pipe([c.prompt for c in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                   generator=gens, output_type="np", **kwargs).images  # fmt: skip
+        out = pipe(
+            [c.prompt for c in chunk],
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=gens,
+            output_type="np",
+            **kwargs,
+        ).images
         images.extend((out * 255).round().clip(0, 255).astype(np.uint8))
         if progress is not None:
             progress.update(len(chunk))
@@ -244,8 +284,11 @@ def _folder(path: str, arg: str) -> Path:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -271,8 +314,10 @@ def user_cases(references: str, templates: str, prompts: list[str]):
     ref_root, tpl_root = _folder(references, "--references"), _folder(templates, "--templates")
     people = _subfolders(ref_root)
     if not people:
-        raise ValueError(f"--references: {ref_root} holds no person subfolders (expected one subfolder of images "
-                         f"per person, e.g. {ref_root / 'alice' / '0.png'}).")  # fmt: skip
+        raise ValueError(
+            f"--references: {ref_root} holds no person subfolders (expected one subfolder of images "
+            f"per person, e.g. {ref_root / 'alice' / '0.png'})."
+        )
     refs, pairs = {}, []
     for folder in people:
         files = _images_in(folder)
@@ -294,10 +339,17 @@ def user_cases(references: str, templates: str, prompts: list[str]):
             if tpl_person != ref_person:
                 cases.append(Case(ref, tpl, prompts[len(cases) % len(prompts)], ref_person, tpl_person))
     if not cases:
-        raise ValueError(f"--templates: every template in {tpl_root} belongs to a person under --references "
-                         f"({ref_root}); cases need a template of another person.")  # fmt: skip
-    logger.info("%d reference people x %d templates -> %d cases, %d same-person pairs",
-                len(refs), len(tpls), len(cases), len(pairs))  # fmt: skip
+        raise ValueError(
+            f"--templates: every template in {tpl_root} belongs to a person under --references "
+            f"({ref_root}); cases need a template of another person."
+        )
+    logger.info(
+        "%d reference people x %d templates -> %d cases, %d same-person pairs",
+        len(refs),
+        len(tpls),
+        len(cases),
+        len(pairs),
+    )
     return cases, pairs, f"{len(refs)} reference people x {len(tpls)} templates (other people's): {len(cases)} cases"
 
 
@@ -331,26 +383,44 @@ def main_user(args: argparse.Namespace) -> dict:
     adapter_specs = [spec for spec in args.row if spec.split("=", 1)[1] != "base"]
     face = None
     if adapter_specs:
-        face = _face_analyzer("--face_pack" if args.face_pack else "--detector", recognizer=args.recognizer,
-                              face_pack=args.face_pack, face_root=args.face_root, detector=args.detector)  # fmt: skip
-    eval_face = _face_analyzer("--eval_face_pack" if args.eval_face_pack else "--eval_detector",
-                               recognizer=args.eval_recognizer, face_pack=args.eval_face_pack,
-                               face_root=args.eval_face_root, detector=args.eval_detector)  # fmt: skip
+        face = _face_analyzer(
+            "--face_pack" if args.face_pack else "--detector",
+            recognizer=args.recognizer,
+            face_pack=args.face_pack,
+            face_root=args.face_root,
+            detector=args.detector,
+        )
+    eval_face = _face_analyzer(
+        "--eval_face_pack" if args.eval_face_pack else "--eval_detector",
+        recognizer=args.eval_recognizer,
+        face_pack=args.eval_face_pack,
+        face_root=args.eval_face_root,
+        detector=args.eval_detector,
+    )
     if face is not None and face.recognizer_name == eval_face.recognizer_name:
-        logger.warning("The eval-side recognizer is the pipeline's own (%s): identity similarity is then measured "
-                       "by the recognizer the identity branch was conditioned on.", eval_face.recognizer_name)  # fmt: skip
+        logger.warning(
+            "The eval-side recognizer is the pipeline's own (%s): identity similarity is then measured "
+            "by the recognizer the identity branch was conditioned on.",
+            eval_face.recognizer_name,
+        )
     emotion, emotion_note = emotion_instrument()
     expression = load_factory(args.eval_expression_estimator, "--eval_expression_estimator")
     inst = Instruments(face=eval_face, expression=expression, emotion=emotion)
-    logger.info("eval-side instruments: %r, expression %s, emotion %s", eval_face, args.eval_expression_estimator,
-                EVAL_EMOTION if emotion is not None else "n/a")  # fmt: skip
+    logger.info(
+        "eval-side instruments: %r, expression %s, emotion %s",
+        eval_face,
+        args.eval_expression_estimator,
+        EVAL_EMOTION if emotion is not None else "n/a",
+    )
     dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
     pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model, torch_dtype=dtype).to(args.device)
     pipe.set_progress_bar_config(disable=True)  # one bar over the whole run instead of one per batch
     if (pipe.image_encoder is None or pipe.feature_extractor is None) and adapter_specs:
-        raise ValueError(f"--pretrained_model {args.pretrained_model} has no `image_encoder` / `feature_extractor`, "
-                         "which adapter rows need for the templates: use the base folder the adapter was trained "
-                         "on (as for the training scripts).")  # fmt: skip
+        raise ValueError(
+            f"--pretrained_model {args.pretrained_model} has no `image_encoder` / `feature_extractor`, "
+            "which adapter rows need for the templates: use the base folder the adapter was trained "
+            "on (as for the training scripts)."
+        )
     out = Path(args.out)
     # reference lines: the reference person's other photo, and the template itself
     second = {name: b for a, b, _, _ in pairs for name in [_person_of(a, cases)] if name is not None}
@@ -358,8 +428,9 @@ def main_user(args: argparse.Namespace) -> dict:
     with tqdm(total=2 + len(args.row), desc="scoring rows", unit="row") as scoring:
         if second:
             have = [c for c in cases if c.reference_person in second]
-            references["ref_other_photo_of_reference"] = score_row([second[c.reference_person] for c in have], have,
-                                                                   inst)  # fmt: skip
+            references["ref_other_photo_of_reference"] = score_row(
+                [second[c.reference_person] for c in have], have, inst
+            )
         scoring.update(1)
         references["ref_template_itself"] = score_row([c.template for c in cases], cases, inst)
         scoring.update(1)
@@ -368,9 +439,16 @@ def main_user(args: argparse.Namespace) -> dict:
             for spec in args.row:
                 name, row_spec = spec.split("=", 1)
                 logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
-                images = generate_row(pipe, row_spec, cases, face, args, resolution=args.resolution,
-                                      expression_encoder=load_encoder_factory(args.expression_encoder),
-                                      progress=generating)  # fmt: skip
+                images = generate_row(
+                    pipe,
+                    row_spec,
+                    cases,
+                    face,
+                    args,
+                    resolution=args.resolution,
+                    expression_encoder=load_encoder_factory(args.expression_encoder),
+                    progress=generating,
+                )
                 rows[name] = score_row(images, cases, inst)
                 scoring.update(1)
                 save_grid(thumbnails(images), cases, out / f"grid_{name}.png", args.grid)
@@ -390,8 +468,9 @@ def main_user(args: argparse.Namespace) -> dict:
         "emotion_metrics": emotion_note,
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
-    write_report(rows, extra, out, command, args.title,
-                 not_measured=(*STYLE_COLUMNS, "frechet_to_real", *EMOTION_COLUMNS))  # fmt: skip
+    write_report(
+        rows, extra, out, command, args.title, not_measured=(*STYLE_COLUMNS, "frechet_to_real", *EMOTION_COLUMNS)
+    )
     plot_rows({**{f"*{k}*": v for k, v in references.items()}, **rows}, out / "results.png", title=args.title)
     return {"rows": rows, **extra}
 
@@ -459,8 +538,10 @@ def main(args: argparse.Namespace) -> dict:
     world, pipe, cases, pairs, lines, inst, encoder = synthetic_benchmark(args)
     out = Path(args.out)
     # reference lines: what ignoring the template scores, and what a perfect output scores
-    references = {"ref_neutral_face": score_row(lines["neutral"], cases, inst),
-                  "ref_perfect_output": score_row(lines["perfect"], cases, inst)}  # fmt: skip
+    references = {
+        "ref_neutral_face": score_row(lines["neutral"], cases, inst),
+        "ref_perfect_output": score_row(lines["perfect"], cases, inst),
+    }
     rows, probes = {}, {}
     for spec in args.row:
         name, row_spec = spec.split("=", 1)
@@ -485,13 +566,13 @@ def main(args: argparse.Namespace) -> dict:
     extra = {
         "same_person_identity_similarity": round(same_person_similarity(pairs, world.eval_face), 4),
         "cases": f"{args.num_identities} held-out identities x {args.num_templates} held-out templates "
-                 "(44 single-factor templates covering all 11 factors, the rest random)",
+        "(44 single-factor templates covering all 11 factors, the rest random)",
         "reference_lines": references,
         "template_probe": probes,
         "image_quality": "face_sharpness: variance of the Laplacian of the grey 112 px aligned face crop (higher is "
-                         "sharper; compare with the perfect outputs, real renders of the same cases); frechet_to_real: "
-                         "Frechet distance of the eval identity features to the perfect outputs' (0 for that line by "
-                         "construction; the neutral line shows what a real render with another expression scores)",
+        "sharper; compare with the perfect outputs, real renders of the same cases); frechet_to_real: "
+        "Frechet distance of the eval identity features to the perfect outputs' (0 for that line by "
+        "construction; the neutral line shows what a real render with another expression scores)",
     }
     command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, extra, out, command, args.title)
@@ -515,8 +596,19 @@ def row_key(row_spec: str, args: argparse.Namespace) -> str:
     folder, _ = parse_row_spec(row_spec)
     weights = Path(folder) / "diffusion_pytorch_model.safetensors"
     stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.exists() else ""
-    settings = [row_spec, stamp, args.pretrained_model, args.num_identities, args.num_templates, args.steps,
-                args.guidance_scale, args.batch_size, args.seed, args.no_probe, args.expression_encoder]  # fmt: skip
+    settings = [
+        row_spec,
+        stamp,
+        args.pretrained_model,
+        args.num_identities,
+        args.num_templates,
+        args.steps,
+        args.guidance_scale,
+        args.batch_size,
+        args.seed,
+        args.no_probe,
+        args.expression_encoder,
+    ]
     return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
 

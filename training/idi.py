@@ -87,13 +87,20 @@ def main(args: argparse.Namespace) -> list[dict]:
         pipe.set_emoji_adapter(setup.build_adapter(args, pipe, generation_adapter, face=face))
         encoder = setup.build_expression_encoder(args) if pipe.emoji_adapter.uses_code_stream else None
         pipe.set_expression_encoder(encoder)
-        swapper = (INSwapperBackend(args.swapper_model) if args.swapper == "inswapper"
-                   else DiffusionReIDBackend(pipe, args.reid_strength, args.num_inference_steps, args.guidance_scale))  # fmt: skip
+        swapper = (
+            INSwapperBackend(args.swapper_model)
+            if args.swapper == "inswapper"
+            else DiffusionReIDBackend(pipe, args.reid_strength, args.num_inference_steps, args.guidance_scale)
+        )
         config = RoundConfig(
-            num_pairs=args.pairs_per_round, shard_size=args.shard_size, num_references=args.num_references,
-            seed=args.seed * 1000 + r, num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale, resolution=args.resolution,
-        )  # fmt: skip
+            num_pairs=args.pairs_per_round,
+            shard_size=args.shard_size,
+            num_references=args.num_references,
+            seed=args.seed * 1000 + r,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            resolution=args.resolution,
+        )
         idi_round = IDIRound(pipe, face, scorer, swapper, filters, config, Path(args.collection).parent)
         if not (round_dir / "data" / "round_stats.json").exists():
             idi_round.run(records, round_dir / "data", accelerator.process_index, accelerator.num_processes)
@@ -106,8 +113,12 @@ def main(args: argparse.Namespace) -> list[dict]:
         logger.info("IDI round %d: %s", r, summary)
         if args.steps_per_round == 0 or (round_dir / "stage1" / "adapter" / "config.json").exists():
             continue
-        triplets = [t for k in range(r + 1) if (out / f"round-{k}" / "data" / "triplets.jsonl").stat().st_size
-                    for t in read_triplets(out / f"round-{k}" / "data" / "triplets.jsonl")]  # fmt: skip
+        triplets = [
+            t
+            for k in range(r + 1)
+            if (out / f"round-{k}" / "data" / "triplets.jsonl").stat().st_size
+            for t in read_triplets(out / f"round-{k}" / "data" / "triplets.jsonl")
+        ]
         if not triplets:
             raise RuntimeError(f"IDI accepted no pair up to round {r}; loosen the filters ({filters}).")
         if args.strip_prompt_words:
@@ -118,8 +129,18 @@ def main(args: argparse.Namespace) -> list[dict]:
         stage1_config = setup.stage1_config(args, args.steps_per_round)
         stage1_config.overwrite_output_dir = resume is None  # the round's own folder: a run cut before its first
         # checkpoint restarts from scratch
-        run_stage1(accelerator, pipe, adapter, triplets, face, args.resolution, stage1_dir, stage1_config, resume,
-                   expression_encoder=encoder)
+        run_stage1(
+            accelerator,
+            pipe,
+            adapter,
+            triplets,
+            face,
+            args.resolution,
+            stage1_dir,
+            stage1_config,
+            resume,
+            expression_encoder=encoder,
+        )
     return summaries
 
 

@@ -41,8 +41,12 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--expression_encoder", default=None, help="'module:factory' (default: the world's train side)")
-    p.add_argument("--min_gain_se", type=float, default=2.0, help="a block joins the preset when its gain exceeds "
-                   "this many standard errors")  # fmt: skip
+    p.add_argument(
+        "--min_gain_se",
+        type=float,
+        default=2.0,
+        help="a block joins the preset when its gain exceeds this many standard errors",
+    )
     args = p.parse_args(input_args)
     for name in ("num_identities", "num_templates", "steps", "batch_size"):
         if getattr(args, name) < 1:
@@ -55,11 +59,16 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 def flat_rows(result: dict) -> dict[str, dict[str, float]]:
     """{block: {metric: value}} of :data:`METRICS` for the table and the heatmap."""
-    return {name: {"gain_only": r["gain_only"], "gain_without": r["gain_without"],
-                   "style_leakage_only": r["only"]["style_leakage"],
-                   "identity_leakage_only": r["only"]["identity_leakage"],
-                   "identity_similarity_only": r["only"]["identity_similarity"]}
-            for name, r in result["blocks"].items()}  # fmt: skip
+    return {
+        name: {
+            "gain_only": r["gain_only"],
+            "gain_without": r["gain_without"],
+            "style_leakage_only": r["only"]["style_leakage"],
+            "identity_leakage_only": r["only"]["identity_leakage"],
+            "identity_similarity_only": r["only"]["identity_similarity"],
+        }
+        for name, r in result["blocks"].items()
+    }
 
 
 def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
@@ -77,8 +86,9 @@ def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
         for i, v in enumerate(values):
             t = 0.5 if hi <= lo or not np.isfinite(v) else (v - lo) / (hi - lo)
             colour = (int(255 * t), int(80 + 60 * (1 - abs(2 * t - 1))), int(255 * (1 - t)))
-            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2],
-                           fill=colour)  # fmt: skip
+            draw.rectangle(
+                [left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2], fill=colour
+            )
     for i, n in enumerate(names):
         draw.text((4, top + i * cell + 12), n, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,20 +99,29 @@ def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
 
 def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
     rows = flat_rows(result)
-    write_text_atomic(out.with_suffix(".json"), json.dumps({"command": command, "result": result,
-                                                            "suggested_preset": preset}, indent=1))  # fmt: skip
+    write_text_atomic(
+        out.with_suffix(".json"),
+        json.dumps({"command": command, "result": result, "suggested_preset": preset}, indent=1),
+    )
     fmt = lambda v: f"{v:+.4f}" if np.isfinite(v) else "n/a"  # noqa: E731
     off, full = result["off"], result["all"]
-    lines = ["# Layer probe: the expression branch block by block", "",
-             f"Written by `{command}` (do not edit by hand). Heatmap: `{out.name}.png` (columns m1-m5 = the metric "
-             "columns below, each scaled to its own range, blue low, red high).", "",
-             f"Branch off everywhere: expression error {off['expression_error']:.4f} +- "
-             f"{off.get('expression_error_se', float('nan')):.4f}; on everywhere: {full['expression_error']:.4f} +- "
-             f"{full.get('expression_error_se', float('nan')):.4f}, style leakage {full['style_leakage']:.3f}, "
-             f"identity leakage {full['identity_leakage']:.4f}.", "",
-             "gain_only = error(off) - error(only this block); gain_without = error(all) - error(all but this block) "
-             "(negative: the block helps).", "",
-             "| block | " + " | ".join(METRICS) + " |", "| --- |" + " --- |" * len(METRICS)]  # fmt: skip
+    lines = [
+        "# Layer probe: the expression branch block by block",
+        "",
+        f"Written by `{command}` (do not edit by hand). Heatmap: `{out.name}.png` (columns m1-m5 = the metric "
+        "columns below, each scaled to its own range, blue low, red high).",
+        "",
+        f"Branch off everywhere: expression error {off['expression_error']:.4f} +- "
+        f"{off.get('expression_error_se', float('nan')):.4f}; on everywhere: {full['expression_error']:.4f} +- "
+        f"{full.get('expression_error_se', float('nan')):.4f}, style leakage {full['style_leakage']:.3f}, "
+        f"identity leakage {full['identity_leakage']:.4f}.",
+        "",
+        "gain_only = error(off) - error(only this block); gain_without = error(all) - error(all but this block) "
+        "(negative: the block helps).",
+        "",
+        "| block | " + " | ".join(METRICS) + " |",
+        "| --- |" + " --- |" * len(METRICS),
+    ]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |")
     lines += ["", f"Suggested `expression_layers` preset: `{json.dumps(preset)}`", ""]
@@ -123,8 +142,15 @@ def main(args: argparse.Namespace) -> dict:
     logger.info("probing %d blocks: %s", len(blocks), [b.name for b in blocks])
 
     def score(expression_scale):
-        images = evaluate.generate_row(pipe, args.adapter, cases, world.train_face, args, expression_encoder=encoder,
-                                       expression_scale=expression_scale)  # fmt: skip
+        images = evaluate.generate_row(
+            pipe,
+            args.adapter,
+            cases,
+            world.train_face,
+            args,
+            expression_encoder=encoder,
+            expression_scale=expression_scale,
+        )
         row = score_row(images, cases, inst)
         logger.info("expression_scale %s: expression error %.4f", expression_scale, row["expression_error"])
         return row

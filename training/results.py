@@ -62,20 +62,33 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--expression_loss_weight", type=float, default=2.0, help="see train_decoupled.py")
     p.add_argument("--identity_loss_weight", type=float, default=0.5, help="see train_decoupled.py")
     p.add_argument("--face_loss_max_timestep", type=int, default=600, help="see train_decoupled.py")
-    p.add_argument("--face_loss_continue_steps", type=int, default=4000,
-                   help="most steps of the face-loss row's continuation with the same losses (row 2d)")
-    p.add_argument("--face_loss_push_steps", type=int, default=2000,
-                   help="most steps of the continuation's fine-tuning at --face_loss_push_expression_weight")
+    p.add_argument(
+        "--face_loss_continue_steps",
+        type=int,
+        default=4000,
+        help="most steps of the face-loss row's continuation with the same losses (row 2d)",
+    )
+    p.add_argument(
+        "--face_loss_push_steps",
+        type=int,
+        default=2000,
+        help="most steps of the continuation's fine-tuning at --face_loss_push_expression_weight",
+    )
     p.add_argument("--face_loss_push_expression_weight", type=float, default=6.0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
     p.add_argument("--face_loss_weight", type=float, default=6.0, help="see train_decoupled.py --face_loss_weight")
-    p.add_argument("--ica_steps", type=int, default=3000, help="most steps of the ICA row (stage 2, from the face-loss row)")
+    p.add_argument(
+        "--ica_steps", type=int, default=3000, help="most steps of the ICA row (stage 2, from the face-loss row)"
+    )
     p.add_argument("--ica_identity_loss_weight", type=float, default=1.0)
     p.add_argument("--ica_alignment_loss_weight", type=float, default=1.0)
-    p.add_argument("--ica_fixed_bounds", default="", help="comma-separated hand-picked timestep bounds: one ICA row "
-                   "each beside ANI's (e.g. 300,900)")  # fmt: skip
+    p.add_argument(
+        "--ica_fixed_bounds",
+        default="",
+        help="comma-separated hand-picked timestep bounds: one ICA row each beside ANI's (e.g. 300,900)",
+    )
     p.add_argument("--stream_rows", default="", help="comma-separated extra streams to train: image, both")
     p.add_argument("--idi_rounds", type=int, default=0)
     p.add_argument("--pairs_per_round", type=int, default=600)
@@ -93,9 +106,9 @@ def parse_args(input_args=None) -> argparse.Namespace:
         args.ica_fixed_bounds = [int(t) for t in args.ica_fixed_bounds.split(",") if t]
     except ValueError:
         p.error(f"--ica_fixed_bounds takes comma-separated timesteps, got {args.ica_fixed_bounds!r}")
-    for name in ("steps", "all_layers_steps", "oracle_steps", "face_loss_steps", "face_loss_continue_steps",
-                 "face_loss_push_steps", "ica_steps", "batch_size", "eval_identities",
-                 "eval_templates", "inference_steps"):  # fmt: skip
+    positive = "steps all_layers_steps oracle_steps face_loss_steps face_loss_continue_steps face_loss_push_steps"
+    positive += " ica_steps batch_size eval_identities eval_templates inference_steps"
+    for name in positive.split():
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     args.stream_rows = [x for x in args.stream_rows.split(",") if x]
@@ -114,58 +127,77 @@ def main(args: argparse.Namespace) -> dict:
     work, collection = Path(args.work), Path(args.collection)
     train_manifest = collection / "train.jsonl"
     common = [
-        "--pretrained_model", str(BASE_DIR), "--recognizer", str(identity_onnx_path("train")), "--resolution", "64",
-        "--batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-        "--lr_warmup_steps", str(args.lr_warmup_steps), "--face_loss_weight", str(args.face_loss_weight),
-        "--checkpointing_steps", "250", "--seed", str(args.seed), "--strip_prompt_words", ",".join(EXPRESSION_WORDS),
-        "--num_validation", "256", "--validation_steps", "250", "--early_stopping_patience", "6",
-    ]  # fmt: skip
+        *["--pretrained_model", str(BASE_DIR), "--recognizer", str(identity_onnx_path("train"))],
+        *f"--resolution 64 --batch_size {args.batch_size} --learning_rate {args.learning_rate}".split(),
+        *f"--lr_warmup_steps {args.lr_warmup_steps} --face_loss_weight {args.face_loss_weight}".split(),
+        *f"--checkpointing_steps 250 --seed {args.seed}".split(),
+        *["--strip_prompt_words", ",".join(EXPRESSION_WORDS)],
+        *"--num_validation 256 --validation_steps 250 --early_stopping_patience 6".split(),
+    ]
     code = ["--expression_streams", "code", "--expression_encoder", ENCODER]
 
     def stage1(out: Path, steps: int, *extra: str) -> str:
         if not (out / "adapter" / "config.json").exists():
             resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
-            train_decoupled.main(train_decoupled.parse_args(
-                [*common, "--output_dir", str(out), "--max_steps", str(steps), *resume, *extra]))  # fmt: skip
+            run = [*common, "--output_dir", str(out), "--max_steps", str(steps), *resume, *extra]
+            train_decoupled.main(train_decoupled.parse_args(run))
         return str(out / "adapter")
 
     same = ["--same_identity_from", str(train_manifest)]
     rows = {"base": "base"}
     rows["stage1_same_identity_code"] = stage1(work / "same_identity_code", args.steps, *same, *code)
     rows["identity_only"] = rows["stage1_same_identity_code"] + "@id_only"
-    rows["same_identity_code_all_layers"] = stage1(work / "same_identity_code_all_layers", args.all_layers_steps, *same, *code,
-                                                   "--expression_layers", "all")  # fmt: skip
+    rows["same_identity_code_all_layers"] = stage1(
+        work / "same_identity_code_all_layers", args.all_layers_steps, *same, *code, "--expression_layers", "all"
+    )
+
     def face_loss_row(out: Path, steps: int, adapter: str, expression_weight: float, seed: int) -> str:
         """Fine-tune `adapter` with the stage-1 face losses (a fresh optimizer and warm-up; `seed` orders batches)."""
         return stage1(
-            out, steps, *same, *code, "--adapter", adapter, "--learning_rate", str(args.face_loss_learning_rate),
-            "--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(expression_weight),
-            "--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight),
-            "--face_loss_max_timestep", str(args.face_loss_max_timestep), "--seed", str(seed),
-        )  # fmt: skip
+            out,
+            steps,
+            *same,
+            *code,
+            *["--adapter", adapter, "--learning_rate", str(args.face_loss_learning_rate)],
+            *["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(expression_weight)],
+            *["--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight)],
+            *f"--face_loss_max_timestep {args.face_loss_max_timestep} --seed {seed}".split(),
+        )
 
     rows["stage1_same_identity_code_face_losses"] = face_loss_row(
-        work / "same_identity_code_face_losses", args.face_loss_steps, rows["stage1_same_identity_code"],
-        args.expression_loss_weight, args.seed)  # fmt: skip
+        work / "same_identity_code_face_losses",
+        args.face_loss_steps,
+        rows["stage1_same_identity_code"],
+        args.expression_loss_weight,
+        args.seed,
+    )
     # 2d: the face-loss row had not converged at its last step: continued with the same losses, then pushed harder
     rows["face_losses_continued"] = face_loss_row(
-        work / "face_losses_continued", args.face_loss_continue_steps, rows["stage1_same_identity_code_face_losses"],
-        args.expression_loss_weight, args.seed + 1)  # fmt: skip
+        work / "face_losses_continued",
+        args.face_loss_continue_steps,
+        rows["stage1_same_identity_code_face_losses"],
+        args.expression_loss_weight,
+        args.seed + 1,
+    )
     rows["face_losses_expression_push"] = face_loss_row(
-        work / "face_losses_expression_push", args.face_loss_push_steps, rows["face_losses_continued"],
-        args.face_loss_push_expression_weight, args.seed + 1)  # fmt: skip
+        work / "face_losses_expression_push",
+        args.face_loss_push_steps,
+        rows["face_losses_continued"],
+        args.face_loss_push_expression_weight,
+        args.seed + 1,
+    )
     face_loss_models = ["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--identity_loss_model", IDENTITY_LOSS_MODEL]
 
     def ica(out: Path, *extra: str) -> str:  # stage 2 from the face-loss row, with its expression loss kept
         if not (out / "adapter" / "config.json").exists():
             resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
-            train_ica.main(train_ica.parse_args(
-                [*common, "--output_dir", str(out), "--max_steps", str(args.ica_steps), *resume, *same, *code,
-                 "--adapter", rows["stage1_same_identity_code_face_losses"], *face_loss_models,
-                 "--learning_rate", str(args.face_loss_learning_rate),
-                 "--expression_loss_weight", str(args.expression_loss_weight),
-                 "--identity_loss_weight", str(args.ica_identity_loss_weight),
-                 "--alignment_loss_weight", str(args.ica_alignment_loss_weight), *extra]))  # fmt: skip
+            run = [*common, "--output_dir", str(out), "--max_steps", str(args.ica_steps), *resume, *same, *code]
+            run += ["--adapter", rows["stage1_same_identity_code_face_losses"], *face_loss_models]
+            run += ["--learning_rate", str(args.face_loss_learning_rate)]
+            run += ["--expression_loss_weight", str(args.expression_loss_weight)]
+            run += ["--identity_loss_weight", str(args.ica_identity_loss_weight)]
+            run += ["--alignment_loss_weight", str(args.ica_alignment_loss_weight), *extra]
+            train_ica.main(train_ica.parse_args(run))
         return str(out / "adapter")
 
     rows["stage2_ica"] = ica(work / "ica")
@@ -173,28 +205,29 @@ def main(args: argparse.Namespace) -> dict:
         rows[f"stage2_ica_fixed_t{bound}"] = ica(work / f"ica_fixed_t{bound}", "--fixed_max_timestep", str(bound))
     if not (work / "oracle_data" / "triplets.jsonl").exists():
         build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
-    rows["stage1_oracle_code"] = stage1(work / "oracle_code", args.oracle_steps, "--triplets",
-                                        str(work / "oracle_data" / "triplets.jsonl"), *code)  # fmt: skip
+    rows["stage1_oracle_code"] = stage1(
+        work / "oracle_code", args.oracle_steps, "--triplets", str(work / "oracle_data" / "triplets.jsonl"), *code
+    )
     for stream in args.stream_rows:
         extra = ["--expression_streams", stream] + (["--expression_encoder", ENCODER] if stream == "both" else [])
         rows[f"stage1_same_identity_{stream}"] = stage1(work / f"same_identity_{stream}", args.steps, *same, *extra)
     if args.idi_rounds:
-        idi.main(idi.parse_args([
-            *common, "--collection", str(train_manifest), "--output_dir", str(work / "idi"),
-            "--adapter", rows["stage1_same_identity_code"], "--expression_encoder", ENCODER, "--detector", DETECTOR,
-            "--expression_estimator", SCORER, "--rounds", str(args.idi_rounds),
-            "--pairs_per_round", str(args.pairs_per_round), "--steps_per_round", str(args.idi_steps),
-            "--num_inference_steps", str(args.inference_steps), "--max_expression_error", str(args.max_expression_error),
-            "--min_identity_similarity", str(args.min_identity_similarity),
-            "--max_template_similarity", str(args.max_template_similarity),
-        ]))  # fmt: skip
+        run = [*common, "--collection", str(train_manifest), "--output_dir", str(work / "idi")]
+        run += ["--adapter", rows["stage1_same_identity_code"], "--expression_encoder", ENCODER]
+        run += ["--detector", DETECTOR, "--expression_estimator", SCORER]
+        sizes = f"--rounds {args.idi_rounds} --pairs_per_round {args.pairs_per_round}"
+        sizes += f" --steps_per_round {args.idi_steps} --num_inference_steps {args.inference_steps}"
+        filters = f"--max_expression_error {args.max_expression_error}"
+        filters += f" --min_identity_similarity {args.min_identity_similarity}"
+        filters += f" --max_template_similarity {args.max_template_similarity}"
+        idi.main(idi.parse_args([*run, *sizes.split(), *filters.split()]))
         for r in range(args.idi_rounds):
             rows[f"stage1_idi_round_{r}"] = str(work / "idi" / f"round-{r}" / "stage1" / "adapter")
 
-    eval_args = evaluate.parse_args(
-        [a for name, spec in rows.items() for a in ("--row", f"{name}={spec}")]
-        + ["--out", args.out, "--num_identities", str(args.eval_identities), "--num_templates",
-           str(args.eval_templates), "--steps", str(args.inference_steps)])  # fmt: skip
+    row_flags = [a for name, spec in rows.items() for a in ("--row", f"{name}={spec}")]
+    eval_sizes = f"--num_identities {args.eval_identities} --num_templates {args.eval_templates}"
+    eval_sizes += f" --steps {args.inference_steps}"
+    eval_args = evaluate.parse_args([*row_flags, "--out", args.out, *eval_sizes.split()])
     done = Path(args.out) / "results.json"
     eval_command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in eval_args.argv)
     if done.exists() and json.loads(done.read_text()).get("command") == eval_command:
@@ -204,10 +237,14 @@ def main(args: argparse.Namespace) -> dict:
     shipped = best_adapter(results, rows)
     export(shipped, Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_text_atomic(Path(args.out) / "pipeline.json", json.dumps({"command": command, "exported_adapter": shipped,
-                                                                     "rows": rows}, indent=1))  # fmt: skip
-    rounds = [json.loads((work / "idi" / f"round-{r}" / "data" / "round_stats.json").read_text())
-              for r in range(args.idi_rounds)]  # fmt: skip
+    write_text_atomic(
+        Path(args.out) / "pipeline.json",
+        json.dumps({"command": command, "exported_adapter": shipped, "rows": rows}, indent=1),
+    )
+    rounds = [
+        json.loads((work / "idi" / f"round-{r}" / "data" / "round_stats.json").read_text())
+        for r in range(args.idi_rounds)
+    ]
     write_targets(results, rounds, Path(args.out), command)
     write_training_summary(rows, Path(args.out), command)
     return results
@@ -215,6 +252,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def training_summary(run_dir: Path) -> dict:
     """Steps, wall-clock and the held-out validation of one stage-1 run folder (its loss_log / val_log)."""
+
     def lines(name):
         path = run_dir / name
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
@@ -234,18 +272,26 @@ def training_summary(run_dir: Path) -> dict:
 
 def write_training_summary(rows: dict[str, str], out: Path, command: str) -> None:
     """training.md: for every trained row, how long it trained and where its held-out loss stopped improving."""
-    lines = ["# Training of the synthetic rows", "", f"Written by `{command}` from each run's `loss_log.jsonl` and "
-             "`val_log.jsonl` (do not edit by hand). The shipped adapter of a run is its best held-out one.", "",
-             "| row | steps | wall-clock (min) | best step | held-out loss | template swap | no expression | "
-             "validations after best |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "# Training of the synthetic rows",
+        "",
+        f"Written by `{command}` from each run's `loss_log.jsonl` and "
+        "`val_log.jsonl` (do not edit by hand). The shipped adapter of a run is its best held-out one.",
+        "",
+        "| row | steps | wall-clock (min) | best step | held-out loss | template swap | no expression | "
+        "validations after best |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, spec in rows.items():
         if spec == "base" or "@" in spec:
             continue
         t = training_summary(Path(spec).parent)
         fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-        lines.append(f"| {name} | {t['steps']} | {fmt(t['wall_clock_min'], '')} | {fmt(t['best_step'], '')} | "
-                     f"{fmt(t['validation_loss'], '.4f')} | {fmt(t['template_swap_gap'], '+.2%')} | "
-                     f"{fmt(t['no_expression_gap'], '+.2%')} | {fmt(t['validations_after_best'], '')} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {t['steps']} | {fmt(t['wall_clock_min'], '')} | {fmt(t['best_step'], '')} | "
+            f"{fmt(t['validation_loss'], '.4f')} | {fmt(t['template_swap_gap'], '+.2%')} | "
+            f"{fmt(t['no_expression_gap'], '+.2%')} | {fmt(t['validations_after_best'], '')} |"
+        )
     write_text_atomic(out / "training.md", "\n".join(lines) + "\n")
 
 
@@ -254,9 +300,11 @@ def best_adapter(results: dict, specs: dict[str, str]) -> str:
     identity similarity is at least the identity-only row's (or 0.9 of it)."""
     rows = results["rows"]
     floor = 0.9 * rows["identity_only"]["identity_similarity"] if "identity_only" in rows else -1.0
-    candidates = [(r["expression_error"], name) for name, r in rows.items()
-                  if name != "base" and "oracle" not in name and "@" not in specs[name]
-                  and r["identity_similarity"] >= floor]  # fmt: skip
+    candidates = [
+        (r["expression_error"], name)
+        for name, r in rows.items()
+        if name != "base" and "oracle" not in name and "@" not in specs[name] and r["identity_similarity"] >= floor
+    ]
     if not candidates:
         raise RuntimeError("No non-oracle two-branch row keeps identity; nothing to ship.")
     return specs[min(candidates)[1]]
@@ -267,8 +315,9 @@ def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
     rows were not run is reported as such (measured NaN, not met)."""
     rows, refs = results["rows"], results.get("reference_lines", {})
     nan = float("nan")
-    final_name = min((r["expression_error"], n) for n, r in rows.items()
-                     if n not in ("base", "identity_only") and "oracle" not in n)[1]  # fmt: skip
+    final_name = min(
+        (r["expression_error"], n) for n, r in rows.items() if n not in ("base", "identity_only") and "oracle" not in n
+    )[1]
     final = rows[final_name]
     neutral = refs.get("ref_neutral_face", {}).get("expression_error", nan)
     per_factor = final.get("expression_error_per_factor") or {}
@@ -283,6 +332,8 @@ def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
 
     idi_row = rows.get(idi_name) if idi_name else None
     preset, all_layers = rows.get("stage1_same_identity_code"), rows.get("same_identity_code_all_layers")
+    idi_ratio = ratio(idi_row, same, "expression_error")
+    preset_ratio = ratio(preset, all_layers, "expression_error")
     checks = [
         (f"expression error of the final model ({final_name})", final["expression_error"], "<=", 0.07, True, ""),
         ("worst mouth/eye factor error of the final model", mouth_eyes, "<=", 0.05, True, ""),
@@ -293,18 +344,24 @@ def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
         ("identity leakage of the final model", final["identity_leakage"], "<=", 0.02, True, ""),
         ("identity leakage after IDI - same-identity row's",
          idi_row["identity_leakage"] - same["identity_leakage"] if idi_row and same else nan, "<", 0.0,
-         ratio(idi_row, same, "expression_error") <= 1.1,
-         f"and expression error ratio <= 1.1 (measured {ratio(idi_row, same, 'expression_error'):.3f})"),
+         idi_ratio <= 1.1, f"and expression error ratio <= 1.1 (measured {idi_ratio:.3f})"),
         ("style leakage: preset - all layers",
          preset["style_leakage"] - all_layers["style_leakage"] if preset and all_layers else nan, "<", 0.0,
-         ratio(preset, all_layers, "expression_error") <= 1.1,
-         f"and expression error preset / all layers <= 1.1 (measured {ratio(preset, all_layers, 'expression_error'):.3f})"),
+         preset_ratio <= 1.1, f"and expression error preset / all layers <= 1.1 (measured {preset_ratio:.3f})"),
     ]  # fmt: skip
     out = []
     for name, value, op, threshold, also, also_text in checks:
         met = bool(value <= threshold if op == "<=" else value >= threshold if op == ">=" else value < threshold)
-        out.append({"target": name, "measured": round(float(value), 4), "op": op, "threshold": threshold,
-                    "condition": also_text, "met": bool(met and also and value == value)})  # fmt: skip
+        out.append(
+            {
+                "target": name,
+                "measured": round(float(value), 4),
+                "op": op,
+                "threshold": threshold,
+                "condition": also_text,
+                "met": bool(met and also and value == value),
+            }
+        )
     return out
 
 
@@ -312,22 +369,37 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
     """targets.json + targets.md: every target with its measured value ("not run" when its rows are missing), and
     each IDI round's yield and speed."""
     checks = check_targets(results, rounds)
-    write_text_atomic(out / "targets.json", json.dumps({"targets": checks, "idi_rounds": rounds, "command": command},
-                                                       indent=1))  # fmt: skip
-    lines = ["# Targets of the synthetic results (expression transfer)", "",
-             f"Written by `{command}` from `results.json` and the IDI rounds' `round_stats.json` (do not edit by hand).",
-             "", "| target | measured | target value | met |", "| --- | --- | --- | --- |"]  # fmt: skip
+    write_text_atomic(
+        out / "targets.json", json.dumps({"targets": checks, "idi_rounds": rounds, "command": command}, indent=1)
+    )
+    lines = [
+        "# Targets of the synthetic results (expression transfer)",
+        "",
+        f"Written by `{command}` from `results.json` and the IDI rounds' `round_stats.json` (do not edit by hand).",
+        "",
+        "| target | measured | target value | met |",
+        "| --- | --- | --- | --- |",
+    ]
     for c in checks:
         measured = "not run" if c["measured"] != c["measured"] else f"{c['measured']:.3f}"
         target = " ".join(filter(None, (c["op"], str(c["threshold"]), c["condition"])))
         lines.append(f"| {c['target']} | {measured} | {target} | {'yes' if c['met'] else 'no'} |")
-    lines += ["", "Image quality (face sharpness, Frechet distance of identity features to the perfect outputs, style",
-              "following) is in the columns of `results.md`, next to the base model's own samples (the `base` row)."]  # fmt: skip
+    lines += [
+        "",
+        "Image quality (face sharpness, Frechet distance of identity features to the perfect outputs, style",
+        "following) is in the columns of `results.md`, next to the base model's own samples (the `base` row).",
+    ]
     if rounds:
-        lines += ["", "| IDI round | pairs tried | accepted | yield | rejected by | accepted pairs per compute minute |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        lines += [f"| {r} | {s['pairs']} | {s['accepted']} | {s['yield']:.3f} | {s['rejected_by']} | "
-                  f"{s['accepted_per_compute_minute']} |" for r, s in enumerate(rounds)]  # fmt: skip
+        lines += [
+            "",
+            "| IDI round | pairs tried | accepted | yield | rejected by | accepted pairs per compute minute |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r} | {s['pairs']} | {s['accepted']} | {s['yield']:.3f} | {s['rejected_by']} | "
+            f"{s['accepted_per_compute_minute']} |"
+            for r, s in enumerate(rounds)
+        ]
     write_text_atomic(out / "targets.md", "\n".join(lines) + "\n")
 
 

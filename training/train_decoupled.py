@@ -50,10 +50,19 @@ def main(args: argparse.Namespace) -> list[float]:
     encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
     expression_model, identity_model = setup.build_face_loss_models(args)
     return run_stage1(
-        accelerator, pipe, adapter, triplets, face, args.resolution, output_dir,
-        setup.stage1_config(args, args.max_steps), args.resume_from_checkpoint, expression_encoder=encoder,
-        expression_loss_model=expression_model, identity_loss_model=identity_model,
-    )  # fmt: skip
+        accelerator,
+        pipe,
+        adapter,
+        triplets,
+        face,
+        args.resolution,
+        output_dir,
+        setup.stage1_config(args, args.max_steps),
+        args.resume_from_checkpoint,
+        expression_encoder=encoder,
+        expression_loss_model=expression_model,
+        identity_loss_model=identity_model,
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,18 @@ def parse_args(input_args=None) -> argparse.Namespace:
     setup.add_stage1_args(p)
     g = p.add_argument_group("ANI (adaptive noise inversion)")
     g.add_argument("--ani_threshold", type=float, default=0.6, help="identity cosine the one-step x0 must keep")
-    g.add_argument("--ani_candidates", default="100,200,300,400,500,600,700,800,900",
-                   help="comma-separated candidate upper bounds of t, ascending")  # fmt: skip
+    g.add_argument(
+        "--ani_candidates",
+        default="100,200,300,400,500,600,700,800,900",
+        help="comma-separated candidate upper bounds of t, ascending",
+    )
     g.add_argument("--ani_calibration_size", type=int, default=64)
-    g.add_argument("--fixed_max_timestep", type=int, default=None,
-                   help="skip ANI: train with timesteps in [0, this] (a hand-picked bound, for comparison rows)")
+    g.add_argument(
+        "--fixed_max_timestep",
+        type=int,
+        default=None,
+        help="skip ANI: train with timesteps in [0, this] (a hand-picked bound, for comparison rows)",
+    )
     args = p.parse_args(input_args)
     setup.check_run_args(p, args)
     setup.check_stage1_args(p, args)
@@ -60,9 +67,13 @@ def main(args: argparse.Namespace):
     from emojidiff_pipeline.train.stage1 import prepare_run_folder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ani = AniConfig(threshold=args.ani_threshold, candidates=args.ani_candidates,
-                    calibration_size=args.ani_calibration_size, seed=args.seed,
-                    fixed_max_timestep=args.fixed_max_timestep)  # fmt: skip
+    ani = AniConfig(
+        threshold=args.ani_threshold,
+        candidates=args.ani_candidates,
+        calibration_size=args.ani_calibration_size,
+        seed=args.seed,
+        fixed_max_timestep=args.fixed_max_timestep,
+    )
     accelerator = setup.make_accelerator(args)
     output_dir = Path(args.output_dir)
     if not args.overwrite_output_dir:
@@ -74,10 +85,20 @@ def main(args: argparse.Namespace):
     encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
     expression_model, identity_model = setup.build_face_loss_models(args)
     return run_ica(
-        accelerator, pipe, adapter, triplets, face, args.resolution, output_dir,
-        setup.stage1_config(args, args.max_steps), ani, args.resume_from_checkpoint, expression_encoder=encoder,
-        expression_loss_model=expression_model, identity_loss_model=identity_model,
-    )  # fmt: skip
+        accelerator,
+        pipe,
+        adapter,
+        triplets,
+        face,
+        args.resolution,
+        output_dir,
+        setup.stage1_config(args, args.max_steps),
+        ani,
+        args.resume_from_checkpoint,
+        expression_encoder=encoder,
+        expression_loss_model=expression_model,
+        identity_loss_model=identity_model,
+    )
 
 
 if __name__ == "__main__":
