@@ -52,8 +52,14 @@ def make_inswapper_standin(path):
 
     torch.manual_seed(0)
     module = _SwapperStandIn().eval()
-    torch.onnx.export(module, (torch.zeros(1, 3, 128, 128), torch.zeros(1, 512)), str(path),
-                      input_names=["target", "source"], output_names=["output"], dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 3, 128, 128), torch.zeros(1, 512)),
+        str(path),
+        input_names=["target", "source"],
+        output_names=["output"],
+        dynamo=False,
+    )
     model = onnx.load(str(path))
     inits = list(model.graph.initializer)
     emap = next(i for i in inits if tuple(i.dims) == (512, 512))

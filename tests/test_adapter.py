@@ -21,7 +21,9 @@ def unet():
 
 
 def test_from_unet_copies_frozen_key_values(unet):
-    adapter = EmojiDiffAdapter.from_unet(unet, image_embed_dim=32, resampler_dim=32, resampler_heads=4, resampler_depth=1)
+    adapter = EmojiDiffAdapter.from_unet(
+        unet, image_embed_dim=32, resampler_dim=32, resampler_heads=4, resampler_depth=1
+    )
     name = adapter.identity_layer_names[0]
     attn = unet.get_submodule(name[: -len(".processor")])
     module = adapter.identity_kv[name.replace(".", "__")]
@@ -35,7 +37,10 @@ def test_from_unet_copies_frozen_key_values(unet):
 def test_save_load_round_trip_is_bit_exact(unet, tmp_path):
     adapter = tiny_adapter(unet)
     adapter.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     loaded = EmojiDiffAdapter.from_pretrained(tmp_path / "adapter")
     a, b = adapter.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
@@ -108,9 +113,14 @@ def test_adapter_on_real_sdxl_config_default_presets():
 def test_adapter_refuses_another_unet(unet):
     adapter = tiny_adapter(unet)
     other = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, cross_attention_dim=64, norm_num_groups=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
     with pytest.raises(ValueError, match=r"built for another UNet: .*layer '.*attn2.processor'"):
         adapter.check_unet(other)
     wider = tiny_components()["unet"]

@@ -47,9 +47,10 @@ def test_encoders_run_once_per_call(monkeypatch, tmp_path):
         module.register_forward_hook(lambda *a, name=name: counts.__setitem__(name, counts[name] + 1))
     original = pipe.face_analyzer.identity_embedding
     monkeypatch.setattr(
-        pipe.face_analyzer, "identity_embedding",
+        pipe.face_analyzer,
+        "identity_embedding",
         lambda *a, **k: counts.__setitem__("identity", counts["identity"] + 1) or original(*a, **k),
-    )  # fmt: skip
+    )
     photo = skimage_data.astronaut()
     pipe("a face", identity_image=photo, expression_image=photo, num_inference_steps=4, output_type="latent")
     assert counts == {"image_encoder": 1, "adapter": 1, "identity": 1, "unet": 4}
@@ -91,11 +92,12 @@ def test_cli_with_model_generates(tmp_path, capsys):
     write_model_pack(tmp_path / "faces", "pack", faces=[{"kps": ASTRONAUT_KPS}], image_size=(512, 512))
     PIL.Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
     out = tmp_path / "out" / "grid.png"
-    code = cli_main([
-        "generate", "--model", str(tmp_path / "model"), "--identity", str(tmp_path / "astronaut.png"),
-        "--expression", str(tmp_path / "astronaut.png"), "--prompt", "a face", "--steps", "2", "--seed", "3",
-        "--face_model", "pack", "--face_root", str(tmp_path / "faces"), "--output", str(out),
-    ])  # fmt: skip
+    inputs = ["--identity", str(tmp_path / "astronaut.png"), "--expression", str(tmp_path / "astronaut.png")]
+    faces = ["--face_model", "pack", "--face_root", str(tmp_path / "faces")]
+    code = cli_main(
+        ["generate", "--model", str(tmp_path / "model"), *inputs, "--prompt", "a face", *"--steps 2 --seed 3".split()]
+        + [*faces, "--output", str(out)]
+    )
     assert code == 0 and PIL.Image.open(out).size == (64, 64)
     assert f"wrote {out.resolve()}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
@@ -109,5 +111,7 @@ def test_identity_embeds_broadcast_over_prompts():
     one = random_identity()
     a = pipe(["a", "b"], identity_embeds=one, num_inference_steps=1, output_type="np", generator=gens).images
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    b = pipe(["a", "b"], identity_embeds=one.expand(2, -1, -1), num_inference_steps=1, output_type="np", generator=gens).images
+    b = pipe(
+        ["a", "b"], identity_embeds=one.expand(2, -1, -1), num_inference_steps=1, output_type="np", generator=gens
+    ).images
     assert np.abs(a - b).max() <= 1e-6

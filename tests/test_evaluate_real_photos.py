@@ -55,12 +55,13 @@ def _run(tmp_path):
     tiny_adapter(components["unet"], num_expression_tokens=4, resampler_depth=1).save_pretrained(tmp_path / "adapter")
     make_arcface_standin(tmp_path / "arcface.onnx", seed=1)  # the pipeline's (train-side) recognizer
     out = tmp_path / "out"
-    args = evaluate.parse_args([
-        "--row", f"tiny_adapter={tmp_path / 'adapter'}", "--out", str(out),
-        "--pretrained_model", str(tmp_path / "base"), "--references", str(references), "--templates", str(templates),
-        "--detector", evaluate.EVAL_DETECTOR, "--recognizer", str(tmp_path / "arcface.onnx"),
-        "--steps", "2", "--resolution", "64", "--batch_size", "6", "--device", "cpu",
-    ])  # fmt: skip
+    folders = ["--pretrained_model", str(tmp_path / "base"), "--references", str(references)]
+    folders += ["--templates", str(templates)]
+    faces = ["--detector", evaluate.EVAL_DETECTOR, "--recognizer", str(tmp_path / "arcface.onnx")]
+    sizes = "--steps 2 --resolution 64 --batch_size 6 --device cpu".split()
+    args = evaluate.parse_args(
+        ["--row", f"tiny_adapter={tmp_path / 'adapter'}", "--out", str(out), *folders, *faces, *sizes]
+    )
     evaluate.main(args)
     return out, json.loads((out / "results.json").read_text())
 

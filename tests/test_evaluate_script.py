@@ -55,16 +55,16 @@ def world(tmp_path_factory):
 
 
 def user_args(world, out, *extra):
-    return [
-        "--row", "base=base", "--row", f"emojidiff={world / 'adapter'}",
-        "--row", f"identity_only={world / 'adapter'}@id_only", "--out", str(out),
-        "--pretrained_model", str(world / "base"), "--references", str(world / "refs"),
-        "--templates", str(world / "templates"), "--face_pack", "pack", "--face_root", str(world / "faces"),
-        "--eval_face_pack", "evalpack", "--eval_face_root", str(world / "faces"),
-        "--eval_recognizer", str(world / "eval_arcface.onnx"), "--eval_expression_estimator", SCORER,
-        "--prompt", "a portrait photo", "--prompt", "a cartoon face", "--steps", "2", "--resolution", "64",
-        "--batch_size", "2", "--device", "cpu", *extra,
-    ]  # fmt: skip
+    rows = ["--row", "base=base", "--row", f"emojidiff={world / 'adapter'}"]
+    rows += ["--row", f"identity_only={world / 'adapter'}@id_only"]
+    folders = ["--pretrained_model", str(world / "base"), "--references", str(world / "refs")]
+    folders += ["--templates", str(world / "templates")]
+    faces = ["--face_pack", "pack", "--face_root", str(world / "faces")]
+    faces += ["--eval_face_pack", "evalpack", "--eval_face_root", str(world / "faces")]
+    faces += ["--eval_recognizer", str(world / "eval_arcface.onnx"), "--eval_expression_estimator", SCORER]
+    prompts = ["--prompt", "a portrait photo", "--prompt", "a cartoon face"]
+    sizes = "--steps 2 --resolution 64 --batch_size 2 --device cpu".split()
+    return [*rows, "--out", str(out), *folders, *faces, *prompts, *sizes, *extra]
 
 
 def test_user_data_mode_end_to_end(world, tmp_path):
@@ -123,8 +123,8 @@ def test_user_data_mode_defaults_to_packaged_eval_instruments(world, tmp_path, c
         evaluate.parse_args([*args, "--eval_face_pack", "evalpack", "--eval_detector", evaluate.EVAL_DETECTOR])
     assert "--eval_face_pack and --eval_detector" in capsys.readouterr().err
     # base rows need no face front-end of the pipeline's own
-    base_only = ["--row", "base=base", "--pretrained_model", str(world / "base"), "--references", str(world / "refs"),
-                 "--templates", str(world / "templates")]  # fmt: skip
+    base_only = ["--row", "base=base", "--pretrained_model", str(world / "base"), "--references", str(world / "refs")]
+    base_only += ["--templates", str(world / "templates")]
     assert evaluate.parse_args(base_only).face_pack is None
 
 
@@ -175,13 +175,23 @@ def test_base_without_image_encoder_is_named_before_generating(world, tmp_path):
 
 def test_write_report_shows_n_a_only_for_columns_not_measured(tmp_path):
     nan = float("nan")
-    row = {"identity_similarity": nan, "expression_error": 0.5, "identity_leakage": 0.0, "style_leakage": nan,
-           "style_following": nan, "face_sharpness": 20.0, "frechet_to_real": nan, "no_face_rate": 1.0,
-           "num_cases": 2}  # fmt: skip
+    row = {
+        "identity_similarity": nan,
+        "expression_error": 0.5,
+        "identity_leakage": 0.0,
+        "style_leakage": nan,
+        "style_following": nan,
+        "face_sharpness": 20.0,
+        "frechet_to_real": nan,
+        "no_face_rate": 1.0,
+        "num_cases": 2,
+    }
     plain = write_report({"r": row}, {}, tmp_path / "plain", "cmd", "T").read_text()
-    assert "| r | nan | 0.500 | 0.000 | nan | nan | 20.000 | nan | 1.000 |" in plain  # as before (the synthetic report)
-    user = write_report({"r": row}, {}, tmp_path / "user", "cmd", "T",
-                        not_measured=(*evaluate.STYLE_COLUMNS, "frechet_to_real"))  # fmt: skip
+    # as before (the synthetic report)
+    assert "| r | nan | 0.500 | 0.000 | nan | nan | 20.000 | nan | 1.000 |" in plain
+    user = write_report(
+        {"r": row}, {}, tmp_path / "user", "cmd", "T", not_measured=(*evaluate.STYLE_COLUMNS, "frechet_to_real")
+    )
     assert "| r | nan | 0.500 | 0.000 | n/a | n/a | 20.000 | n/a | 1.000 |" in user.read_text()
 
 

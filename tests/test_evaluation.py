@@ -18,10 +18,22 @@ def setup(tmp_path_factory):
     face = FaceAnalyzer.from_models(fixed_detector(), recognizer=onnx)
     people = {}
     for i in range(4):
-        style = Style(rendering="flat", palette="natural", background=["blue", "pink", "teal", "gray"][i], pattern="plain")
+        style = Style(
+            rendering="flat", palette="natural", background=["blue", "pink", "teal", "gray"][i], pattern="plain"
+        )
         people[f"p{i}"] = render(Identity.from_seed(100 + i), Expression(smile=0.2 * i), style, Pose())
-    cases = [Case(people["p0"].image, people[t].image, "prompt", "p0", t, {"background": "yellow"},
-                  {"background": ["blue", "pink", "teal", "gray"][int(t[1])]}) for t in ("p1", "p2", "p3")]  # fmt: skip
+    cases = [
+        Case(
+            reference=people["p0"].image,
+            template=people[t].image,
+            prompt="prompt",
+            reference_person="p0",
+            template_person=t,
+            prompt_style={"background": "yellow"},
+            template_style={"background": ["blue", "pink", "teal", "gray"][int(t[1])]},
+        )
+        for t in ("p1", "p2", "p3")
+    ]
     style_fn = lambda images: {"background": ["teal" if im[0, 0, 2] > 150 else "other" for im in images]}  # noqa: E731
     return face, cases, people, Instruments(face, colour_scorer(), style_fn)
 
@@ -50,7 +62,9 @@ def test_no_face_is_counted_and_report_is_written(setup, tmp_path):
     assert row["no_face_rate"] == 1.0 and np.isnan(row["identity_similarity"])
     pairs = [(people["p0"].image, people["p0"].image, None, None)]
     assert same_person_similarity(pairs, face) == pytest.approx(1.0, abs=1e-5)
-    md = write_report({"copy": score_row([c.reference for c in cases], cases, inst)}, {"note": 1}, tmp_path, "cmd", "T")
+    md = write_report(
+        {"copy": score_row([c.reference for c in cases], cases, inst)}, {"note": 1}, tmp_path, "cmd", "T"
+    )
     assert "| copy |" in md.read_text() and json.loads((tmp_path / "results.json").read_text())["command"] == "cmd"
 
 

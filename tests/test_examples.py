@@ -31,11 +31,10 @@ def test_drop_in_example(tmp_path):
     np.save(tmp_path / "me.npy", random_identity(1, 2).numpy()[0])
     PIL.Image.fromarray(random_template()).save(tmp_path / "grin.png")
     out = tmp_path / "out.png"
-    images = load_example("drop_in").main(
-        ["--sdxl", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "adapter"), "--image_encoder",
-         str(tmp_path / "clip"), "--identity_embeds", str(tmp_path / "me.npy"), "--expression",
-         str(tmp_path / "grin.png"), "--steps", "2", "--output", str(out)]
-    )  # fmt: skip
+    models = ["--sdxl", str(tmp_path / "sdxl"), "--adapter", str(tmp_path / "adapter")]
+    models += ["--image_encoder", str(tmp_path / "clip")]
+    inputs = ["--identity_embeds", str(tmp_path / "me.npy"), "--expression", str(tmp_path / "grin.png")]
+    images = load_example("drop_in").main([*models, *inputs, "--steps", "2", "--output", str(out)])
     assert out.exists() and images[0].size == (64, 64)
 
 
@@ -45,5 +44,7 @@ def test_pipeline_folder_loads_like_a_hub_model(tmp_path):
     index = (tmp_path / "model_index.json").read_text()
     assert '"emojidiff_pipeline.adapter"' in index and '"EmojiDiffAdapter"' in index
     pipe = EmojiDiffPipeline.from_pretrained(tmp_path)
-    image = pipe("a face", identity_embeds=random_identity(), expression_image=random_template(), num_inference_steps=1).images[0]
+    image = pipe(
+        "a face", identity_embeds=random_identity(), expression_image=random_template(), num_inference_steps=1
+    ).images[0]
     assert image.size == (64, 64)

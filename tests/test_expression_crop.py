@@ -29,8 +29,14 @@ def kept_change(neutral: Expression, changed: Expression, geometry: str) -> floa
     return float(kept / full)
 
 
-@pytest.mark.parametrize("changed", [Expression(brow_raise_left=1.0, brow_raise_right=1.0), Expression(jaw_open=1.0),
-                                     Expression(eye_close_left=1.0, eye_close_right=1.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "changed",
+    [
+        Expression(brow_raise_left=1.0, brow_raise_right=1.0),
+        Expression(jaw_open=1.0),
+        Expression(eye_close_left=1.0, eye_close_right=1.0),
+    ],
+)
 def test_eyes_nose_crop_keeps_brows_eyes_and_open_jaw(changed):
     kept = kept_change(Expression(), changed, "eyes_nose")
     assert kept >= 0.85, kept
@@ -76,5 +82,6 @@ def test_geometry_is_checked_and_recorded():
         expression_mask(224, "mouth")
     assert EXPRESSION_CROPS == ("arcface", "eyes_nose")
     with pytest.raises(ValueError, match="`template_crop`"):
-        EmojiDiffAdapter(cross_attention_dim=8, identity_layers={"a.processor": 8}, expression_layers={},
-                         template_crop="square")  # fmt: skip
+        EmojiDiffAdapter(
+            cross_attention_dim=8, identity_layers={"a.processor": 8}, expression_layers={}, template_crop="square"
+        )

@@ -24,8 +24,10 @@ def pipe():
 
 
 def inputs(template_seed=0, batch=1):
-    return dict(identity_embeds=random_identity(batch=batch),
-                expression_image=[random_template(seed=template_seed + i) for i in range(batch)])
+    return dict(
+        identity_embeds=random_identity(batch=batch),
+        expression_image=[random_template(seed=template_seed + i) for i in range(batch)],
+    )
 
 
 def test_equal_scales_are_ordinary_guidance_and_zero_ignores_the_template(pipe):
@@ -46,13 +48,21 @@ def test_batches_and_images_per_prompt_keep_their_rows(pipe):
     plain = run(pipe, **kwargs)
     assert plain.shape[0] == 4
     assert np.abs(run(pipe, expression_guidance_scale=4.0, **kwargs) - plain).max() <= 1e-5
+
     def generators(seeds):  # one per image, so an image's noise does not depend on the batch around it
         return [torch.Generator().manual_seed(s) for s in seeds]
 
     pushed = run(pipe, expression_guidance_scale=9.0, **{**kwargs, "generator": generators([0, 1, 2, 3])})
-    single = run(pipe, prompt="a portrait", num_images_per_prompt=2, guidance_scale=4.0, expression_guidance_scale=9.0,
-                 identity_embeds=random_identity(batch=2)[1:], expression_image=random_template(seed=1),
-                 generator=generators([2, 3]))
+    single = run(
+        pipe,
+        prompt="a portrait",
+        num_images_per_prompt=2,
+        guidance_scale=4.0,
+        expression_guidance_scale=9.0,
+        identity_embeds=random_identity(batch=2)[1:],
+        expression_image=random_template(seed=1),
+        generator=generators([2, 3]),
+    )
     assert np.abs(pushed[2:] - single).max() <= 1e-4  # the second prompt's images, alone or in the batch
 
 

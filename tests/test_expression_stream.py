@@ -151,8 +151,13 @@ def test_stream_config_validation(components):
     with pytest.raises(ValueError, match="`expression_encoder` must be a name"):
         code_adapter(unet, "code", expression_encoder=3)
     # the constructor defaults to no gates; from_unet turns them on
-    plain = EmojiDiffAdapter(64, {}, {code_adapter(unet, "code").expression_layer_names[0]: 64},
-                             expression_streams="code", expression_code_dim=3)  # fmt: skip
+    plain = EmojiDiffAdapter(
+        64,
+        {},
+        {code_adapter(unet, "code").expression_layer_names[0]: 64},
+        expression_streams="code",
+        expression_code_dim=3,
+    )
     assert not hasattr(plain, "expression_gates") and plain.config.zero_init_gates is False
 
 
@@ -219,8 +224,14 @@ def test_pipeline_refuses_bad_expression_inputs(components):
     unet = components["unet"]
     pipe = EmojiDiffPipeline(**components, emoji_adapter=code_adapter(unet, "code"))
     ids = random_identity()
-    for codes in (torch.zeros(1, 4), torch.zeros(1, 1, 3), torch.zeros(3), torch.full((1, 3), float("nan")),
-                  torch.zeros(2, 3), np.zeros((1, 3), np.float32)):  # fmt: skip
+    for codes in (
+        torch.zeros(1, 4),
+        torch.zeros(1, 1, 3),
+        torch.zeros(3),
+        torch.full((1, 3), float("nan")),
+        torch.zeros(2, 3),
+        np.zeros((1, 3), np.float32),
+    ):
         with pytest.raises(ValueError, match="`expression_codes`"):
             run(pipe, identity_embeds=ids, expression_codes=codes)
     embeds = torch.zeros(1, 17, 32)
@@ -380,14 +391,14 @@ def world(tmp_path_factory, one_torch_thread):
 
 
 def stage1_args(world, out, *extra):
-    return train_decoupled.parse_args([
-        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
-        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
-        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-2", "--resampler_depth", "1",
-        "--num_expression_tokens", "4", "--expression_streams", "code",
-        "--expression_encoder", "test_expression_stream:mean_colour_encoder", "--num_expression_code_tokens", "2",
-        "--num_validation", "2", "--validation_steps", "2", *extra,
-    ])  # fmt: skip
+    folders = ["--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl")]
+    folders += ["--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out)]
+    sizes = "--resolution 64 --batch_size 2 --checkpointing_steps 2 --learning_rate 1e-2 --resampler_depth 1"
+    sizes += " --num_expression_tokens 4 --expression_streams code"
+    encoder = ["--expression_encoder", "test_expression_stream:mean_colour_encoder"]
+    encoder += ["--num_expression_code_tokens", "2"]
+    validation = "--num_validation 2 --validation_steps 2".split()
+    return train_decoupled.parse_args([*folders, *sizes.split(), *encoder, *validation, *extra])
 
 
 def read_jsonl(path):
@@ -399,8 +410,9 @@ def weights(folder):
 
 
 def test_stage1_code_stream_validation_best_adapter_and_resume(world, tmp_path):
-    full = train_decoupled.main(stage1_args(world, tmp_path / "full", "--max_steps", "4",
-                                            "--early_stopping_patience", "5"))  # fmt: skip
+    full = train_decoupled.main(
+        stage1_args(world, tmp_path / "full", *"--max_steps 4 --early_stopping_patience 5".split())
+    )
     assert len(full) == 4 and all(np.isfinite(full))
     val = read_jsonl(tmp_path / "full" / "val_log.jsonl")
     assert [r["step"] for r in val] == [1, 3]
@@ -418,20 +430,11 @@ def test_stage1_code_stream_validation_best_adapter_and_resume(world, tmp_path):
     gates = [v for k, v in final.items() if k.startswith("expression_gates.")]
     assert gates and any(float(g.abs().max()) > 0 for g in gates)  # the zero gates learned
 
-    first = train_decoupled.main(stage1_args(world, tmp_path / "split", "--max_steps", "2",
-                                             "--early_stopping_patience", "5"))  # fmt: skip
-    resumed = train_decoupled.main(
-        stage1_args(
-            world,
-            tmp_path / "split",
-            "--max_steps",
-            "4",
-            "--early_stopping_patience",
-            "5",
-            "--resume_from_checkpoint",
-            "latest",
-        )
+    first = train_decoupled.main(
+        stage1_args(world, tmp_path / "split", *"--max_steps 2 --early_stopping_patience 5".split())
     )
+    resume = "--max_steps 4 --early_stopping_patience 5 --resume_from_checkpoint latest".split()
+    resumed = train_decoupled.main(stage1_args(world, tmp_path / "split", *resume))
     assert first + resumed == full
     assert read_jsonl(tmp_path / "split" / "val_log.jsonl") == val  # identical lines, `best` flags included
     split_best = weights(tmp_path / "split" / "best_adapter")
@@ -441,20 +444,8 @@ def test_stage1_code_stream_validation_best_adapter_and_resume(world, tmp_path):
 def test_stage1_early_stopping(world, tmp_path):
     # with learning rate 0 the weights never move, so the held-out loss repeats exactly: no validation after the
     # first is strictly better, and patience 1 stops at the second validation
-    losses = train_decoupled.main(
-        stage1_args(
-            world,
-            tmp_path / "run",
-            "--max_steps",
-            "8",
-            "--learning_rate",
-            "0",
-            "--validation_steps",
-            "1",
-            "--early_stopping_patience",
-            "1",
-        )
-    )
+    stop_early = "--max_steps 8 --learning_rate 0 --validation_steps 1 --early_stopping_patience 1".split()
+    losses = train_decoupled.main(stage1_args(world, tmp_path / "run", *stop_early))
     assert len(losses) == 2
     val = read_jsonl(tmp_path / "run" / "val_log.jsonl")
     assert [r["step"] for r in val] == [0, 1] and [r["best"] for r in val] == [True, False]
@@ -466,10 +457,10 @@ def test_stage1_early_stopping(world, tmp_path):
     assert all(float(v.abs().max()) == 0 for k, v in final.items() if "_gates." in k)  # still the no-op start
 
     with pytest.raises(SystemExit):  # early stopping needs a held-out loss
-        train_decoupled.parse_args([
-            "--pretrained_model", "x", "--triplets", "t.jsonl", "--recognizer", "r.onnx", "--output_dir", "o",
-            "--max_steps", "2", "--early_stopping_patience", "1",
-        ])  # fmt: skip
+        train_decoupled.parse_args(
+            "--pretrained_model x --triplets t.jsonl --recognizer r.onnx --output_dir o --max_steps 2"
+            " --early_stopping_patience 1".split()
+        )
 
 
 def test_validation_rows_split():
@@ -486,8 +477,14 @@ def test_validation_rows_split():
 
 # ----------------------------------------------------------------------------------------------- 6. helpers
 def test_strip_prompt_phrases_removes_whole_parts_only():
-    t = Triplet("tpl.png", ["ref.png"], "tgt.png", "flat emoji portrait, smiling, big smile, smiling cat, Smiling ",
-                template_kps=[[0, 0]] * 5, extra={"target_identity": "id1"})  # fmt: skip
+    t = Triplet(
+        "tpl.png",
+        ["ref.png"],
+        "tgt.png",
+        "flat emoji portrait, smiling, big smile, smiling cat, Smiling ",
+        template_kps=[[0, 0]] * 5,
+        extra={"target_identity": "id1"},
+    )
     untouched = Triplet("a.png", ["b.png"], "c.png", "flat emoji portrait, pastel palette")
     stripped, same = strip_prompt_phrases([t, untouched], ["smiling", " Big Smile ", ""])
     assert stripped.prompt == "flat emoji portrait, smiling cat"
@@ -550,8 +547,16 @@ def probe_setup(tmp_path_factory, components):
     return face, cases, lines
 
 
-PROBE_KEYS = {"loss_right_template", "loss_wrong_expression_template", "loss_no_expression", "wrong_vs_right",
-              "wrong_vs_right_se", "none_vs_right", "none_vs_right_se", "timesteps"}  # fmt: skip
+PROBE_KEYS = {
+    "loss_right_template",
+    "loss_wrong_expression_template",
+    "loss_no_expression",
+    "wrong_vs_right",
+    "wrong_vs_right_se",
+    "none_vs_right",
+    "none_vs_right_se",
+    "timesteps",
+}
 
 
 def test_template_use_probe(pipe, components, probe_setup, tmp_path):
@@ -590,7 +595,12 @@ def test_template_use_probe(pipe, components, probe_setup, tmp_path):
     assert np.mean(list(row["expression_error_per_factor"].values())) == pytest.approx(row["expression_error"])
     assert np.isfinite(row["expression_error_se"]) and np.isfinite(row["identity_similarity_se"])
     neutral = score_row(lines["neutral"], cases, inst)
-    md = write_report({"tiny": row}, {"reference_lines": {"neutral": neutral}, "template_probe": {"tiny": probe}},
-                      tmp_path, "cmd", "T").read_text()  # fmt: skip
+    md = write_report(
+        {"tiny": row},
+        {"reference_lines": {"neutral": neutral}, "template_probe": {"tiny": probe}},
+        tmp_path,
+        "cmd",
+        "T",
+    ).read_text()
     assert "| *neutral* |" in md and "| tiny |" in md and "Controlled probe" in md and "| r | g | b |" in md
     assert f"{row['expression_error']:.3f} +- {row['expression_error_se']:.3f}" in md

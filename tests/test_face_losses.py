@@ -1,4 +1,5 @@
-"""Face losses on the one-step x0 (train/face_losses.py): the differentiable crop, x0, the losses and stage 1 with them."""
+"""Face losses on the one-step x0 (train/face_losses.py): the differentiable crop, x0, the losses and stage 1 with
+them."""
 
 import json
 import sys
@@ -114,8 +115,8 @@ def args_for(world, out, *extra):
 
 
 def test_stage1_with_face_losses_logs_validates_and_resumes_exactly(world, tmp_path):
-    face = (*FACTORIES, "--expression_loss_weight", "1.0", *ID_FACTORIES, "--identity_loss_weight", "0.5",
-            "--num_validation", "2", "--validation_steps", "2")  # fmt: skip
+    validation = "--num_validation 2 --validation_steps 2".split()
+    face = (*FACTORIES, "--expression_loss_weight", "1.0", *ID_FACTORIES, "--identity_loss_weight", "0.5", *validation)
     full = train_decoupled.main(args_for(world, tmp_path / "full", "--max_steps", "4", *face))
     assert len(full) == 4 and all(np.isfinite(full))
     log = [json.loads(x) for x in (tmp_path / "full" / "loss_log.jsonl").read_text().splitlines()]
@@ -143,8 +144,8 @@ def test_face_loss_flags_are_checked(world, tmp_path):
         args_for(world, tmp_path / "b", "--max_steps", "2", *FACTORIES)
     with pytest.raises(SystemExit):
         args_for(world, tmp_path / "c", "--max_steps", "2", *ID_FACTORIES, "--identity_loss_weight", "-1")
-    bad = args_for(world, tmp_path / "d", "--max_steps", "2", "--expression_loss_model",
-                   "face_standins:not_a_face_model", "--expression_loss_weight", "1")  # fmt: skip
+    model = ["--expression_loss_model", "face_standins:not_a_face_model", "--expression_loss_weight", "1"]
+    bad = args_for(world, tmp_path / "d", "--max_steps", "2", *model)
     with pytest.raises(ValueError, match="must return a DifferentiableFaceModel, got Linear"):
         train_decoupled.main(bad)
 
@@ -154,7 +155,9 @@ def test_synthetic_world_face_loss_models_read_as_its_scorers():
     from emojidiff_synthetic.renderer import Expression, Identity, Pose, Style, render
 
     renders = [render(Identity.from_seed(s), Expression.random(s), Style.random(s), Pose.random(s)) for s in range(4)]
-    images = np.stack([np.asarray(r.image.convert("RGB")) if hasattr(r.image, "convert") else r.image for r in renders])
+    images = np.stack(
+        [np.asarray(r.image.convert("RGB")) if hasattr(r.image, "convert") else r.image for r in renders]
+    )
     kps = np.stack([r.keypoints for r in renders]).astype(np.float32)
     want = expression_scorer("train")(list(images), list(kps))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -142,9 +142,15 @@ def test_dlib_recognizer_separates_people_and_plugs_into_the_face_analyzer(photo
     face = FaceAnalyzer.from_models(mediapipe_mesh.MediaPipeDetector(), recognizer)
     assert face.recognizer_name == "dlib_face_recognition_resnet_model_v1" and face.embedding_dim == 128
     astronaut, hopper = photos["astronaut"], photos["hopper"]
-    emb = {name: face.identity_embedding(image, name) for name, image in
-           {"astronaut": astronaut, "astronaut_flip": _flip(astronaut), "astronaut_small": _resize(astronaut, 0.6),
-            "hopper": hopper}.items()}  # fmt: skip
+    emb = {
+        name: face.identity_embedding(image, name)
+        for name, image in {
+            "astronaut": astronaut,
+            "astronaut_flip": _flip(astronaut),
+            "astronaut_small": _resize(astronaut, 0.6),
+            "hopper": hopper,
+        }.items()
+    }
     for e in emb.values():
         assert e.shape == (128,) and abs(float(np.linalg.norm(e)) - 1) < 1e-5
     same = [float(emb["astronaut"] @ emb[k]) for k in ("astronaut_flip", "astronaut_small")]
@@ -220,8 +226,10 @@ def test_pipeline_refuses_a_recognizer_the_adapter_was_not_trained_with(photos):
         r"gives 128-d embeddings, but .* 512-d",
     ):
         pipe("a portrait", identity_image=photos["astronaut"], num_inference_steps=1, output_type="np")
-    pipe.set_emoji_adapter(tiny_adapter(pipe.unet, identity_embed_dim=128,
-                                        identity_encoder="dlib_face_recognition_resnet_model_v1"))  # fmt: skip
-    out = pipe("a portrait", identity_image=photos["astronaut"], num_inference_steps=1, output_type="np",
-               height=64, width=64).images  # fmt: skip
+    pipe.set_emoji_adapter(
+        tiny_adapter(pipe.unet, identity_embed_dim=128, identity_encoder="dlib_face_recognition_resnet_model_v1")
+    )
+    out = pipe(
+        "a portrait", identity_image=photos["astronaut"], num_inference_steps=1, output_type="np", height=64, width=64
+    ).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()

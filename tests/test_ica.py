@@ -91,8 +91,18 @@ def test_ica_losses_decrease_on_a_fixed_batch(tiny):
         pred = adapted_prediction(adapted, cache, rows, noisy, t, text, pooled, ones, ones, "cpu")
         with torch.no_grad():
             off = adapted_prediction(adapted, cache, rows, noisy, t, text, pooled, ones, ~ones, "cpu")
-        parts = face_losses(pipe.vae, scheduler, noisy, pred, cache["latents"], t, cache["target_kps"], config,
-                            identity_model=model, prediction_off=off)  # fmt: skip
+        parts = face_losses(
+            pipe.vae,
+            scheduler,
+            noisy,
+            pred,
+            cache["latents"],
+            t,
+            cache["target_kps"],
+            config,
+            identity_model=model,
+            prediction_off=off,
+        )
         assert set(parts) == {"total", "identity", "alignment"}
         totals.append(parts["total"].item())
         optimizer.zero_grad()
@@ -100,9 +110,18 @@ def test_ica_losses_decrease_on_a_fixed_batch(tiny):
         optimizer.step()
     assert totals[-1] < 0.9 * totals[0]
     with pytest.raises(ValueError, match="reference embeddings are 512-d but the identity model"):
-        face_losses(pipe.vae, scheduler, noisy, pred.detach(), cache["latents"], t, cache["target_kps"],
-                    FaceLossConfig(identity_weight=1.0, identity_anchor="reference", max_timestep=999),
-                    identity_model=model, reference_embeds=cache["identity"][:, 0])  # fmt: skip
+        face_losses(
+            pipe.vae,
+            scheduler,
+            noisy,
+            pred.detach(),
+            cache["latents"],
+            t,
+            cache["target_kps"],
+            FaceLossConfig(identity_weight=1.0, identity_anchor="reference", max_timestep=999),
+            identity_model=model,
+            reference_embeds=cache["identity"][:, 0],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +136,12 @@ def world(tmp_path_factory):
 
 
 def args_for(world, out, *extra):
-    return train_ica.parse_args([
-        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
-        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
-        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--adapter",
-        str(world / "stage1"), "--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1",
-        "--alignment_loss_weight", "1", "--ani_threshold", "-1", "--ani_candidates", "300,600",
-        "--ani_calibration_size", "3", *extra,
-    ])  # fmt: skip
+    folders = ["--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl")]
+    folders += ["--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out)]
+    sizes = "--resolution 64 --batch_size 2 --checkpointing_steps 2 --learning_rate 1e-3".split()
+    losses = ["--adapter", str(world / "stage1"), "--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1"]
+    losses += "--alignment_loss_weight 1 --ani_threshold -1 --ani_candidates 300,600 --ani_calibration_size 3".split()
+    return train_ica.parse_args([*folders, *sizes, *losses, *extra])
 
 
 def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
@@ -139,15 +156,13 @@ def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
     assert info["config"]["max_train_timestep"] == 600 and info["config"]["face_losses"]["max_timestep"] == 600
 
     first, _ = train_ica.main(args_for(world, tmp_path / "split", "--max_steps", "2"))
-    resumed, again = train_ica.main(
-        args_for(world, tmp_path / "split", "--max_steps", "4", "--resume_from_checkpoint", "latest",
-                 "--ani_threshold", "1.0")  # fmt: skip
-    )
+    resume = "--max_steps 4 --resume_from_checkpoint latest --ani_threshold 1.0".split()
+    resumed, again = train_ica.main(args_for(world, tmp_path / "split", *resume))
     assert again == ani  # a resumed run keeps its calibrated bound
     assert first + resumed == full  # bit-identical
     with pytest.raises(ValueError, match="fixed_max_timestep=300"):  # not silently the stored ANI bound
-        train_ica.main(args_for(world, tmp_path / "split", "--max_steps", "5", "--resume_from_checkpoint", "latest",
-                                "--fixed_max_timestep", "300"))  # fmt: skip
+        resume = "--max_steps 5 --resume_from_checkpoint latest --fixed_max_timestep 300".split()
+        train_ica.main(args_for(world, tmp_path / "split", *resume))
     _, hand = train_ica.main(args_for(world, tmp_path / "fixed", "--max_steps", "1", "--fixed_max_timestep", "300"))
     assert hand["max_timestep"] == 300 and hand["fixed"] is True and list(hand["identity_by_timestep"]) == ["300"]
 
@@ -155,18 +170,21 @@ def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
 def test_train_ica_refuses_a_recognizer_stage1_was_not_trained_with(world, tmp_path):
     pipe = EmojiDiffPipeline.from_pretrained(world / "base")
     tiny_adapter(pipe.unet, num_expression_tokens=4, identity_encoder="insightface:glintr100").save_pretrained(
-        tmp_path / "stage1_other")
+        tmp_path / "stage1_other"
+    )
     with pytest.raises(ValueError, match="trained with the recognizer 'insightface:glintr100'"):
-        train_ica.main(args_for(world, tmp_path / "out", "--max_steps", "1", "--adapter", str(tmp_path / "stage1_other")))
+        train_ica.main(
+            args_for(world, tmp_path / "out", "--max_steps", "1", "--adapter", str(tmp_path / "stage1_other"))
+        )
 
 
 def test_train_ica_flags_are_checked(world, tmp_path):
-    base = ["--pretrained_model", str(world / "base"), "--triplets", "t.jsonl", "--recognizer", "r.onnx",
-            "--output_dir", str(tmp_path), "--max_steps", "2"]  # fmt: skip
+    base = ["--pretrained_model", str(world / "base"), *"--triplets t.jsonl --recognizer r.onnx".split()]
+    base += ["--output_dir", str(tmp_path), "--max_steps", "2"]
     with pytest.raises(SystemExit):  # no stage-1 adapter
         train_ica.parse_args([*base, "--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1"])
     with pytest.raises(SystemExit):  # no face recognizer
         train_ica.parse_args([*base, "--adapter", "a"])
     with pytest.raises(SystemExit):
-        train_ica.parse_args([*base, "--adapter", "a", "--identity_loss_model", ID_MODEL, "--identity_loss_weight",
-                              "1", "--ani_candidates", "1,x"])  # fmt: skip
+        face = ["--identity_loss_model", ID_MODEL, "--identity_loss_weight", "1"]
+        train_ica.parse_args([*base, "--adapter", "a", *face, "--ani_candidates", "1,x"])

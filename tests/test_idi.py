@@ -38,13 +38,12 @@ def world(tmp_path_factory):
 
 
 def idi_args(world, out, *extra):
-    return [
-        "--pretrained_model", str(world / "base"), "--adapter", str(world / "adapter0"),
-        "--collection", str(world / "collection" / "train.jsonl"), "--output_dir", str(out),
-        "--recognizer", str(world / "arcface.onnx"), "--detector", "idi_standins:fixed_detector",
-        "--expression_estimator", "idi_standins:colour_scorer", "--resolution", "64", "--num_inference_steps", "2",
-        "--shard_size", "2", "--batch_size", "2", "--checkpointing_steps", "2", *extra,
-    ]  # fmt: skip
+    folders = ["--pretrained_model", str(world / "base"), "--adapter", str(world / "adapter0")]
+    folders += ["--collection", str(world / "collection" / "train.jsonl"), "--output_dir", str(out)]
+    front_end = ["--recognizer", str(world / "arcface.onnx"), "--detector", "idi_standins:fixed_detector"]
+    front_end += ["--expression_estimator", "idi_standins:colour_scorer"]
+    sizes = "--resolution 64 --num_inference_steps 2 --shard_size 2 --batch_size 2 --checkpointing_steps 2".split()
+    return [*folders, *front_end, *sizes, *extra]
 
 
 def test_plan_pairs_cross_identity(world):
@@ -58,8 +57,8 @@ def test_plan_pairs_cross_identity(world):
 
 
 def test_round_generates_filters_and_retrains(world, tmp_path):
-    summaries = idi.main(idi.parse_args(idi_args(world, tmp_path, "--rounds", "2", "--pairs_per_round", "4",
-                                                 "--steps_per_round", "2", *ACCEPT_ALL)))  # fmt: skip
+    rounds = "--rounds 2 --pairs_per_round 4 --steps_per_round 2".split()
+    summaries = idi.main(idi.parse_args(idi_args(world, tmp_path, *rounds, *ACCEPT_ALL)))
     assert [s["accepted"] for s in summaries] == [4, 4] and summaries[0]["yield"] == 1.0
     triplets = (tmp_path / "round-0" / "data" / "triplets.jsonl").read_text().splitlines()
     first = json.loads(triplets[0])
@@ -74,16 +73,16 @@ def test_round_generates_filters_and_retrains(world, tmp_path):
 
 def test_strict_filters_log_rejections(world, tmp_path):
     strict = ["--max_expression_error", "0", "--min_identity_similarity", "1.01", "--max_template_similarity", "-1"]
-    summaries = idi.main(idi.parse_args(idi_args(world, tmp_path, "--rounds", "1", "--pairs_per_round", "3",
-                                                 "--steps_per_round", "0", *strict)))  # fmt: skip
+    rounds = "--rounds 1 --pairs_per_round 3 --steps_per_round 0".split()
+    summaries = idi.main(idi.parse_args(idi_args(world, tmp_path, *rounds, *strict)))
     assert summaries[0]["accepted"] == 0
     assert summaries[0]["rejected_by"] == {"expression": 3, "identity_to_reference": 3, "template_identity_leak": 3}
     assert (tmp_path / "round-0" / "data" / "triplets.jsonl").read_text() == ""
 
 
 def test_sigkill_mid_round_loses_and_duplicates_nothing(world, tmp_path):
-    args = idi_args(world, "OUT", "--rounds", "1", "--pairs_per_round", "5", "--shard_size", "1",
-                    "--steps_per_round", "0", *ACCEPT_ALL)  # fmt: skip
+    rounds = "--rounds 1 --pairs_per_round 5 --shard_size 1 --steps_per_round 0".split()
+    args = idi_args(world, "OUT", *rounds, *ACCEPT_ALL)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]))
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "training" / "idi.py"), *[str(killed) if a == "OUT" else a for a in args]]

@@ -61,14 +61,20 @@ def test_ip_adapter_beside_emojidiff(order, ip_folder, reference):
         load_ip(pipe, ip_folder)
     procs = pipe.unet.attn_processors
     adapted = set(adapter.identity_layer_names) | set(adapter.expression_layer_names)
-    assert all(isinstance(procs[n], EmojiDiffAttnProcessor) and isinstance(procs[n], IPAdapterAttnProcessor2_0)
-               for n in adapted)  # fmt: skip
+    assert all(
+        isinstance(procs[n], EmojiDiffAttnProcessor) and isinstance(procs[n], IPAdapterAttnProcessor2_0)
+        for n in adapted
+    )
     # the IP-Adapter weights stay in the UNet, under diffusers' own names
     assert any(k.endswith("attn2.processor.to_k_ip.0.weight") for k in pipe.unet.state_dict())
 
     both = run(pipe, ip_adapter_image=IP_IMAGE, **INPUTS)
-    assert np.abs(run(pipe, ip_adapter_image=IP_IMAGE, identity_scale=0.0, expression_scale=0.0, **INPUTS)
-                  - reference["ip"]).max() <= 1e-5  # fmt: skip
+    assert (
+        np.abs(
+            run(pipe, ip_adapter_image=IP_IMAGE, identity_scale=0.0, expression_scale=0.0, **INPUTS) - reference["ip"]
+        ).max()
+        <= 1e-5
+    )
     pipe.set_ip_adapter_scale(0.0)
     assert np.abs(run(pipe, ip_adapter_image=IP_IMAGE, **INPUTS) - reference["emoji"]).max() <= 1e-5
     pipe.set_ip_adapter_scale(1.0)
@@ -148,8 +154,13 @@ def test_diffusion_pipeline_from_pretrained_after_import(tmp_path, one_torch_thr
             "custom, folders = _get_custom_components_and_folders('me/emojidiff', config, files)\n"
             "assert custom == {} and 'emoji_adapter' in folders, (custom, folders)\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                             env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""})  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""},
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.split()[-2:] == ["EmojiDiffImg2ImgPipeline", "EmojiDiffAdapter"]
 
@@ -159,10 +170,20 @@ def test_model_card_is_filled_and_its_snippet_runs(tmp_path, monkeypatch, one_to
     pipe = EmojiDiffImg2ImgPipeline(**components, emoji_adapter=tiny_adapter(components["unet"]))
     pipe.save_pretrained(tmp_path / "pipe", training_data="Two tiny synthetic identities, for a test.")
     card = (tmp_path / "pipe" / "README.md").read_text()
-    for expected in ("library_name: diffusers", "license: other", "emojidiff", "EmojiDiffImg2ImgPipeline",
-                     "StableDiffusionXLImg2ImgPipeline", "identity branch: ", "up_blocks.0 x", "expression streams: `image`",
-                     "Two tiny synthetic identities", "non-commercial research", "## Limitations",
-                     "not recorded (built from a local folder)"):  # fmt: skip
+    for expected in (
+        "library_name: diffusers",
+        "license: other",
+        "emojidiff",
+        "EmojiDiffImg2ImgPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "identity branch: ",
+        "up_blocks.0 x",
+        "expression streams: `image`",
+        "Two tiny synthetic identities",
+        "non-commercial research",
+        "## Limitations",
+        "not recorded (built from a local folder)",
+    ):
         assert expected in card, expected
     assert "{" + "training_data}" not in card and "TODO" not in card
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
@@ -176,16 +197,24 @@ def test_model_card_is_filled_and_its_snippet_runs(tmp_path, monkeypatch, one_to
 
     uploaded = {}
     monkeypatch.setattr(pipeline_utils, "create_repo", lambda repo_id, **kw: type("R", (), {"repo_id": repo_id}))
-    monkeypatch.setattr(PushToHubMixin, "_upload_folder",
-                        lambda self, folder, repo_id, **kw: uploaded.update(repo=repo_id, files=sorted(
-                            str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())))  # fmt: skip
-    pipe.save_pretrained(tmp_path / "push", push_to_hub=True, repo_id="me/emojidiff-tiny",
-                         base_model="stabilityai/stable-diffusion-xl-base-1.0")  # fmt: skip
+    monkeypatch.setattr(
+        PushToHubMixin,
+        "_upload_folder",
+        lambda self, folder, repo_id, **kw: uploaded.update(
+            repo=repo_id, files=sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+        ),
+    )
+    pipe.save_pretrained(
+        tmp_path / "push",
+        push_to_hub=True,
+        repo_id="me/emojidiff-tiny",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+    )
     assert uploaded["repo"] == "me/emojidiff-tiny"
     assert {"README.md", "model_index.json", "emoji_adapter/config.json"} <= set(uploaded["files"])
     pushed = (tmp_path / "push" / "README.md").read_text()
     assert "base_model: stabilityai/stable-diffusion-xl-base-1.0" in pushed
-    assert 'EmojiDiffImg2ImgPipeline.from_pretrained(\'me/emojidiff-tiny\')' in pushed
+    assert "EmojiDiffImg2ImgPipeline.from_pretrained('me/emojidiff-tiny')" in pushed
     with pytest.raises(ValueError, match=r"`base_model` must be a Hub id"):
         pipe.save_pretrained(tmp_path / "bad", base_model="./local")
 

@@ -40,14 +40,24 @@ def test_probe_table_gains_and_preset(layers):
     def score(scale):
         if isinstance(scale, float):
             err = 0.20 if scale == 0.0 else 0.10
-            return {"expression_error": err, "expression_error_se": 0.005, "style_leakage": 0.02,
-                    "identity_leakage": 0.0, "identity_similarity": 0.3}  # fmt: skip
+            return {
+                "expression_error": err,
+                "expression_error_se": 0.005,
+                "style_leakage": 0.02,
+                "identity_leakage": 0.0,
+                "identity_similarity": 0.3,
+            }
         values = expand_block_dict(layers, scale)
         on = {n for n, v in values.items() if v == 1.0}
         has_helpful = any(n.startswith(helpful.name + ".") for n in on)
         has_first = any(n.startswith(blocks[0].name + ".") for n in on)
-        return {"expression_error": 0.10 if has_helpful else 0.20, "expression_error_se": 0.005,
-                "style_leakage": 0.5 if has_first else 0.01, "identity_leakage": 0.0, "identity_similarity": 0.3}
+        return {
+            "expression_error": 0.10 if has_helpful else 0.20,
+            "expression_error_se": 0.005,
+            "style_leakage": 0.5 if has_first else 0.01,
+            "identity_leakage": 0.0,
+            "identity_similarity": 0.3,
+        }
 
     result = probe_blocks(blocks, score)
     assert set(result["blocks"]) == {b.name for b in blocks}
@@ -65,8 +75,13 @@ def test_probe_report_files(layers, tmp_path):
     import probe_layers
 
     blocks = attention_blocks(layers)
-    row = {"expression_error": 0.1, "expression_error_se": 0.01, "style_leakage": 0.0, "identity_leakage": 0.0,
-           "identity_similarity": 0.3}  # fmt: skip
+    row = {
+        "expression_error": 0.1,
+        "expression_error_se": 0.01,
+        "style_leakage": 0.0,
+        "identity_leakage": 0.0,
+        "identity_similarity": 0.3,
+    }
     result = probe_blocks(blocks, lambda scale: dict(row))
     probe_layers.write_report(result, suggest_preset(result, blocks), tmp_path / "probe", "cmd")
     text = (tmp_path / "probe.md").read_text()

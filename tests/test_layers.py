@@ -27,7 +27,10 @@ def test_presets(layers):
         "mid_block.attentions.0.transformer_blocks.1.attn2.processor",
     ]
     sensitive = select_layers(layers, "expression_sensitive")
-    assert {n.split(".transformer_blocks")[0] for n in sensitive} == {"up_blocks.0.attentions.0", "up_blocks.0.attentions.2"}
+    assert {n.split(".transformer_blocks")[0] for n in sensitive} == {
+        "up_blocks.0.attentions.0",
+        "up_blocks.0.attentions.2",
+    }
     assert select_layers(layers, "none") == {}
 
 

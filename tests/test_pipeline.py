@@ -97,7 +97,8 @@ def test_processors_cover_every_layer_and_unload_restores():
     pipe.unload_emoji_adapter()
     assert pipe.emoji_adapter is None
     assert not any(
-        isinstance(p, (EmojiDiffAttnProcessor, EmojiDiffPassthroughProcessor)) for p in pipe.unet.attn_processors.values()
+        isinstance(p, (EmojiDiffAttnProcessor, EmojiDiffPassthroughProcessor))
+        for p in pipe.unet.attn_processors.values()
     )
 
 
@@ -132,7 +133,9 @@ def test_num_images_per_prompt_follows_prompt_order(pipe):
     ).images
     assert out.shape[0] == 4
     # images 2 and 3 belong to prompt 1 / identity 1
-    single = run(pipe, seed=seeds[3], prompt="a cat face", identity_embeds=ids[1:], expression_image=random_template(4))
+    single = run(
+        pipe, seed=seeds[3], prompt="a cat face", identity_embeds=ids[1:], expression_image=random_template(4)
+    )
     assert np.abs(single[0] - out[3]).max() <= 1e-4
 
 
@@ -195,9 +198,14 @@ def test_parent_features_keep_working(pipe):
     assert latent.shape == (1, 4, 32, 32)
     prompt_embeds, neg, pooled, neg_pooled = pipe.encode_prompt("a smiling face", device="cpu")
     by_embeds = run(
-        pipe, prompt=None, prompt_embeds=prompt_embeds, negative_prompt_embeds=neg,
-        pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=neg_pooled, **inputs,
-    )  # fmt: skip
+        pipe,
+        prompt=None,
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=neg,
+        pooled_prompt_embeds=pooled,
+        negative_pooled_prompt_embeds=neg_pooled,
+        **inputs,
+    )
     assert np.abs(by_embeds - run(pipe, **inputs)).max() <= 1e-5
 
 
@@ -230,9 +238,11 @@ def test_cpu_offload(components):
 def test_from_pipe_shares_components(base_pipe, components):
     adapter = tiny_adapter(components["unet"])
     pipe = EmojiDiffPipeline.from_pipe(
-        base_pipe, emoji_adapter=adapter, image_encoder=components["image_encoder"],
+        base_pipe,
+        emoji_adapter=adapter,
+        image_encoder=components["image_encoder"],
         feature_extractor=components["feature_extractor"],
-    )  # fmt: skip
+    )
     assert pipe.unet is base_pipe.unet and pipe.vae is base_pipe.vae and pipe.text_encoder is base_pipe.text_encoder
     assert pipe.emoji_adapter is adapter
     out = run(pipe, identity_embeds=random_identity(), expression_image=random_template())
@@ -259,7 +269,9 @@ def test_lora_load_generate_unload(components, tmp_path):
     from peft.utils import get_peft_model_state_dict
 
     lora_source = tiny_components()["unet"]
-    lora_source.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k"]))
+    lora_source.add_adapter(
+        peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k"])
+    )
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(lora_source))
     StableDiffusionXLPipeline.save_lora_weights(tmp_path, unet_lora_layers=layers, safe_serialization=True)
 

@@ -78,15 +78,26 @@ def drop_unet_keys(config):
 
 # (case id, how the good adapter folder is spoiled, error type, regex the message must match besides the folder)
 ADAPTER_CASES = [
-    ("null tokens popped", edit_weights(lambda w: w.pop("identity_null_tokens")), ValueError, r"lacks the tensor 'identity_null_tokens' \(shape \(4, 64\)\)"),
+    ("null tokens popped", edit_weights(lambda w: w.pop("identity_null_tokens")), ValueError,
+     r"lacks the tensor 'identity_null_tokens' \(shape \(4, 64\)\)"),
     ("last tensor popped", edit_weights(pop_last), ValueError, r"lacks the tensor '.+' .*1 missing in all"),
-    ("every expression key/value popped", edit_weights(lambda w: [w.pop(k) for k in list(w) if k.startswith("expression_kv.")]), ValueError, r"lacks the tensor 'expression_kv\..*missing in all"),
-    ("unexpected tensor", edit_weights(lambda w: w.update({"extra.weight": torch.zeros(2)})), ValueError, r"holds the tensor 'extra.weight', which the adapter .* does not have"),
-    ("wrong shape", edit_weights(lambda w: w.update({"identity_null_tokens": torch.zeros(3, 64)})), ValueError, r"'identity_null_tokens' has shape \(3, 64\) in .* but \(4, 64\)"),
-    ("config lists a layer without weights", edit_config(lambda c: c["expression_layers"].update({"mid_block.attentions.0.transformer_blocks.0.attn2.processor": 64})), ValueError, r"lacks the tensor 'expression_kv\.mid_block__attentions__0"),
-    ("config of another token count", edit_config(lambda c: c.update(num_identity_tokens=2)), ValueError, r"has shape \(4, 64\) in .* but \(2, 64\)|shape"),
-    ("config not an adapter's", edit_config(drop_unet_keys), ValueError, r"is not an EmojiDiff adapter folder: its config.json has no \['identity_layers', 'expression_layers'\]"),
-    ("truncated weights", lambda f: truncate(f / WEIGHTS), OSError, r"cannot be read as safetensors.*corrupt or truncated"),
+    ("every expression key/value popped",
+     edit_weights(lambda w: [w.pop(k) for k in list(w) if k.startswith("expression_kv.")]), ValueError,
+     r"lacks the tensor 'expression_kv\..*missing in all"),
+    ("unexpected tensor", edit_weights(lambda w: w.update({"extra.weight": torch.zeros(2)})), ValueError,
+     r"holds the tensor 'extra.weight', which the adapter .* does not have"),
+    ("wrong shape", edit_weights(lambda w: w.update({"identity_null_tokens": torch.zeros(3, 64)})), ValueError,
+     r"'identity_null_tokens' has shape \(3, 64\) in .* but \(4, 64\)"),
+    ("config lists a layer without weights",
+     edit_config(lambda c: c["expression_layers"].update(
+         {"mid_block.attentions.0.transformer_blocks.0.attn2.processor": 64})),
+     ValueError, r"lacks the tensor 'expression_kv\.mid_block__attentions__0"),
+    ("config of another token count", edit_config(lambda c: c.update(num_identity_tokens=2)), ValueError,
+     r"has shape \(4, 64\) in .* but \(2, 64\)|shape"),
+    ("config not an adapter's", edit_config(drop_unet_keys), ValueError,
+     r"is not an EmojiDiff adapter folder: its config.json has no \['identity_layers', 'expression_layers'\]"),
+    ("truncated weights", lambda f: truncate(f / WEIGHTS), OSError,
+     r"cannot be read as safetensors.*corrupt or truncated"),
     ("no weights file", lambda f: (f / WEIGHTS).unlink(), OSError, r"diffusion_pytorch_model.safetensors"),
 ]  # fmt: skip
 
@@ -104,7 +115,9 @@ def test_spoiled_adapter_folder_is_refused(saved_adapter, tmp_path, mutate, erro
 
 
 def test_unet_folder_as_adapter_says_so(saved_adapter):
-    with pytest.raises(ValueError, match=r"is not an EmojiDiff adapter folder.*describes a UNet2DConditionModel") as info:
+    with pytest.raises(
+        ValueError, match=r"is not an EmojiDiff adapter folder.*describes a UNet2DConditionModel"
+    ) as info:
         EmojiDiffAdapter.from_pretrained(saved_adapter / "unet")
     assert str(saved_adapter / "unet") in str(info.value)
     with pytest.raises(ValueError, match=r"\(subfolder 'unet'\) is not an EmojiDiff adapter folder"):
@@ -148,15 +161,23 @@ DTYPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("order, adapter_dtype, unet_dtype", [c[1:] for c in DTYPE_CASES], ids=[c[0] for c in DTYPE_CASES])
+@pytest.mark.parametrize(
+    "order, adapter_dtype, unet_dtype", [c[1:] for c in DTYPE_CASES], ids=[c[0] for c in DTYPE_CASES]
+)
 def test_adapter_follows_pipeline_dtype_in_any_order(order, adapter_dtype, unet_dtype):
     components = tiny_components()
     adapter = tiny_adapter(components["unet"])  # fp32, as EmojiDiffAdapter.from_pretrained gives it
     pipe = EmojiDiffPipeline(**components)
     order(pipe, adapter)
     assert pipe.emoji_adapter.dtype == adapter_dtype and pipe.unet.dtype == unet_dtype
-    out = pipe("a face", identity_embeds=random_identity(), expression_image=random_template(), num_inference_steps=1,
-               output_type="latent", generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out = pipe(
+        "a face",
+        identity_embeds=random_identity(),
+        expression_image=random_template(),
+        num_inference_steps=1,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.dtype == unet_dtype and torch.isfinite(out.float()).all()
 
 
@@ -184,37 +205,63 @@ NAN, INF = float("nan"), float("inf")
 
 # (case id, keyword arguments, error type, regex the message must match)
 CALL_CASES = [
-    ("identity NaN", dict(identity_embeds=NAN_ID), ValueError, r"`identity_embeds` holds NaN or inf values \(first at \[0, 0\]\)"),
+    ("identity NaN", dict(identity_embeds=NAN_ID), ValueError,
+     r"`identity_embeds` holds NaN or inf values \(first at \[0, 0\]\)"),
     ("identity inf", dict(identity_embeds=ID * INF), ValueError, r"`identity_embeds` holds NaN or inf"),
-    ("expression NaN", dict(expression_embeds=torch.full((1, 17, 32), NAN)), ValueError, r"`expression_embeds` holds NaN or inf"),
-    ("expression -inf", dict(expression_embeds=torch.full((1, 17, 32), -INF)), ValueError, r"`expression_embeds` holds NaN or inf"),
-    ("mask NaN", dict(expression_image=TPL, expression_mask=np.full((8, 8), np.nan)), ValueError, r"`expression_mask` holds NaN or inf"),
-    ("mask inf tensor", dict(expression_image=TPL, expression_mask=torch.as_tensor(INF_MASK)), ValueError, r"`expression_mask` holds NaN or inf values \(1 of them\)"),
-    ("mask file name", dict(expression_image=TPL, expression_mask="mask.png"), ValueError, r"`expression_mask` must be a PIL image.*got str \(open the file first\)"),
-    ("mask of strings", dict(expression_image=TPL, expression_mask=np.array([["a"]])), ValueError, r"`expression_mask` must hold numbers"),
-    ("empty reference axis", dict(identity_embeds=torch.zeros(1, 0, 512)), ValueError, r"`identity_embeds` is empty: got shape \(1, 0, 512\)"),
-    ("empty template tokens", dict(expression_embeds=torch.zeros(1, 0, 32)), ValueError, r"`expression_embeds` is empty"),
-    ("zero-norm identity", dict(identity_embeds=torch.zeros(1, 1, 512)), ValueError, r"`identity_embeds`\[0, 0\] is a zero vector"),
-    ("one zero-norm reference", dict(identity_embeds=TWO_REFS_ONE_ZERO), ValueError, r"`identity_embeds`\[0, 1\] is a zero vector"),
-    ("integer identity", dict(identity_embeds=torch.ones(1, 1, 512, dtype=torch.int64)), ValueError, r"`identity_embeds` must be a floating-point tensor, got dtype torch.int64"),
-    ("bool expression", dict(expression_embeds=torch.ones(1, 17, 32, dtype=torch.bool)), ValueError, r"`expression_embeds` must be a floating-point tensor, got dtype torch.bool"),
-    ("identity scale inf", dict(identity_embeds=ID, identity_scale=INF), ValueError, r"`identity_scale` must be a finite number >= 0, got inf"),
-    ("identity scale NaN", dict(identity_embeds=ID, identity_scale=NAN), ValueError, r"`identity_scale` must be a finite number >= 0, got nan"),
-    ("expression scale -inf", dict(expression_image=TPL, expression_scale=-INF), ValueError, r"`expression_scale` must be a finite number"),
-    ("numpy scale negative", dict(identity_embeds=ID, identity_scale=np.float32(-0.5)), ValueError, r"`identity_scale` must be >= 0, got -0.5"),
-    ("numpy bool scale", dict(identity_embeds=ID, identity_scale=np.bool_(True)), ValueError, r"`identity_scale` must be a number or a per-block dict"),
-    ("block dict inf", dict(identity_embeds=ID, identity_scale={"up": INF}), ValueError, r"`identity_scale` must hold finite numbers, got inf at up.block_0\[0\]"),
-    ("block list NaN", dict(expression_image=TPL, expression_scale={"up": {"block_0": [1.0, NAN, 1.0]}}), ValueError, r"`expression_scale` must hold finite numbers, got nan at up.block_0\[1\]"),
-    ("block dict negative", dict(identity_embeds=ID, identity_scale={"down": {"block_1": -1.0}}), ValueError, r"`identity_scale` must be >= 0, got -1.0 for layer 'down_blocks.1"),
-    ("typo expression_image", dict(expresion_image=TPL), TypeError, r"unexpected keyword argument `expresion_image`\. Did you mean `expression_image`\?"),
-    ("typo identity_scale", dict(identity_embeds=ID, identiy_scale=0.0), TypeError, r"`identiy_scale`\. Did you mean `identity_scale`\?"),
-    ("typo parent argument", dict(negative_promt="blurry"), TypeError, r"`negative_promt`\. Did you mean `negative_prompt`\?"),
+    ("expression NaN", dict(expression_embeds=torch.full((1, 17, 32), NAN)), ValueError,
+     r"`expression_embeds` holds NaN or inf"),
+    ("expression -inf", dict(expression_embeds=torch.full((1, 17, 32), -INF)), ValueError,
+     r"`expression_embeds` holds NaN or inf"),
+    ("mask NaN", dict(expression_image=TPL, expression_mask=np.full((8, 8), np.nan)), ValueError,
+     r"`expression_mask` holds NaN or inf"),
+    ("mask inf tensor", dict(expression_image=TPL, expression_mask=torch.as_tensor(INF_MASK)), ValueError,
+     r"`expression_mask` holds NaN or inf values \(1 of them\)"),
+    ("mask file name", dict(expression_image=TPL, expression_mask="mask.png"), ValueError,
+     r"`expression_mask` must be a PIL image.*got str \(open the file first\)"),
+    ("mask of strings", dict(expression_image=TPL, expression_mask=np.array([["a"]])), ValueError,
+     r"`expression_mask` must hold numbers"),
+    ("empty reference axis", dict(identity_embeds=torch.zeros(1, 0, 512)), ValueError,
+     r"`identity_embeds` is empty: got shape \(1, 0, 512\)"),
+    ("empty template tokens", dict(expression_embeds=torch.zeros(1, 0, 32)), ValueError,
+     r"`expression_embeds` is empty"),
+    ("zero-norm identity", dict(identity_embeds=torch.zeros(1, 1, 512)), ValueError,
+     r"`identity_embeds`\[0, 0\] is a zero vector"),
+    ("one zero-norm reference", dict(identity_embeds=TWO_REFS_ONE_ZERO), ValueError,
+     r"`identity_embeds`\[0, 1\] is a zero vector"),
+    ("integer identity", dict(identity_embeds=torch.ones(1, 1, 512, dtype=torch.int64)), ValueError,
+     r"`identity_embeds` must be a floating-point tensor, got dtype torch.int64"),
+    ("bool expression", dict(expression_embeds=torch.ones(1, 17, 32, dtype=torch.bool)), ValueError,
+     r"`expression_embeds` must be a floating-point tensor, got dtype torch.bool"),
+    ("identity scale inf", dict(identity_embeds=ID, identity_scale=INF), ValueError,
+     r"`identity_scale` must be a finite number >= 0, got inf"),
+    ("identity scale NaN", dict(identity_embeds=ID, identity_scale=NAN), ValueError,
+     r"`identity_scale` must be a finite number >= 0, got nan"),
+    ("expression scale -inf", dict(expression_image=TPL, expression_scale=-INF), ValueError,
+     r"`expression_scale` must be a finite number"),
+    ("numpy scale negative", dict(identity_embeds=ID, identity_scale=np.float32(-0.5)), ValueError,
+     r"`identity_scale` must be >= 0, got -0.5"),
+    ("numpy bool scale", dict(identity_embeds=ID, identity_scale=np.bool_(True)), ValueError,
+     r"`identity_scale` must be a number or a per-block dict"),
+    ("block dict inf", dict(identity_embeds=ID, identity_scale={"up": INF}), ValueError,
+     r"`identity_scale` must hold finite numbers, got inf at up.block_0\[0\]"),
+    ("block list NaN", dict(expression_image=TPL, expression_scale={"up": {"block_0": [1.0, NAN, 1.0]}}), ValueError,
+     r"`expression_scale` must hold finite numbers, got nan at up.block_0\[1\]"),
+    ("block dict negative", dict(identity_embeds=ID, identity_scale={"down": {"block_1": -1.0}}), ValueError,
+     r"`identity_scale` must be >= 0, got -1.0 for layer 'down_blocks.1"),
+    ("typo expression_image", dict(expresion_image=TPL), TypeError,
+     r"unexpected keyword argument `expresion_image`\. Did you mean `expression_image`\?"),
+    ("typo identity_scale", dict(identity_embeds=ID, identiy_scale=0.0), TypeError,
+     r"`identiy_scale`\. Did you mean `identity_scale`\?"),
+    ("typo parent argument", dict(negative_promt="blurry"), TypeError,
+     r"`negative_promt`\. Did you mean `negative_prompt`\?"),
     ("unrelated name", dict(qqqq=1), TypeError, r"unexpected keyword argument `qqqq`\. Valid names: \["),
-    ("init image", dict(image=TPL), TypeError, r"EmojiDiffPipeline is text-to-image and takes no init image.*\(`image`\)"),
+    ("init image", dict(image=TPL), TypeError,
+     r"EmojiDiffPipeline is text-to-image and takes no init image.*\(`image`\)"),
     ("img2img strength", dict(strength=0.5), TypeError, r"takes no init image or inpainting input \(`strength`\)"),
     ("inpainting mask", dict(mask_image=TPL), TypeError, r"\(`mask_image`\)"),
     ("controlnet image", dict(control_image=TPL), TypeError, r"has no ControlNet, so it takes no `control_image`"),
-    ("controlnet scale", dict(controlnet_conditioning_scale=0.5), TypeError, r"takes no `controlnet_conditioning_scale`"),
+    ("controlnet scale", dict(controlnet_conditioning_scale=0.5), TypeError,
+     r"takes no `controlnet_conditioning_scale`"),
 ]  # fmt: skip
 
 
@@ -230,8 +277,11 @@ def test_unknown_argument_refused_without_adapter():
         plain("a face", num_inference_step=1)
 
 
-@pytest.mark.parametrize("scale", [np.float32(0.5), np.float64(0.5), {"up": np.float32(0.5), "down": np.float16(0.5)}],
-                         ids=["float32", "float64", "block dict of numpy"])  # fmt: skip
+@pytest.mark.parametrize(
+    "scale",
+    [np.float32(0.5), np.float64(0.5), {"up": np.float32(0.5), "down": np.float16(0.5)}],
+    ids=["float32", "float64", "block dict of numpy"],
+)
 def test_numpy_scalars_are_scales(pipe, scale):
     inputs = dict(identity_embeds=ID, expression_image=TPL)
     expected = 0.5 if not isinstance(scale, dict) else {"up": 0.5, "down": 0.5}
@@ -252,12 +302,11 @@ def world(tmp_path_factory):
 
 
 def args_for(root, out, *extra):
-    return train_decoupled.parse_args([
-        "--pretrained_model", str(root / "base"), "--same_identity_from", str(root / "train.jsonl"),
-        "--recognizer", str(root / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
-        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--resampler_depth", "1",
-        "--num_expression_tokens", "4", *extra,
-    ])  # fmt: skip
+    folders = ["--pretrained_model", str(root / "base"), "--same_identity_from", str(root / "train.jsonl")]
+    folders += ["--recognizer", str(root / "arcface.onnx"), "--output_dir", str(out)]
+    sizes = "--resolution 64 --batch_size 2 --checkpointing_steps 2 --learning_rate 1e-3 --resampler_depth 1"
+    sizes += " --num_expression_tokens 4"
+    return train_decoupled.parse_args([*folders, *sizes.split(), *extra])
 
 
 @pytest.fixture
@@ -339,16 +388,24 @@ def drop_files(*paths):
 LATEST = ("--resume_from_checkpoint", "latest")
 # (case id, how the finished run is spoiled, extra arguments, error type, regex the message must match)
 RESUME_CASES = [
-    ("truncated optimizer", spoil("checkpoint-4/optimizer.safetensors", truncate), LATEST, OSError, r"checkpoint-4/optimizer.safetensors cannot be read"),
-    ("truncated state.json", spoil("checkpoint-4/state.json", truncate), LATEST, ValueError, r"checkpoint-4/state.json is not a valid state file"),
-    ("truncated adapter weights", spoil(f"checkpoint-4/adapter/{WEIGHTS}", truncate), LATEST, OSError, rf"checkpoint-4/adapter/{WEIGHTS} cannot be read"),
-    ("another adapter configuration", lambda run: None, (*LATEST, "--num_expression_tokens", "8"), ValueError, rf"checkpoint-4/adapter/{WEIGHTS} .*this run's adapter"),
-    ("torn middle log line", spoil("loss_log.jsonl", torn_middle_line), LATEST, ValueError, r"loss_log.jsonl:2: cannot read this log line"),
-    ("every checkpoint incomplete", drop_files("checkpoint-2/state.json", "checkpoint-4/optimizer.safetensors"), LATEST, FileNotFoundError, r"every checkpoint-\* folder in .* is incomplete"),
+    ("truncated optimizer", spoil("checkpoint-4/optimizer.safetensors", truncate), LATEST, OSError,
+     r"checkpoint-4/optimizer.safetensors cannot be read"),
+    ("truncated state.json", spoil("checkpoint-4/state.json", truncate), LATEST, ValueError,
+     r"checkpoint-4/state.json is not a valid state file"),
+    ("truncated adapter weights", spoil(f"checkpoint-4/adapter/{WEIGHTS}", truncate), LATEST, OSError,
+     rf"checkpoint-4/adapter/{WEIGHTS} cannot be read"),
+    ("another adapter configuration", lambda run: None, (*LATEST, "--num_expression_tokens", "8"), ValueError,
+     rf"checkpoint-4/adapter/{WEIGHTS} .*this run's adapter"),
+    ("torn middle log line", spoil("loss_log.jsonl", torn_middle_line), LATEST, ValueError,
+     r"loss_log.jsonl:2: cannot read this log line"),
+    ("every checkpoint incomplete", drop_files("checkpoint-2/state.json", "checkpoint-4/optimizer.safetensors"),
+     LATEST, FileNotFoundError, r"every checkpoint-\* folder in .* is incomplete"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("mutate, extra, error, message", [c[1:] for c in RESUME_CASES], ids=[c[0] for c in RESUME_CASES])
+@pytest.mark.parametrize(
+    "mutate, extra, error, message", [c[1:] for c in RESUME_CASES], ids=[c[0] for c in RESUME_CASES]
+)
 def test_broken_resume_names_the_file_and_changes_nothing(world, run_copy, mutate, extra, error, message):
     mutate(run_copy)
     before = snapshot(run_copy)
@@ -359,9 +416,14 @@ def test_broken_resume_names_the_file_and_changes_nothing(world, run_copy, mutat
 
 def test_explicit_incomplete_checkpoint_is_named(world, run_copy):
     (run_copy / "checkpoint-2" / "optimizer.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-2'? is not a complete checkpoint folder: it has no optimizer"):
-        train_decoupled.main(args_for(world[0], run_copy, "--max_steps", "4", "--resume_from_checkpoint",
-                                      str(run_copy / "checkpoint-2")))  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError, match=r"checkpoint-2'? is not a complete checkpoint folder: it has no optimizer"
+    ):
+        train_decoupled.main(
+            args_for(
+                world[0], run_copy, "--max_steps", "4", "--resume_from_checkpoint", str(run_copy / "checkpoint-2")
+            )
+        )
 
 
 def test_resume_tolerates_a_torn_last_line_and_skips_an_incomplete_checkpoint(world, run_copy, caplog):

@@ -65,14 +65,21 @@ def cache_world(tmp_path, monkeypatch):
     recognizer = tmp_path / "arcface.onnx"
     recognizer.write_bytes(b"weights-v1")
     world = SimpleNamespace(
-        root=tmp_path, paths=paths, recognizer_file=recognizer,
-        triplets=[Triplet(str(paths[0]), [str(paths[1])], str(paths[0]), "p"),
-                  Triplet(str(paths[1]), [str(paths[2])], str(paths[1]), "p")],
-        pipe=SimpleNamespace(name_or_path="base", image_encoder=SimpleNamespace(config=CLIPVisionConfig(hidden_size=32, num_attention_heads=4)),
-                             feature_extractor=SimpleNamespace(to_dict=lambda: {"crop_size": 32})),
+        root=tmp_path,
+        paths=paths,
+        recognizer_file=recognizer,
+        triplets=[
+            Triplet(str(paths[0]), [str(paths[1])], str(paths[0]), "p"),
+            Triplet(str(paths[1]), [str(paths[2])], str(paths[1]), "p"),
+        ],
+        pipe=SimpleNamespace(
+            name_or_path="base",
+            image_encoder=SimpleNamespace(config=CLIPVisionConfig(hidden_size=32, num_attention_heads=4)),
+            feature_extractor=SimpleNamespace(to_dict=lambda: {"crop_size": 32}),
+        ),
         face=SimpleNamespace(recognizer=SimpleNamespace(model_file=str(recognizer)), detector=None, det_size=(64, 64)),
         prepare=CountingPrepare(),
-    )  # fmt: skip
+    )
     monkeypatch.setattr(stage1, "prepare_cache", world.prepare)
     return world
 
@@ -188,12 +195,18 @@ DUPLICATE_CASES = [
     ("listed twice, other spelling", [rec("1.png"), rec("./1.png"), rec("x/../2.png")], 2, 1),
     ("the only other photo is the same one", [rec("1.png"), rec("1.png")], 0, 1),
     ("three copies and one other", [rec("1.png"), rec("1.png"), rec("1.png"), rec("2.png")], 2, 2),
-    ("two identities, one duplicated", [rec("1.png"), rec("2.png"), rec("b1.png", "b"), rec("b1.png", "b"),
-                                        rec("b2.png", "b")], 4, 1),  # fmt: skip
+    (
+        "two identities, one duplicated",
+        [rec("1.png"), rec("2.png"), rec("b1.png", "b"), rec("b1.png", "b"), rec("b2.png", "b")],
+        4,
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize("records,expected,dropped", [c[1:] for c in DUPLICATE_CASES], ids=[c[0] for c in DUPLICATE_CASES])
+@pytest.mark.parametrize(
+    "records,expected,dropped", [c[1:] for c in DUPLICATE_CASES], ids=[c[0] for c in DUPLICATE_CASES]
+)
 def test_a_photo_is_never_its_own_identity_reference(tmp_path, caplog, records, expected, dropped):
     with caplog.at_level(logging.WARNING, logger="emojidiff_pipeline.train.triplets"):
         triplets = same_identity_triplets(records, tmp_path, num_references=3)
@@ -210,7 +223,7 @@ def test_a_photo_under_two_identities_is_refused(tmp_path):
         unique_records([{"path": "1.png"}], tmp_path)
 
 
-# ----------------------------------------------------------------------------------------------- class 10: JSONL readers
+# -------------------------------------------------------------------------------------------- class 10: JSONL readers
 GOOD = json.dumps(rec("images/1.png")) + "\n"
 
 # (case id, file bytes, regex after the file name): every error names file:line or the file
@@ -218,12 +231,21 @@ JSONL_CASES = [
     ("invalid JSON on line 3", (GOOD * 2 + '{"path": "x.png", "identity": \n').encode(), r":3: not valid JSON"),
     ("truncated last line", (GOOD + GOOD[:-9]).encode(), r":2: not valid JSON"),
     ("invalid UTF-8 on line 2", GOOD.encode() + b'{"path": "\xff.png"}\n', r":2: not valid UTF-8 \(byte 0xff"),
-    ("Latin-1 caption", GOOD.encode() + json.dumps(rec("2.png")).replace('"c"', '"caf\xe9"').encode("latin-1"),
-     r":2: not valid UTF-8"),
-    ("record without identity", (GOOD + '{"path": "2.png", "caption": "c"}\n').encode(),
-     r":2: the record has no `identity` field"),
-    ("record without path", ('\n' + GOOD + '{"identity": "a", "caption": "c"}\n').encode(),
-     r":3: the record has no `path` field"),
+    (
+        "Latin-1 caption",
+        GOOD.encode() + json.dumps(rec("2.png")).replace('"c"', '"caf\xe9"').encode("latin-1"),
+        r":2: not valid UTF-8",
+    ),
+    (
+        "record without identity",
+        (GOOD + '{"path": "2.png", "caption": "c"}\n').encode(),
+        r":2: the record has no `identity` field",
+    ),
+    (
+        "record without path",
+        ("\n" + GOOD + '{"identity": "a", "caption": "c"}\n').encode(),
+        r":3: the record has no `path` field",
+    ),
     ("a list, not an object", (GOOD + "[1, 2]\n").encode(), r":2: expected a JSON object, got list"),
     ("path not a string", (GOOD + json.dumps(rec(3)) + "\n").encode(), r":2: `path` must be a non-empty string"),
     ("empty file", b"", r"' holds no records \(the file is empty\)"),
@@ -242,19 +264,17 @@ def write_collection(tmp_path, data: bytes) -> Path:
 def read_via_train_decoupled(path: Path, out: Path):
     import train_decoupled
 
-    train_decoupled.main(train_decoupled.parse_args([
-        "--pretrained_model", str(out.parent / "no-model"), "--same_identity_from", str(path),
-        "--recognizer", "arcface.onnx", "--output_dir", str(out), "--max_steps", "1",
-    ]))  # fmt: skip
+    folders = ["--pretrained_model", str(out.parent / "no-model"), "--same_identity_from", str(path)]
+    folders += ["--recognizer", "arcface.onnx", "--output_dir", str(out)]
+    train_decoupled.main(train_decoupled.parse_args([*folders, "--max_steps", "1"]))
 
 
 def read_via_idi(path: Path, out: Path):
     import idi
 
-    idi.main(idi.parse_args([
-        "--pretrained_model", str(out.parent / "no-model"), "--collection", str(path), "--output_dir", str(out),
-        "--recognizer", "arcface.onnx", "--detector", "x:y", "--expression_estimator", "x:y", "--adapter", "a",
-    ]))  # fmt: skip
+    folders = ["--pretrained_model", str(out.parent / "no-model"), "--collection", str(path), "--output_dir", str(out)]
+    models = "--recognizer arcface.onnx --detector x:y --expression_estimator x:y --adapter a".split()
+    idi.main(idi.parse_args([*folders, *models]))
 
 
 READERS = {
@@ -298,8 +318,11 @@ TRIPLET_CASES = [
     ("invalid UTF-8 on line 1", b'{"template": "\xc3\x28"}\n', r":1: not valid UTF-8 \(byte 0xc3"),
     ("no target", (triplet_line() + triplet_line(target=None)).encode(), r":2: the record has no `target` field"),
     ("no prompt", triplet_line(prompt=None).encode(), r":1: the record has no `prompt` field"),
-    ("missing image", (triplet_line() * 2 + triplet_line(target="images/9.png")).encode(),
-     r":3: image file\(s\) not found: \['images/9.png'\]"),
+    (
+        "missing image",
+        (triplet_line() * 2 + triplet_line(target="images/9.png")).encode(),
+        r":3: image file\(s\) not found: \['images/9.png'\]",
+    ),
     ("empty", b"\n", r"' holds no triplets"),
 ]
 
@@ -357,23 +380,28 @@ MODEL = ["--model", "model", "--identity", "me.png", "--expression", "me.png"]
 
 # (case id, argv after `generate`, regex of the one-line message)
 CLI_CASES = [
-    ("missing model folder", ["--model", "./nope", "--output", "o.png"], r"--model './nope' does not exist \(and is not a Hub id"),
+    ("missing model folder", ["--model", "./nope", "--output", "o.png"],
+     r"--model './nope' does not exist \(and is not a Hub id"),
     ("missing deep model path", ["--model", "a/b/c", "--output", "o.png"], r"--model 'a/b/c' does not exist"),
     ("model is a file", ["--model", "notes.txt"], r"--model 'notes.txt' is a file"),
     ("model folder without model_index", ["--model", "unet"], r"--model 'unet' has no model_index.json"),
     ("missing identity", [*MODEL[:2], "--identity", "gone.png"], r"--identity 'gone.png' does not exist"),
-    ("second identity missing", [*MODEL[:2], "--identity", "me.png", "gone.png"], r"--identity 'gone.png' does not exist"),
+    ("second identity missing", [*MODEL[:2], "--identity", "me.png", "gone.png"],
+     r"--identity 'gone.png' does not exist"),
     ("identity is a folder", [*MODEL[:2], "--identity", "outdir"], r"--identity 'outdir' is a folder"),
-    ("identity not an image", [*MODEL[:2], "--identity", "notes.txt"], r"--identity 'notes.txt' cannot be read as an image"),
+    ("identity not an image", [*MODEL[:2], "--identity", "notes.txt"],
+     r"--identity 'notes.txt' cannot be read as an image"),
     ("identity truncated", [*MODEL[:2], "--identity", "cut.png"], r"--identity 'cut.png' cannot be read as an image"),
     ("identity without files", [*MODEL[:2], "--identity"], r"--identity was given without any file"),
     ("missing expression", [*MODEL[:4], "--expression", "gone.png"], r"--expression 'gone.png' does not exist"),
     ("expression not an image", [*MODEL[:4], "--expression", "notes.txt"], r"--expression 'notes.txt' cannot be read"),
-    ("output inside a file", [*MODEL, "--output", "notes.txt/o.png"], r"--output 'notes.txt/o.png' is inside '.*notes.txt', which is a file"),
+    ("output inside a file", [*MODEL, "--output", "notes.txt/o.png"],
+     r"--output 'notes.txt/o.png' is inside '.*notes.txt', which is a file"),
     ("output deeper inside a file", [*MODEL, "--output", "me.png/a/b.png"], r"is inside '.*me.png', which is a file"),
     ("output names a folder", [*MODEL, "--output", "outdir"], r"--output 'outdir' is a folder"),
     ("output ends with a slash", [*MODEL, "--output", "new/"], r"--output 'new/' is a folder"),
-    ("output without image extension", [*MODEL, "--output", "o.result"], r"--output 'o.result' has no image extension"),
+    ("output without image extension", [*MODEL, "--output", "o.result"],
+     r"--output 'o.result' has no image extension"),
     ("steps 0 with model", [*MODEL, "--steps", "0"], r"--steps must be >= 1, got 0"),
     ("infinite identity scale", [*MODEL, "--identity_scale", "inf"], r"--identity_scale must be a finite number"),
     ("nan guidance", [*MODEL, "--guidance_scale", "nan"], r"--guidance_scale must be a finite number"),
@@ -384,7 +412,7 @@ CLI_CASES = [
     ("no model: prompt", ["--prompt", "a cat"], r"--model is required"),
     ("no model: expression encoder", ["--expression_encoder", "m:f"], r"--model is required"),
     ("no model: identity", ["--identity", "me.png"], r"--model is required"),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv,pattern", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
@@ -436,14 +464,21 @@ def test_cli_errors_are_one_line_without_traceback(cli_world):
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "emojidiff_pipeline.cli", "generate", "--model", "./nope"],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=cli_world)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "emojidiff_pipeline.cli", "generate", "--model", "./nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cli_world,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == ["emojidiff generate: --model './nope' does not exist (and is not a Hub "
-                                               "id of the form owner/name)."]  # fmt: skip
+    assert out.stderr.strip().splitlines() == [
+        "emojidiff generate: --model './nope' does not exist (and is not a Hub id of the form owner/name)."
+    ]
 
 
-# ----------------------------------------------------------------------------------------------- class 4: atomic artefacts
+# ------------------------------------------------------------------------------------------ class 4: atomic artefacts
 KILL_PREAMBLE = """
 import sys, time
 from pathlib import Path
@@ -491,7 +526,12 @@ KILL_SHARD = """
 from emojidiff_pipeline.train import triplets as T
 calls = []
 real = T.Triplet.to_json
-T.Triplet.to_json = lambda self, root=None: (calls.append(1), block() if len(calls) == 2 else None, real(self, root))[2]
+def to_json(self, root=None):
+    calls.append(1)
+    if len(calls) == 2:
+        block()
+    return real(self, root)
+T.Triplet.to_json = to_json
 t = T.read_triplets(OUT / "data" / "shards" / "00000.jsonl")[0]
 T.write_triplets([t, t, t], OUT / "data" / "shards" / "00001.jsonl")
 """
@@ -540,17 +580,29 @@ def adapter_loads(folder: Path) -> bool:
 
 
 def round_not_done(out: Path) -> bool:  # the finished manifest may be there; the marker written last is not
-    return not (out / "data" / "round_stats.json").exists() and len(read_triplets(out / "data" / "triplets.jsonl")) == 1
+    return (
+        not (out / "data" / "round_stats.json").exists() and len(read_triplets(out / "data" / "triplets.jsonl")) == 1
+    )
 
 
 # (case id, child code, complete new files allowed besides temporaries, what must hold after the SIGKILL besides
 # "every finished artefact is byte-identical")
 KILL_CASES = [
     ("stage-1 adapter over an old one", KILL_ADAPTER, set(), lambda out: adapter_loads(out / "adapter")),
-    ("checkpoint", KILL_CHECKPOINT, set(),
-     lambda out: stage1.find_checkpoint(out, "latest").name == "checkpoint-2" and not (out / "checkpoint-4").exists()),
-    ("results export of the embedded default", KILL_EXPORT, set(),
-     lambda out: adapter_loads(out / "embedded" / "emoji_adapter")),
+    (
+        "checkpoint",
+        KILL_CHECKPOINT,
+        set(),
+        lambda out: (
+            stage1.find_checkpoint(out, "latest").name == "checkpoint-2" and not (out / "checkpoint-4").exists()
+        ),
+    ),
+    (
+        "results export of the embedded default",
+        KILL_EXPORT,
+        set(),
+        lambda out: adapter_loads(out / "embedded" / "emoji_adapter"),
+    ),
     ("IDI shard manifest", KILL_SHARD, set(), lambda out: not (out / "data" / "shards" / "00001.jsonl").exists()),
     ("IDI round_stats marker", KILL_ROUND_STATS, {"data/triplets.jsonl"}, round_not_done),
 ]
@@ -566,14 +618,28 @@ def test_sigkill_mid_write_leaves_no_half_artefact(tmp_path, code, allowed, chec
     out = kill_world(tmp_path / "run")
     before = snapshot(out)
     ready = tmp_path / "ready"
-    child = KILL_PREAMBLE.format(src=str(REPO / "src"), training=str(REPO / "training"), tests=str(REPO / "tests"),
-                                 ready=str(ready), out=str(out)) + code  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", child], env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = (
+        KILL_PREAMBLE.format(
+            src=str(REPO / "src"),
+            training=str(REPO / "training"),
+            tests=str(REPO / "tests"),
+            ready=str(ready),
+            out=str(out),
+        )
+        + code
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 180
     while not ready.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert ready.exists(), f"the child never reached the blocked write: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timeout'}"
+    assert ready.exists(), "the child never reached the blocked write: " + (
+        proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     after = snapshot(out)

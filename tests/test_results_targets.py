@@ -8,23 +8,45 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import results  # noqa: E402
 
-FACTORS = ("smile", "frown", "jaw_open", "pucker", "eye_close_left", "eye_close_right", "brow_raise_left",
-           "brow_raise_right", "brow_furrow", "gaze_x", "gaze_y")  # fmt: skip
+FACTORS = (
+    "smile",
+    "frown",
+    "jaw_open",
+    "pucker",
+    "eye_close_left",
+    "eye_close_right",
+    "brow_raise_left",
+    "brow_raise_right",
+    "brow_furrow",
+    "gaze_x",
+    "gaze_y",
+)
 
 
 def row(identity=0.6, expression=0.06, leakage=0.01, style=0.1, se=0.005, factor=0.04):
-    return {"identity_similarity": identity, "expression_error": expression, "expression_error_se": se,
-            "identity_leakage": leakage, "style_leakage": style,
-            "expression_error_per_factor": dict.fromkeys(FACTORS, factor)}  # fmt: skip
+    return {
+        "identity_similarity": identity,
+        "expression_error": expression,
+        "expression_error_se": se,
+        "identity_leakage": leakage,
+        "style_leakage": style,
+        "expression_error_per_factor": dict.fromkeys(FACTORS, factor),
+    }
 
 
 def test_targets_met_missed_and_not_run(tmp_path):
-    rows = {"base": row(expression=0.2), "identity_only": row(expression=0.2),
-            "stage1_same_identity_code": row(expression=0.065, style=0.1),
-            "same_identity_code_all_layers": row(expression=0.06, style=0.2),
-            "stage1_oracle_code": row(expression=0.03)}  # fmt: skip
-    res = {"rows": rows, "same_person_identity_similarity": 0.84,
-           "reference_lines": {"ref_neutral_face": row(expression=0.11)}}  # fmt: skip
+    rows = {
+        "base": row(expression=0.2),
+        "identity_only": row(expression=0.2),
+        "stage1_same_identity_code": row(expression=0.065, style=0.1),
+        "same_identity_code_all_layers": row(expression=0.06, style=0.2),
+        "stage1_oracle_code": row(expression=0.03),
+    }
+    res = {
+        "rows": rows,
+        "same_person_identity_similarity": 0.84,
+        "reference_lines": {"ref_neutral_face": row(expression=0.11)},
+    }
     checks = {c["target"].split(" (")[0]: c for c in results.check_targets(res, [])}
     final = checks["expression error of the final model"]
     assert final["measured"] == 0.06 and final["met"]  # the all-layers row is the best non-oracle one
@@ -44,23 +66,36 @@ def test_targets_met_missed_and_not_run(tmp_path):
 
 
 def test_best_adapter_skips_oracle_identity_only_and_lost_identity():
-    rows = {"base": row(identity=0.1, expression=0.2), "identity_only": row(identity=0.3, expression=0.2),
-            "stage1_same_identity_code": row(identity=0.3, expression=0.14),
-            "stage1_oracle_code": row(identity=0.5, expression=0.05),
-            "same_identity_code_all_layers": row(identity=0.1, expression=0.1)}  # fmt: skip
-    specs = {"base": "base", "identity_only": "a0@id_only", "stage1_same_identity_code": "a0",
-             "stage1_oracle_code": "ao", "same_identity_code_all_layers": "a1"}  # fmt: skip
+    rows = {
+        "base": row(identity=0.1, expression=0.2),
+        "identity_only": row(identity=0.3, expression=0.2),
+        "stage1_same_identity_code": row(identity=0.3, expression=0.14),
+        "stage1_oracle_code": row(identity=0.5, expression=0.05),
+        "same_identity_code_all_layers": row(identity=0.1, expression=0.1),
+    }
+    specs = {
+        "base": "base",
+        "identity_only": "a0@id_only",
+        "stage1_same_identity_code": "a0",
+        "stage1_oracle_code": "ao",
+        "same_identity_code_all_layers": "a1",
+    }
     assert results.best_adapter({"rows": rows}, specs) == "a0"  # a1 is better at expression but lost identity
 
 
 def test_training_summary_reads_the_run_logs(tmp_path):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
-    (run / "loss_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "elapsed_s": 6.0 * (s + 1)}) + "\n"
-                                                for s in range(20)))  # fmt: skip
+    (run / "loss_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0, "elapsed_s": 6.0 * (s + 1)}) + "\n" for s in range(20))
+    )
     val = [(4, 0.5), (9, 0.4), (14, 0.45), (19, 0.41)]
-    (run / "val_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "loss_template_swap": v * 1.1,
-                                                           "loss_no_expression": v * 1.02}) + "\n" for s, v in val))  # fmt: skip
+    (run / "val_log.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "loss": v, "loss_template_swap": v * 1.1, "loss_no_expression": v * 1.02}) + "\n"
+            for s, v in val
+        )
+    )
     t = results.training_summary(run)
     assert t["steps"] == 20 and t["wall_clock_min"] == 2.0 and t["best_step"] == 10
     assert abs(t["template_swap_gap"] - 0.1) < 1e-9 and t["validations_after_best"] == 2
@@ -86,8 +121,12 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
 
     def fake_evaluate(eval_args):
         names = [spec.split("=", 1)[0] for spec in eval_args.row]
-        return {"rows": {n: row(identity=0.5, expression=0.05 if n == "face_losses_expression_push" else 0.1)
-                         for n in names}, "same_person_identity_similarity": 0.9}  # fmt: skip
+        return {
+            "rows": {
+                n: row(identity=0.5, expression=0.05 if n == "face_losses_expression_push" else 0.1) for n in names
+            },
+            "same_person_identity_similarity": 0.9,
+        }
 
     monkeypatch.setattr(results.train_decoupled, "main", fake_stage)
     monkeypatch.setattr(results.train_ica, "main", fake_stage)
@@ -97,11 +136,12 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "export", lambda adapter, folder: exported.append(adapter))
     monkeypatch.setattr(results, "write_training_summary", lambda *a: None)
     work = tmp_path / "work"
-    results.main(results.parse_args(["--work", str(work), "--out", str(tmp_path / "out"), "--seed", "3",
-                                     "--face_loss_push_expression_weight", "5"]))  # fmt: skip
+    folders = ["--work", str(work), "--out", str(tmp_path / "out")]
+    results.main(results.parse_args([*folders, *"--seed 3 --face_loss_push_expression_weight 5".split()]))
 
-    face, cont, push = (calls[n] for n in ("same_identity_code_face_losses", "face_losses_continued",
-                                             "face_losses_expression_push"))  # fmt: skip
+    face, cont, push = (
+        calls[n] for n in ("same_identity_code_face_losses", "face_losses_continued", "face_losses_expression_push")
+    )
     assert face.adapter == str(work / "same_identity_code" / "adapter") and face.seed == 3
     assert cont.adapter == str(work / "same_identity_code_face_losses" / "adapter") and cont.seed == 4
     assert push.adapter == str(work / "face_losses_continued" / "adapter") and push.seed == 4

@@ -31,12 +31,11 @@ def world(tmp_path_factory):
 
 
 def args_for(world, out, *extra):
-    return train_decoupled.parse_args([
-        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
-        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out), "--resolution", "64",
-        "--batch_size", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--resampler_depth", "1",
-        "--num_expression_tokens", "4", *extra,
-    ])  # fmt: skip
+    folders = ["--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl")]
+    folders += ["--recognizer", str(world / "arcface.onnx"), "--output_dir", str(out)]
+    sizes = "--resolution 64 --batch_size 2 --checkpointing_steps 2 --learning_rate 1e-3 --resampler_depth 1"
+    sizes += " --num_expression_tokens 4"
+    return train_decoupled.parse_args([*folders, *sizes.split(), *extra])
 
 
 def test_same_identity_triplets(world):
@@ -79,18 +78,20 @@ def test_bad_manifest_and_args(world, tmp_path):
     with pytest.raises(SystemExit):
         args_for(world, tmp_path, "--max_steps", "2", "--identity_drop", "1.5")
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-        train_decoupled.main(args_for(world, tmp_path / "none", "--max_steps", "2", "--resume_from_checkpoint", "latest"))
+        train_decoupled.main(
+            args_for(world, tmp_path / "none", "--max_steps", "2", "--resume_from_checkpoint", "latest")
+        )
 
 
 def test_two_process_cpu_run(world, tmp_path):
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(REPO / "training" / "train_decoupled.py"),
-        "--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl"),
-        "--recognizer", str(world / "arcface.onnx"), "--output_dir", str(tmp_path / "ddp"), "--resolution", "64",
-        "--batch_size", "1", "--max_steps", "2", "--checkpointing_steps", "2", "--resampler_depth", "1",
-        "--learning_rate", "1e-3", "--num_expression_tokens", "4",
-    ]  # fmt: skip
+    launch = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+    launch += " --main_process_port 29517"
+    folders = ["--pretrained_model", str(world / "base"), "--same_identity_from", str(world / "train.jsonl")]
+    folders += ["--recognizer", str(world / "arcface.onnx"), "--output_dir", str(tmp_path / "ddp")]
+    sizes = "--resolution 64 --batch_size 1 --max_steps 2 --checkpointing_steps 2 --resampler_depth 1"
+    sizes += " --learning_rate 1e-3 --num_expression_tokens 4"
+    script = str(REPO / "training" / "train_decoupled.py")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch.split(), script, *folders, *sizes.split()]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -142,8 +143,15 @@ def test_face_weighted_loss_weights_and_keypoint_sources(world, tmp_path):
     records = [json.loads(x) for x in (world / "train.jsonl").read_text().splitlines()]
     same = same_identity_triplets(records, world, num_references=1)[:2]  # target == template: its keypoints
     assert torch.allclose(target_keypoints(None, same, 64)[0], torch.tensor(same[0].template_kps, dtype=torch.float32))
-    cross = Triplet(same[1].template, same[1].references, same[0].target, "p", same[1].template_kps,
-                    same[1].reference_kps, target_kps=same[0].template_kps)  # fmt: skip
+    cross = Triplet(
+        same[1].template,
+        same[1].references,
+        same[0].target,
+        "p",
+        same[1].template_kps,
+        same[1].reference_kps,
+        target_kps=same[0].template_kps,
+    )
     write_triplets([cross], tmp_path / "t.jsonl")
     assert read_triplets(tmp_path / "t.jsonl")[0].target_kps == cross.target_kps  # round trip
     assert torch.allclose(target_keypoints(None, [cross], 32)[0], torch.tensor(cross.target_kps) / 2)
@@ -151,7 +159,9 @@ def test_face_weighted_loss_weights_and_keypoint_sources(world, tmp_path):
     with pytest.raises(ValueError, match="target_kps"):  # no known keypoints and no detector
         target_keypoints(FaceAnalyzer.from_models(lambda image: [], str(world / "arcface.onnx")), [cross], 64)
 
-    losses = train_decoupled.main(args_for(world, tmp_path / "weighted", "--max_steps", "2", "--face_loss_weight", "4"))
+    losses = train_decoupled.main(
+        args_for(world, tmp_path / "weighted", "--max_steps", "2", "--face_loss_weight", "4")
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))
     with pytest.raises(SystemExit):
         args_for(world, tmp_path / "bad", "--max_steps", "2", "--face_loss_weight", "-1")

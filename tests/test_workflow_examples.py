@@ -35,8 +35,9 @@ def files(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("workflows")
     components = tiny_components()
     EmojiDiffPipeline(**components, emoji_adapter=tiny_adapter(components["unet"])).save_pretrained(root / "model")
-    StableDiffusionXLPipeline(**{k: v for k, v in components.items() if k not in ("image_encoder", "feature_extractor")}
-                              ).save_pretrained(root / "sdxl")  # fmt: skip
+    StableDiffusionXLPipeline(
+        **{k: v for k, v in components.items() if k not in ("image_encoder", "feature_extractor")}
+    ).save_pretrained(root / "sdxl")
     components["image_encoder"].save_pretrained(root / "clip")
     components["feature_extractor"].save_pretrained(root / "clip")
     tiny_controlnet(0).save_pretrained(root / "cn0")
@@ -56,8 +57,8 @@ def files(tmp_path_factory, one_torch_thread):
 
 
 def common(root, output):
-    return ["--identity_embeds", str(root / "me.npy"), "--expression", str(root / "grin.png"), "--steps", "2",
-            "--output", str(root / output)]  # fmt: skip
+    inputs = ["--identity_embeds", str(root / "me.npy"), "--expression", str(root / "grin.png")]
+    return [*inputs, "--steps", "2", "--output", str(root / output)]
 
 
 @pytest.mark.parametrize(
@@ -65,21 +66,23 @@ def common(root, output):
     [
         ("img2img", lambda r: ["--model", str(r / "model"), "--init", str(r / "init.png"), "--strength", "1.0",
                                "--expression_kps", str(r / "kps.npy")]),
-        ("inpaint", lambda r: ["--model", str(r / "model"), "--image", str(r / "init.png"), "--mask", str(r / "mask.png"),
-                               "--expression_mask", str(r / "mask.png")]),
+        ("inpaint", lambda r: ["--model", str(r / "model"), "--image", str(r / "init.png"), "--mask",
+                               str(r / "mask.png"), "--expression_mask", str(r / "mask.png")]),
         ("controlnet", lambda r: ["--model", str(r / "model"), "--controlnet", str(r / "cn0"), "--control_image",
                                   str(r / "edges.png")]),
         ("controlnet", lambda r: ["--model", str(r / "model"), "--controlnet", str(r / "cn0"), str(r / "cn1"),
-                                  "--control_image", str(r / "edges.png"), str(r / "init.png"), "--scale", "1.0", "0.5"]),
+                                  "--control_image", str(r / "edges.png"), str(r / "init.png"),
+                                  "--scale", "1.0", "0.5"]),
         ("sd15", lambda r: ["--sd15", str(r / "sd15"), "--adapter", str(r / "sd15_adapter"), "--image_encoder",
                             str(r / "clip")]),
         ("with_ip_adapter", lambda r: ["--model", str(r / "model"), "--ip_adapter", str(r / "ip"), "--weight_name",
                                        "ip_adapter.safetensors", "--style", str(r / "style.png")]),
         ("from_hub", lambda r: ["--model", str(r / "model")]),
-        ("from_hub", lambda r: ["--sdxl", str(r / "sdxl"), "--adapter", str(r / "model"), "--subfolder", "emoji_adapter",
-                                "--image_encoder", str(r / "clip")]),
+        ("from_hub", lambda r: ["--sdxl", str(r / "sdxl"), "--adapter", str(r / "model"), "--subfolder",
+                                "emoji_adapter", "--image_encoder", str(r / "clip")]),
     ],
-    ids=["img2img", "inpaint", "controlnet", "multi-controlnet", "sd15", "with_ip_adapter", "from_hub", "from_hub-adapter"],
+    ids=["img2img", "inpaint", "controlnet", "multi-controlnet", "sd15", "with_ip_adapter", "from_hub",
+         "from_hub-adapter"],
 )  # fmt: skip
 def test_workflow_example_runs(files, example, args):
     output = f"{example}-{len(args(files))}.png"

@@ -92,7 +92,9 @@ def test_task_at_scale_zero_equals_parent_and_nonzero_changes(task, components, 
     # a parent argument reaches the parent: changing it changes the output, exactly as it does for the parent
     new = {**args, **changed}
     assert np.abs(run(pipe, **new, **INPUTS) - on).max() > 1e-3
-    assert np.abs(run(pipe, identity_scale=0.0, expression_scale=0.0, **new, **INPUTS) - run(base, **new)).max() <= 1e-5
+    assert (
+        np.abs(run(pipe, identity_scale=0.0, expression_scale=0.0, **new, **INPUTS) - run(base, **new)).max() <= 1e-5
+    )
 
 
 def test_sd15_at_scale_zero_equals_stable_diffusion_and_nonzero_changes(one_torch_thread):
@@ -134,11 +136,18 @@ def test_unknown_and_wrong_task_arguments_are_refused(components, adapter):
     with pytest.raises(TypeError, match=r"has no ControlNet, so it takes no `controlnet_conditioning_scale`"):
         run(img2img, image=INIT, controlnet_conditioning_scale=0.5)
     with pytest.raises(TypeError, match=r"EmojiDiffImg2ImgPipeline\.__call__\(\): too many positional"):
-        img2img("a", "b", INIT, 0.5, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-                26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)  # fmt: skip
+        img2img("a", "b", INIT, 0.5, *range(3, 41))  # 40 positional arguments
     # positional parent arguments bind as the parent binds them: (prompt, prompt_2, image, strength)
-    by_position = img2img("a smiling face", None, INIT, 0.8, num_inference_steps=2, output_type="np",
-                          generator=torch.Generator().manual_seed(0), **INPUTS).images  # fmt: skip
+    by_position = img2img(
+        "a smiling face",
+        None,
+        INIT,
+        0.8,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **INPUTS,
+    ).images
     assert np.abs(by_position - run(img2img, image=INIT, strength=0.8, **INPUTS)).max() <= 1e-6
 
 
@@ -183,9 +192,12 @@ def test_known_keypoints_crop_mask_encode_without_analyzer(components, geometry)
     "kwargs, message",
     [
         (dict(expression_kps=KPS), r"`expression_kps` was given without `expression_image`"),
-        (dict(expression_image=random_template(), expression_kps=np.zeros((4, 2))), r"`expression_kps` must be 5 landmarks"),
-        (dict(expression_image=random_template(), expression_kps=[KPS, KPS]), r"holds 2 landmark sets but there are 1"),
-        (dict(expression_image=random_template(), expression_kps=np.full((5, 2), np.nan)), r"`expression_kps` contains non-finite"),
+        (dict(expression_image=random_template(), expression_kps=np.zeros((4, 2))),
+         r"`expression_kps` must be 5 landmarks"),
+        (dict(expression_image=random_template(), expression_kps=[KPS, KPS]),
+         r"holds 2 landmark sets but there are 1"),
+        (dict(expression_image=random_template(), expression_kps=np.full((5, 2), np.nan)),
+         r"`expression_kps` contains non-finite"),
     ],
     ids=["without image", "wrong shape", "count", "nan"],
 )  # fmt: skip

@@ -82,9 +82,14 @@ def tiny_components(seed: int = 0) -> dict:
     text_encoder = CLIPTextModel(text_config)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
     vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, image_size=32,
-        patch_size=8, projection_dim=32,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
     image_encoder = CLIPVisionModelWithProjection(vision_config)
     feature_extractor = CLIPImageProcessor(
         crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}, do_center_crop=True, do_resize=True
@@ -154,8 +159,14 @@ def write_tiny_collection(root, num_identities: int, photos_per_identity: int):
             path = Path("images") / f"id{identity}" / f"{j}.png"
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             PIL.Image.fromarray(r.image).save(root / path)
-            records.append({"path": str(path), "identity": f"id{identity}", "caption": "flat emoji portrait",
-                            "kps": r.keypoints.tolist()})  # fmt: skip
+            records.append(
+                {
+                    "path": str(path),
+                    "identity": f"id{identity}",
+                    "caption": "flat emoji portrait",
+                    "kps": r.keypoints.tolist(),
+                }
+            )
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root / "train.jsonl"
 
@@ -166,15 +177,26 @@ def tiny_controlnet(seed: int = 0):
 
     torch.manual_seed(seed)
     controlnet = ControlNetModel(
-        block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=64,
-        attention_head_dim=(2, 4), norm_num_groups=1,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        conditioning_embedding_out_channels=(16, 32),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        norm_num_groups=1,
+    )
     with torch.no_grad():  # its zero convolutions would make it a no-op; give them weights so it steers the UNet
-        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
+        zero_convs = [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]
         for conv in zero_convs:
             conv.weight.normal_(0.0, 0.1)
     return controlnet
@@ -186,18 +208,33 @@ def tiny_sd15_components(seed: int = 0) -> dict:
     sdxl = tiny_components(seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=1,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=1,
+    )
     return {
-        "unet": unet, "scheduler": sdxl["scheduler"], "vae": sdxl["vae"], "text_encoder": sdxl["text_encoder"],
-        "tokenizer": sdxl["tokenizer"], "safety_checker": None, "feature_extractor": sdxl["feature_extractor"],
-        "image_encoder": sdxl["image_encoder"], "requires_safety_checker": False,
-    }  # fmt: skip
+        "unet": unet,
+        "scheduler": sdxl["scheduler"],
+        "vae": sdxl["vae"],
+        "text_encoder": sdxl["text_encoder"],
+        "tokenizer": sdxl["tokenizer"],
+        "safety_checker": None,
+        "feature_extractor": sdxl["feature_extractor"],
+        "image_encoder": sdxl["image_encoder"],
+        "requires_safety_checker": False,
+    }
 
 
-def write_tiny_ip_adapter(folder, unet, image_embed_dim: int = 32, seed: int = 0, name: str = "ip_adapter.safetensors"):
+def write_tiny_ip_adapter(
+    folder, unet, image_embed_dim: int = 32, seed: int = 0, name: str = "ip_adapter.safetensors"
+):
     """A tiny IP-Adapter checkpoint for `unet` in the safetensors layout diffusers' `load_ip_adapter` reads
     (`image_proj.*`: an ImageProjection to 4 tokens; `ip_adapter.<k>.to_k_ip/to_v_ip`: one pair per cross-attention
     layer, k = 1, 3, 5, ... in processor order). Returns the file path."""
