@@ -22,6 +22,7 @@ install: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests synthetic/tests
 	$(BIN)/ruff check src training tests examples benchmarks synthetic
+	$(BIN)/ruff format --check src training tests examples benchmarks synthetic
 
 # The embedded synthetic default as a grid (the proving ground's own command; the library's is `emojidiff generate --model`).
 demo: $(STAMP)
@@ -53,6 +54,7 @@ style: $(STAMP)
 
 quality: $(STAMP)
 	$(BIN)/ruff check src training tests examples benchmarks synthetic
+	$(BIN)/ruff format --check src training tests examples benchmarks synthetic
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_attention.py
