@@ -146,6 +146,7 @@ def test_app_page_in_headless_chromium(browser, world_pipe, tmp_path, monkeypatc
     from emojidiff_pipeline.app import ELEM_IDS, launch
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # the served files stay in this test's folder
     monkeypatch.setattr("emojidiff_synthetic.load.World.pipeline", lambda self, **kwargs: world_pipe)
     demo, examples_dir = app.build_synthetic_app(tmp_path / "examples", steps=2)
     port = _free_port()
