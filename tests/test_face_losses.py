@@ -109,6 +109,35 @@ def test_face_losses_rows_above_max_timestep_do_not_count():
         face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config)
 
 
+def test_expression_factor_weights_mix_the_factors():
+    pipe = EmojiDiffPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    latents, noise, prediction = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(2, 5, 2)
+    model = tiny_expression_loss_model()
+    t = torch.tensor([100, 200])
+    noisy = scheduler.add_noise(latents, noise, t)
+
+    def loss(weights):
+        config = FaceLossConfig(expression_weight=1.0, max_timestep=500, expression_factor_weights=weights)
+        return face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model)["expression"]
+
+    width = model(torch.zeros(1, 3, 64, 64), kps[:1]).shape[-1]
+    per_factor = [loss([1.0 if c == k else 0.0 for c in range(width)]).item() for k in range(width)]
+    assert loss(None).item() == pytest.approx(np.mean(per_factor), rel=1e-5)  # None: the plain mean
+    assert loss([1.0] * width).item() == pytest.approx(loss(None).item(), rel=1e-6)
+    weights = [1.0 + 2 * k for k in range(width)]
+    assert loss(weights).item() == pytest.approx(np.dot(weights, per_factor) / sum(weights), rel=1e-5)
+    with pytest.raises(ValueError, match=f"has {width + 1} weights but the expression model gives {width}"):
+        loss([1.0] * (width + 1))
+    for bad in ([], [1.0, -1.0], [0.0, 0.0], "1,2"):
+        with pytest.raises(ValueError, match="`expression_factor_weights` must be"):
+            FaceLossConfig(expression_weight=1.0, expression_factor_weights=bad)
+    with pytest.raises(ValueError, match="no effect with `expression_weight` 0"):
+        FaceLossConfig(identity_weight=1.0, expression_factor_weights=[1.0])
+
+
 def args_for(world, out, *extra):
     """The stage-1 test run of test_train_decoupled.py, with the face losses on every timestep."""
     return stage1_tests.args_for(world, out, "--face_loss_max_timestep", "999", *extra)

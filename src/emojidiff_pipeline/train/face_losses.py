@@ -44,6 +44,19 @@ def _check_keypoints(kps, n: int) -> np.ndarray:
     return kps
 
 
+def _weighted_factor_mean(error: torch.Tensor, weights: tuple[float, ...] | None) -> torch.Tensor:
+    """Mean of `error` (N, C) over rows, and over factors weighted by `weights` (C,) (None: a plain mean)."""
+    if weights is None:
+        return error.mean()
+    if len(weights) != error.shape[-1]:
+        raise ValueError(
+            f"`expression_factor_weights` has {len(weights)} weights but the expression model gives "
+            f"{error.shape[-1]} factors."
+        )
+    w = torch.tensor(weights, dtype=error.dtype, device=error.device)
+    return (error * w).sum(-1).mean() / w.sum()
+
+
 def warp_faces(images: torch.Tensor, kps, template: np.ndarray, size: int) -> torch.Tensor:
     """Similarity-align each image's face onto `template`: differentiable in `images`.
 
@@ -129,15 +142,31 @@ class FaceLossConfig:
 
     `identity_anchor`: ``"target"`` compares F of the prediction with F of the decoded target; ``"reference"`` with
     the triplet's reference embedding (the cache's ``identity``, so F must be the network of the recognizer that
-    encoded it). `alignment_weight` > 0 (ICA) needs the prediction with the expression branch off as well."""
+    encoded it). `alignment_weight` > 0 (ICA) needs the prediction with the expression branch off as well.
+    `expression_factor_weights` (C,) weighs each factor of the expression model's code in the expression loss
+    (None: all 1), e.g. to pull gaze and brows, which a one-step x0 shows faintly; the loss is then
+    ``sum_c w_c |E_c - E_c(target)| / sum_c w_c``, so the weights set the mix and `expression_weight` the size."""
 
     expression_weight: float = 0.0
     identity_weight: float = 0.0
     max_timestep: int = 400
     alignment_weight: float = 0.0
     identity_anchor: str = "target"
+    expression_factor_weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        if self.expression_factor_weights is not None:
+            w = self.expression_factor_weights
+            ok = isinstance(w, (list, tuple)) and len(w) > 0
+            ok = ok and all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in w) and sum(w) > 0
+            if not ok:
+                raise ValueError(
+                    f"`expression_factor_weights` must be a non-empty sequence of finite numbers >= 0 with a "
+                    f"positive sum, got {w!r}."
+                )
+            if self.expression_weight == 0:
+                raise ValueError("`expression_factor_weights` has no effect with `expression_weight` 0.")
+            self.expression_factor_weights = tuple(float(v) for v in w)
         if self.identity_anchor not in ("target", "reference"):
             raise ValueError(f"`identity_anchor` must be 'target' or 'reference', got {self.identity_anchor!r}.")
         for name in ("expression_weight", "identity_weight", "alignment_weight"):
@@ -202,7 +231,8 @@ def face_losses(
     if config.expression_weight > 0:
         with torch.no_grad():
             want = expression_model(reference, k)
-        out["expression"] = (expression_model(image, k) - want).abs().mean()
+        error = (expression_model(image, k) - want).abs()  # (rows, C)
+        out["expression"] = _weighted_factor_mean(error, config.expression_factor_weights)
         total = total + config.expression_weight * out["expression"]
     got = F.normalize(identity_model(image, k).float(), dim=-1) if config.needs_identity_model else None
     if config.identity_weight > 0:

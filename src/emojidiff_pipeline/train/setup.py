@@ -165,6 +165,12 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
         help="weight of the expression loss read by --expression_loss_model on the one-step x0 (0: off)",
     )
     g.add_argument(
+        "--expression_loss_factor_weights",
+        default=None,
+        help="comma-separated weight per factor of --expression_loss_model's code in the expression loss "
+        "(default: all 1), e.g. to weigh gaze and brows up",
+    )
+    g.add_argument(
         "--expression_loss_model",
         default=None,
         help="'module:factory' returning a DifferentiableFaceModel expression estimator "
@@ -285,6 +291,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         max_timestep=getattr(args, "face_loss_max_timestep", 400),
         alignment_weight=getattr(args, "alignment_loss_weight", 0.0),
         identity_anchor=getattr(args, "identity_anchor", "target"),
+        expression_factor_weights=_factor_weights(getattr(args, "expression_loss_factor_weights", None)),
     )
 
     return Stage1Config(
@@ -343,3 +350,13 @@ def make_accelerator(args: argparse.Namespace):
 
     # on a machine without CUDA, processes started by `accelerate launch --multi_gpu` / torchrun use gloo on CPU
     return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def _factor_weights(text: str | None) -> tuple[float, ...] | None:
+    """``--expression_loss_factor_weights`` ("1,1,3") as floats; a malformed list is refused by the flag's name."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"`--expression_loss_factor_weights` takes comma-separated numbers, got {text!r}.") from None
