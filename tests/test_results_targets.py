@@ -8,19 +8,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import results  # noqa: E402
 
-FACTORS = (
-    "smile",
-    "frown",
-    "jaw_open",
-    "pucker",
-    "eye_close_left",
-    "eye_close_right",
-    "brow_raise_left",
-    "brow_raise_right",
-    "brow_furrow",
-    "gaze_x",
-    "gaze_y",
-)
+from emojidiff_synthetic.renderer import EXPRESSION_FIELDS  # noqa: E402
+
+FACTORS = EXPRESSION_FIELDS  # the synthetic world's 11 expression factors, in its order
 
 
 def row(identity=0.6, expression=0.06, leakage=0.01, style=0.1, se=0.005, factor=0.04):
