@@ -6,7 +6,7 @@ batch and cached inputs. Writes docs/training_benchmark.md.
 Default model and adapter: the shipped synthetic base and its embedded EmojiDiff adapter (code stream), with the
 synthetic world's train-side differentiable face models for the face losses. Each set-up runs in its own process
 (warm-up steps first, then timed steps), so its peak resident memory is its own. Timing excludes the one-off input
-caching (see stage1.prepare_cache): the cache holds random stand-ins with the shapes and keypoints a real one has.
+caching (see train/cache.py): the cache holds random stand-ins with the shapes and keypoints a real one has.
 """
 
 from __future__ import annotations

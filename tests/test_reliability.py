@@ -430,7 +430,7 @@ def test_resume_tolerates_a_torn_last_line_and_skips_an_incomplete_checkpoint(wo
     (run_copy / "checkpoint-4" / "optimizer.safetensors").unlink()
     log = run_copy / "loss_log.jsonl"
     log.write_text("\n".join(log.read_text().splitlines()[:3]) + '\n{"step": 3, "lo')  # killed while appending
-    with caplog.at_level(logging.WARNING, logger="emojidiff_pipeline.train.stage1"):
+    with caplog.at_level(logging.WARNING, logger="emojidiff_pipeline.train"):
         resumed = train_decoupled.main(args_for(world[0], run_copy, "--max_steps", "4", *LATEST))
     assert resumed == world[1][2:]  # from checkpoint-2, bit-identical to the uninterrupted run
     assert any("checkpoint-4" in r.getMessage() and "optimizer.safetensors" in r.getMessage() for r in caplog.records)

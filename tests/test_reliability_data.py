@@ -15,7 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from emojidiff_pipeline.train import stage1
+from emojidiff_pipeline.train import cache, checkpoints
 from emojidiff_pipeline.train.triplets import (
     Triplet,
     read_collection,
@@ -80,13 +80,13 @@ def cache_world(tmp_path, monkeypatch):
         face=SimpleNamespace(recognizer=SimpleNamespace(model_file=str(recognizer)), detector=None, det_size=(64, 64)),
         prepare=CountingPrepare(),
     )
-    monkeypatch.setattr(stage1, "prepare_cache", world.prepare)
+    monkeypatch.setattr(cache, "prepare_cache", world.prepare)
     return world
 
 
 def encode(world):
     accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
-    stage1.load_or_prepare_cache(accelerator, world.pipe, world.face, world.triplets, 64, world.root / "cache")
+    cache.load_or_prepare_cache(accelerator, world.pipe, world.face, world.triplets, 64, world.root / "cache")
     return world.prepare.calls
 
 
@@ -484,7 +484,7 @@ import sys, time
 from pathlib import Path
 sys.path[:0] = [{src!r}, {training!r}, {tests!r}]
 import safetensors.torch
-from emojidiff_pipeline.train import stage1
+from emojidiff_pipeline.train import cache, checkpoints
 READY, OUT = Path({ready!r}), Path({out!r})
 real_save = safetensors.torch.save
 
@@ -500,21 +500,21 @@ def half_save_file(tensors, filename, metadata=None):  # writes half of the real
     block()
 
 
-safetensors.torch.save_file = stage1.save_file = half_save_file
+safetensors.torch.save_file = cache.save_file = checkpoints.save_file = half_save_file
 """
 
 KILL_ADAPTER = """
 from emojidiff_pipeline import EmojiDiffAdapter
 adapter = EmojiDiffAdapter.from_pretrained(OUT / "adapter")
 next(adapter.parameters()).data += 1.0
-stage1._save_adapter(adapter, OUT / "adapter")
+checkpoints.save_pretrained_atomic(adapter, OUT / "adapter")
 """
 
 KILL_CHECKPOINT = """
 import torch
 from emojidiff_pipeline import EmojiDiffAdapter
 adapter = EmojiDiffAdapter.from_pretrained(OUT / "adapter")
-stage1.save_checkpoint(OUT / "checkpoint-4", adapter, torch.optim.AdamW(adapter.parameters()), 4)
+checkpoints.save_checkpoint(OUT / "checkpoint-4", {"adapter": adapter}, torch.optim.AdamW(adapter.parameters()), 4)
 """
 
 KILL_EXPORT = """
@@ -563,8 +563,10 @@ def kill_world(root: Path) -> Path:
     from emojidiff_pipeline.train.triplets import write_triplets
 
     adapter = tiny_adapter(tiny_components()["unet"])
-    stage1._save_adapter(adapter, root / "adapter")
-    stage1.save_checkpoint(root / "checkpoint-2", adapter, torch.optim.AdamW(adapter.parameters()), 2)
+    checkpoints.save_pretrained_atomic(adapter, root / "adapter")
+    checkpoints.save_checkpoint(
+        root / "checkpoint-2", {"adapter": adapter}, torch.optim.AdamW(adapter.parameters()), 2
+    )
     results.export(str(root / "adapter"), root / "embedded")
     image = write_png(root / "data" / "images" / "0.png")
     write_triplets([Triplet(str(image), [str(image)], str(image), "p")], root / "data" / "shards" / "00000.jsonl")
@@ -594,7 +596,7 @@ KILL_CASES = [
         KILL_CHECKPOINT,
         set(),
         lambda out: (
-            stage1.find_checkpoint(out, "latest").name == "checkpoint-2" and not (out / "checkpoint-4").exists()
+            checkpoints.find_checkpoint(out, "latest").name == "checkpoint-2" and not (out / "checkpoint-4").exists()
         ),
     ),
     (

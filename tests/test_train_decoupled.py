@@ -108,7 +108,7 @@ def test_v_prediction_euler_base_trains_on_ddpm_noise(tmp_path):
     """A base that ships an Euler v-prediction sampler (like the synthetic world's) trains with DDPM-scaled noise."""
     from diffusers import DDPMScheduler, EulerDiscreteScheduler
 
-    from emojidiff_pipeline.train.stage1 import diffusion_target, training_noise_scheduler
+    from emojidiff_pipeline.train.diffusion import diffusion_target, training_noise_scheduler
 
     components = tiny_components()
     components["scheduler"] = EulerDiscreteScheduler.from_config(
@@ -131,7 +131,8 @@ def test_v_prediction_euler_base_trains_on_ddpm_noise(tmp_path):
 
 def test_face_weighted_loss_weights_and_keypoint_sources(world, tmp_path):
     from emojidiff_pipeline.face import FaceAnalyzer
-    from emojidiff_pipeline.train.stage1 import face_loss_weights, target_keypoints
+    from emojidiff_pipeline.train.cache import target_keypoints
+    from emojidiff_pipeline.train.diffusion import face_loss_weights
     from emojidiff_pipeline.train.triplets import Triplet, write_triplets
 
     kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]])

@@ -56,7 +56,7 @@ def loss_table(
 ) -> dict[int, dict[str, float]]:
     """Mean stage-1 loss (face-weighted when the cache has target keypoints) per timestep and template condition."""
     from emojidiff_pipeline.adapted_unet import AdaptedUNet
-    from emojidiff_pipeline.train.stage1 import diffusion_target, face_loss_weights, training_noise_scheduler
+    from emojidiff_pipeline.train.diffusion import diffusion_target, face_loss_weights, training_noise_scheduler
 
     g = torch.Generator().manual_seed(seed)
     scheduler = training_noise_scheduler(pipe.scheduler)

@@ -35,7 +35,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> list[float]:
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.train.stage1 import prepare_run_folder, run_stage1
+    from emojidiff_pipeline.train.checkpoints import prepare_run_folder
+    from emojidiff_pipeline.train.stage1 import run_stage1
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = setup.make_accelerator(args)

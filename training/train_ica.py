@@ -63,8 +63,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace):
     from emojidiff_pipeline import EmojiDiffPipeline
+    from emojidiff_pipeline.train.checkpoints import prepare_run_folder
     from emojidiff_pipeline.train.ica import AniConfig, run_ica
-    from emojidiff_pipeline.train.stage1 import prepare_run_folder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ani = AniConfig(

@@ -400,7 +400,7 @@ def template_use_probe(
     import torch.nn.functional as F
 
     from .adapted_unet import adapted_unet_forward
-    from .train.stage1 import diffusion_target, training_noise_scheduler
+    from .train.diffusion import diffusion_target, training_noise_scheduler
 
     scheduler = training_noise_scheduler(pipe.scheduler)
     device, unet, vae = pipe._execution_device, pipe.unet, pipe.vae

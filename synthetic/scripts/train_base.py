@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from emojidiff_pipeline.train.checkpoints import list_checkpoints
 from emojidiff_synthetic import base_model as bm
 
 logger = logging.getLogger("train_base")
@@ -185,7 +186,7 @@ def _run_stage(
                 f"Stage {stage} already finished in {stage_dir}; pass `--resume` to skip it (or to extend it with "
                 "more steps), or choose a new `--out`."
             )
-        found = bm.list_checkpoints(stage_dir)
+        found = list_checkpoints(stage_dir)
         if not found or int(found[-1].name.split("-")[1]) >= cfg.max_steps:
             logger.info("Stage %s already finished (%s): skipped.", stage, stage_dir / "final")
             return

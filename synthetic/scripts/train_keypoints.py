@@ -8,9 +8,10 @@ augmentation, and saves fp16 safetensors to synthetic/src/emojidiff_synthetic/as
 Both detectors are then evaluated on the collection's held-out identities (Identity.from_seed(i), i < 2000,
 world.is_held_out(i)) and the results go to docs/keypoints.md and docs/keypoints.json.
 
-Resumable: <checkpoint_dir>/<side>/ holds checkpoint.safetensors (model + AdamW state) and state.json, written every
---checkpoint_minutes; rerunning the same command continues where it stopped (per-step RNG is stateless, so a resumed
-run draws the same batches as an uninterrupted one). A finished side is only re-evaluated.
+Resumable: <checkpoint_dir>/<side>/ is a checkpoint in the library's format (model/, optimizer.safetensors,
+state.json; emojidiff_pipeline.train.checkpoints), written atomically every --checkpoint_minutes; rerunning the
+same command continues where it stopped (per-step RNG is stateless, so a resumed run draws the same batches as an
+uninterrupted one). A finished side is only re-evaluated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shlex
 import sys
 import time
@@ -84,7 +84,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: safetensors (model + AdamW state) + JSON, written atomically
+# Checkpoints: the library's format (emojidiff_pipeline.train.checkpoints), written atomically
 # ----------------------------------------------------------------------------------------------------------------
 
 # settings that must match for a checkpoint to be resumed
@@ -104,44 +104,21 @@ _RESUME_KEYS = (
 )
 
 
-def _save_checkpoint(ckpt_dir: Path, model, optimizer, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"optimizer.{names[id(p)]}.{key}"] = value.detach().clone().reshape(value.shape)
-    tmp = ckpt_dir / "checkpoint.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, ckpt_dir / "checkpoint.safetensors")
-    tmp = ckpt_dir / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, ckpt_dir / "state.json")
-
-
 def _load_checkpoint(ckpt_dir: Path, model, optimizer, settings: dict) -> dict | None:
-    from safetensors.torch import load_file
+    """The training state of the checkpoint in `ckpt_dir` (weights and optimizer restored), None if there is none;
+    refuses a checkpoint trained with other `settings`."""
+    from emojidiff_pipeline.train.checkpoints import STATE_FILE, load_checkpoint
 
-    if not (ckpt_dir / "state.json").is_file():
+    if not (ckpt_dir / STATE_FILE).is_file():
         return None
-    state = json.loads((ckpt_dir / "state.json").read_text())
+    state = json.loads((ckpt_dir / STATE_FILE).read_text())["extra"]
     if state["settings"] != settings:
         changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
         raise ValueError(
             f"{ckpt_dir} holds a checkpoint trained with different settings ({changed}); use another "
             "--checkpoint_dir or delete it to start over."
         )
-    tensors = load_file(str(ckpt_dir / "checkpoint.safetensors"))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    params = dict(model.named_parameters())
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            name, field = key[len("optimizer.") :].rsplit(".", 1)
-            optimizer.state[params[name]][field] = value
-    return state
+    return load_checkpoint(ckpt_dir, {"model": model}, optimizer).extra
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,6 +137,8 @@ def _lr_at(step: int, args: argparse.Namespace) -> float:
 def train_side(side: str, args: argparse.Namespace) -> dict:
     import torch
 
+    from emojidiff_pipeline.train.checkpoints import save_checkpoint
+    from emojidiff_pipeline.train.diffusion import step_generator
     from emojidiff_synthetic.keypoints import (
         KeypointNet,
         augment_batch,
@@ -207,7 +186,7 @@ def train_side(side: str, args: argparse.Namespace) -> dict:
     if args.stop_after_steps is not None:
         last_step = min(args.max_steps, state["step"] + args.stop_after_steps)
     for step in range(state["step"], last_step):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # stateless per-step randomness
+        gen = step_generator(seed, step)  # stateless per-step randomness
         idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
         x, kps = augment_batch(images_to_tensor(images[idx].numpy()), keypoints[idx], gen, flip_prob=args.flip_prob)
         for group in optimizer.param_groups:
@@ -235,7 +214,7 @@ def train_side(side: str, args: argparse.Namespace) -> dict:
             )
             running = []
         if time.perf_counter() - t_last_ckpt > 60.0 * args.checkpoint_minutes or state["step"] == last_step:
-            _save_checkpoint(ckpt_dir, model, optimizer, state)
+            save_checkpoint(ckpt_dir, {"model": model}, optimizer, state["step"], state)
             t_last_ckpt = time.perf_counter()
             logger.info("[%s] checkpoint at step %d", side, state["step"])
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from emojidiff_pipeline.train.checkpoints import list_checkpoints
+from emojidiff_pipeline.train.diffusion import BatchSampler
 from emojidiff_synthetic import base_model as bm
 from emojidiff_synthetic.base_model.image_encoder import _similarity
-from emojidiff_synthetic.base_model.loop import BatchSampler
 from emojidiff_synthetic.base_model.tokenizer import tokenize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,8 +215,8 @@ def test_tiny_run_writes_checkpoints_logs_and_timings(tiny_run):
     run, _ = tiny_run
     for stage in bm.STAGES:
         assert (run / stage / "final").is_dir()
-        assert [p.name for p in bm.list_checkpoints(run / stage)][-1] in ("checkpoint-2", "checkpoint-3")
-        ckpt = bm.list_checkpoints(run / stage)[-1]
+        assert [p.name for p in list_checkpoints(run / stage)][-1] in ("checkpoint-2", "checkpoint-3")
+        ckpt = list_checkpoints(run / stage)[-1]
         assert {p.name for p in ckpt.iterdir()} >= {"optimizer.safetensors", "state.json"}
         assert not list(ckpt.rglob("*.bin")) and not list(ckpt.rglob("*.pt"))  # no pickles
         lines = (run / stage / "loss_log.jsonl").read_text().splitlines()

@@ -283,7 +283,7 @@ def test_training_script_runs_and_resumes(tmp_path, caplog):
     entries = train_instruments.main(train_instruments.parse_args(_script_args(tmp_path, 2)))
     assert set(entries) == {"identity_train", "expression_eval", "style"}
     for name in entries:
-        meta = json.loads((tmp_path / "work" / name / "checkpoint.json").read_text())
+        meta = json.loads((tmp_path / "work" / name / "checkpoint" / "state.json").read_text())
         assert meta["step"] == 2
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
         "identity_train.safetensors",
@@ -302,7 +302,7 @@ def test_training_script_runs_and_resumes(tmp_path, caplog):
     assert "[identity_train] resuming from step 2" in caplog.text
     for name in entries:
         assert entries[name]["resumed_from_step"] == 2
-        assert json.loads((tmp_path / "work" / name / "checkpoint.json").read_text())["step"] == 3
+        assert json.loads((tmp_path / "work" / name / "checkpoint" / "state.json").read_text())["step"] == 3
 
     # A changed set-up is refused instead of silently mixing checkpoints.
     args = _script_args(tmp_path, 3)

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from ..adapted_unet import AdaptedUNet
 from .atomic import write_text_atomic
+from .diffusion import training_noise_scheduler
 from .face_losses import DifferentiableFaceModel, decode_latents, one_step_x0
-from .stage1 import adapted_prediction, training_noise_scheduler, validation_rows
+from .stage1 import adapted_prediction, validation_rows
 
 logger = logging.getLogger(__name__)
 ANI_FILE = "ani.json"

@@ -24,12 +24,13 @@ uninterrupted run's losses. Checkpoints hold ``save_pretrained`` folders (safete
 safetensors and a JSON file; nothing is pickled.
 
 Modules: ``config`` (sizes, presets), ``tokenizer``, ``components`` (builders, schedulers, the assembled pipeline),
-``data`` (a collection split in memory), ``loop`` and ``checkpoints`` (the stages' training loop), ``vae``, ``unet``
-and ``image_encoder`` (the three stages), ``samples`` (validation grids), ``export`` (the pipeline folder),
-``evaluation`` and ``report`` (the quality report written by ``synthetic/scripts/evaluate_base.py``).
+``data`` (a collection split in memory), ``loop`` and ``checkpoints`` (the stages' training loop and EMA, on the
+library's toolkit :mod:`emojidiff_pipeline.train`), ``vae``, ``unet`` and ``image_encoder`` (the three stages),
+``samples`` (validation grids), ``export`` (the pipeline folder), ``evaluation`` and ``report`` (the quality report
+written by ``synthetic/scripts/evaluate_base.py``).
 """
 
-from .checkpoints import EMA, list_checkpoints
+from .checkpoints import EMA
 from .components import (
     assemble_pipeline,
     build_feature_extractor,
@@ -56,7 +57,7 @@ from .export import export_pipeline, folder_size_mb
 from .image_encoder import make_views, nt_xent, train_image_encoder
 from .loop import StageConfig
 from .tokenizer import build_tokenizer
-from .unet import diffusion_target, encode_prompt_tokens, train_unet
+from .unet import encode_prompt_tokens, train_unet
 from .vae import face_weight_map, load_or_encode_latents, train_vae
 
 __all__ = [
@@ -79,12 +80,10 @@ __all__ = [
     "build_tokenizer",
     "build_unet",
     "build_vae",
-    "diffusion_target",
     "encode_prompt_tokens",
     "export_pipeline",
     "face_weight_map",
     "folder_size_mb",
-    "list_checkpoints",
     "load_base_config",
     "load_collection_split",
     "load_or_encode_latents",

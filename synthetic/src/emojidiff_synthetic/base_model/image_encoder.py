@@ -17,18 +17,18 @@ from transformers import (
     CLIPImageProcessor,
 )
 
-from .checkpoints import save_checkpoint
+from emojidiff_pipeline.train.diffusion import BatchSampler, step_generator
+
 from .components import build_feature_extractor, build_image_encoder, count_parameters
 from .config import BaseModelConfig
 from .data import CollectionData
 from .loop import (
-    BatchSampler,
     StageConfig,
     make_optimizer,
     run_loop,
+    save_stage_checkpoint,
     set_lr,
     start_stage,
-    step_generator,
     write_run_info,
 )
 
@@ -183,13 +183,7 @@ def train_image_encoder(
         return {"loss": float(loss.detach())}
 
     def save_fn(done: int) -> None:
-        save_checkpoint(
-            stage_dir / f"checkpoint-{done}",
-            {"image_encoder": encoder},
-            optimizer,
-            done,
-            {"resume_key": cfg.resume_key()},
-        )
+        save_stage_checkpoint(stage_dir, {"image_encoder": encoder}, optimizer, cfg, done)
 
     losses = run_loop("image_encoder", stage_dir, cfg, start, step_fn, save_fn, step_callback=step_callback)
     final = stage_dir / "final"

@@ -1,6 +1,6 @@
-"""The training loop shared by the base model's stages: settings (:class:`StageConfig`), step RNG and batch order
-(pure functions of the seed and the step, so a resumed run repeats the uninterrupted one), start or resume, and
-the loss log."""
+"""The training loop shared by the base model's stages: settings (:class:`StageConfig`), start or resume, checkpoints
+and the loss log. Step RNG, batch order and the checkpoint format are the library's (:mod:`emojidiff_pipeline.train`),
+so a resumed run repeats the uninterrupted one as the adapter's stages do."""
 
 from __future__ import annotations
 
@@ -16,40 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import EMA, list_checkpoints, load_checkpoint, prune_checkpoints
+from emojidiff_pipeline.train.checkpoints import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+
+from .checkpoints import EMA
 
 logger = logging.getLogger(__name__)
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """The generator of one training step: a pure function of (seed, step, stream)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + stream) % (2**63))
-
-
-class BatchSampler:
-    """Rows of step `step`: epoch-wise permutations seeded by (seed, epoch), read as one stream."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < 1:
-            raise ValueError("Cannot sample batches from an empty data set.")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.clear()
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
-
-    def rows(self, step: int) -> torch.Tensor:
-        start = step * self.batch_size
-        out = []
-        for pos in range(start, start + self.batch_size):
-            epoch, offset = divmod(pos, self.n)
-            out.append(self._perm(epoch)[offset])
-        return torch.stack(out)
 
 
 @dataclass
@@ -160,7 +136,10 @@ def start_stage(
         stage_dir.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         return 0
-    step, extra = load_checkpoint(found[-1], modules, optimizer, ema)
+    checkpoint = load_checkpoint(found[-1], modules, optimizer, ("ema",) if ema is not None else ())
+    step, extra = checkpoint.step, checkpoint.extra
+    if ema is not None:
+        ema.load_state_dict(checkpoint.tensors["ema"])
     saved = extra.get("resume_key")
     if saved is not None and saved != json.loads(json.dumps(cfg.resume_key())):
         logger.warning("Resuming %s with different settings %s (checkpoint: %s).", stage_dir, cfg.resume_key(), saved)
@@ -169,6 +148,26 @@ def start_stage(
         log_path.write_text("".join(ln + "\n" for ln in kept))
     logger.info("Resumed %s from %s at step %d.", stage_dir.name, found[-1].name, step)
     return step
+
+
+def save_stage_checkpoint(
+    stage_dir: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer,
+    cfg: StageConfig,
+    done: int,
+    ema: EMA | None = None,
+) -> None:
+    """``checkpoint-<done>`` of a stage: the modules, the optimizer, the EMA (tensor group ``ema``) and the settings a
+    resume must match."""
+    save_checkpoint(
+        stage_dir / f"checkpoint-{done}",
+        modules,
+        optimizer,
+        done,
+        {"resume_key": cfg.resume_key()},
+        {"ema": ema.state_dict()} if ema is not None else None,
+    )
 
 
 def run_loop(

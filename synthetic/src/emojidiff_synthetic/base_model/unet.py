@@ -12,26 +12,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    DDPMScheduler,
-)
 from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
 )
 
-from .checkpoints import EMA, save_checkpoint
+from emojidiff_pipeline.train.diffusion import BatchSampler, diffusion_target, min_snr_weights, step_generator
+
+from .checkpoints import EMA
 from .components import build_noise_scheduler, build_text_encoders, build_unet, count_parameters
 from .config import BaseModelConfig
 from .data import CollectionData
 from .loop import (
-    BatchSampler,
     StageConfig,
     make_optimizer,
     run_loop,
+    save_stage_checkpoint,
     set_lr,
     start_stage,
-    step_generator,
     write_run_info,
 )
 from .samples import sample_grid
@@ -55,27 +53,6 @@ def add_time_ids(resolution: int, batch: int) -> torch.Tensor:
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32).expand(
         batch, -1
     )
-
-
-def diffusion_loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon prediction, min(SNR, gamma) /
-    (SNR + 1) for v prediction; ones if gamma == 0."""
-    if not snr_gamma:
-        return torch.ones(timesteps.shape)
-    alpha_bar = scheduler.alphas_cumprod[timesteps]
-    snr = alpha_bar / (1.0 - alpha_bar)
-    if scheduler.config.prediction_type == "v_prediction":
-        return torch.clamp(snr, max=snr_gamma) / (snr + 1.0)
-    return torch.clamp(snr, max=snr_gamma) / snr
-
-
-def diffusion_target(
-    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """What the UNet regresses: the noise (epsilon) or v = sqrt(a) * noise - sqrt(1 - a) * x0."""
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, timesteps)
-    return noise
 
 
 def train_unet(
@@ -151,7 +128,7 @@ def train_unet(
         ).sample
         target = diffusion_target(noise_scheduler, x0, noise, timesteps)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * diffusion_loss_weights(noise_scheduler, timesteps, cfg.snr_gamma)).mean()
+        loss = (per_sample * min_snr_weights(noise_scheduler, timesteps, cfg.snr_gamma)).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -161,9 +138,7 @@ def train_unet(
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean())}
 
     def save_fn(done: int) -> None:
-        save_checkpoint(
-            stage_dir / f"checkpoint-{done}", modules, optimizer, done, {"resume_key": cfg.resume_key()}, ema
-        )
+        save_stage_checkpoint(stage_dir, modules, optimizer, cfg, done, ema)
 
     def validate_fn(done: int) -> None:
         sample_grid(stage_dir / "samples" / f"step-{done:06d}.png", vae_dir, tokenizer, modules, ema, config)

@@ -18,18 +18,19 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 
-from .checkpoints import save_checkpoint, weights_file
+from emojidiff_pipeline.train.checkpoints import weights_file
+from emojidiff_pipeline.train.diffusion import BatchSampler, step_generator
+
 from .components import build_vae, count_parameters
 from .config import BaseModelConfig
 from .data import CollectionData, images_to_tensor
 from .loop import (
-    BatchSampler,
     StageConfig,
     make_optimizer,
     run_loop,
+    save_stage_checkpoint,
     set_lr,
     start_stage,
-    step_generator,
     write_run_info,
 )
 
@@ -44,7 +45,7 @@ def face_weight_map(kps: torch.Tensor, size: int, weight: float) -> torch.Tensor
     """Per-pixel loss weights (B, 1, size, size): 1 + `weight` near the eyes, nose and mouth (Gaussian bumps of
     0.35 interocular distances around the 5 keypoints and the mouth centre), so that a small autoencoder spends
     its capacity on the details that carry identity and expression. Keypoints: (B, 5, 2) pixel coordinates."""
-    from emojidiff_pipeline.train.stage1 import keypoint_bumps
+    from emojidiff_pipeline.train.diffusion import keypoint_bumps
 
     pts = torch.cat([kps, kps[:, 3:5].mean(1, keepdim=True)], 1)  # (B, 6, 2)
     iod = (kps[:, 1] - kps[:, 0]).norm(dim=-1).clamp_min(1.0)  # (B,)
@@ -116,9 +117,7 @@ def train_vae(
         return {k: float(v.detach()) for k, v in out.items()}
 
     def save_fn(done: int) -> None:
-        save_checkpoint(
-            stage_dir / f"checkpoint-{done}", {"vae": vae}, optimizer, done, {"resume_key": cfg.resume_key()}
-        )
+        save_stage_checkpoint(stage_dir, {"vae": vae}, optimizer, cfg, done)
 
     losses = run_loop("vae", stage_dir, cfg, start, step_fn, save_fn, step_callback=step_callback)
     vae.eval()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emojidiff_pipeline.train.checkpoints import STATE_FILE, load_checkpoint, save_checkpoint
 
 from ..renderer import EXPRESSION_FIELDS, HAIR_STYLES
 from .files import side_seed_base
@@ -136,39 +137,6 @@ def build_trainer(name: str, config: RunConfig, num_classes: int) -> nn.Module:
     return StyleTrainer(StyleClassifier(**spec["model"]))
 
 
-def save_checkpoint(folder: Path, trainer: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in trainer.state_dict().items()}
-    opt_state = opt.state_dict()
-    for idx, param_state in opt_state["state"].items():
-        for key, value in param_state.items():
-            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).detach().contiguous()
-    meta = dict(state, param_groups=opt_state["param_groups"])
-    save_file(tensors, str(folder / "checkpoint.safetensors.tmp"))
-    (folder / "checkpoint.json.tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(folder / "checkpoint.safetensors.tmp", folder / "checkpoint.safetensors")
-    os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")  # written last: marks a complete save
-
-
-def load_checkpoint(folder: Path, trainer: nn.Module, opt: torch.optim.Optimizer) -> dict | None:
-    from safetensors.torch import load_file
-
-    if not (folder / "checkpoint.json").is_file():
-        return None
-    meta = json.loads((folder / "checkpoint.json").read_text())
-    tensors = load_file(str(folder / "checkpoint.safetensors"))
-    trainer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    opt_state: dict = {"state": {}, "param_groups": meta.pop("param_groups")}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(idx), {})[name] = value
-    opt.load_state_dict(opt_state)
-    return meta
-
-
 def augment(x: torch.Tensor, gen: torch.Generator, blur: bool = True) -> torch.Tensor:
     """Mild degradations (what generated images add to clean renders): Gaussian blur on 30% of the batch (sigma in
     [0.4, 1.0] px of the input), Gaussian noise on 30% (std up to 0.05 in normalised units)."""
@@ -221,7 +189,10 @@ def train(name: str, config: RunConfig, data: dict[str, np.ndarray]) -> tuple[nn
         signature["hflip"] = hflip
     if kind == "expression":
         signature["gaze_weight"] = config.gaze_weight
-    meta = load_checkpoint(folder, trainer, opt) if (folder / "checkpoint.json").is_file() else None
+    checkpoint = folder / "checkpoint"  # the library's checkpoint format, rewritten in place
+    meta = None
+    if (checkpoint / STATE_FILE).is_file():
+        meta = load_checkpoint(checkpoint, {"trainer": trainer}, opt).extra
     if meta and meta.get("signature") != signature:
         raise ValueError(
             f"The checkpoint in {folder} was made with {meta.get('signature')}, but this run uses {signature}; "
@@ -265,7 +236,7 @@ def train(name: str, config: RunConfig, data: dict[str, np.ndarray]) -> tuple[nn
             )
         if step == steps - 1 or time.time() - last_save >= 60.0 * config.checkpoint_minutes:
             state = {"step": step + 1, "train_seconds": time.time() - t0, "steps": steps, "signature": signature}
-            save_checkpoint(folder, trainer, opt, state)
+            save_checkpoint(checkpoint, {"trainer": trainer}, opt, step + 1, state)
             last_save = time.time()
     if meta and start_step >= steps:
         logger.info("[%s] already trained for %d steps; skipping to evaluation", name, start_step)
