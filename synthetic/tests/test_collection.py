@@ -266,13 +266,13 @@ def _edit_json(fn):
 )
 def test_corrupted_manifest_line_names_file_and_line(small, tmp_path, edit, problem):
     c = _with_line(small, tmp_path, "train.jsonl", 3, edit)
-    with pytest.raises(ValueError, match=rf"train\.jsonl: line 3: .*{problem}"):
+    with pytest.raises(ValueError, match=rf"train\.jsonl:3: .*{problem}"):
         c.records("train")
 
 
 def test_corrupted_ground_truth_and_truncated_manifest(small, tmp_path):
     c = _with_line(small, tmp_path, "ground_truth.jsonl", 2, _edit_json(lambda t: t["expression"].pop()))
-    with pytest.raises(ValueError, match=r"ground_truth\.jsonl: line 2: invalid factors"):
+    with pytest.raises(ValueError, match=r"ground_truth\.jsonl:2: invalid factors"):
         c.ground_truth()
     lines = (c.root / "heldout.jsonl").read_text().splitlines()
     (c.root / "heldout.jsonl").write_text("\n".join(lines[:-1]) + "\n")

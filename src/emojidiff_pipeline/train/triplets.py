@@ -72,11 +72,12 @@ def _kps(value: Any, where: str) -> list:
 
 
 def iter_jsonl(
-    path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest"
+    path: str | os.PathLike, required: Sequence[str] = (), what: str = "manifest", allow_blank: bool = True
 ) -> Iterator[tuple[str, dict]]:
     """(``"file:line"``, record) for each non-blank line of a JSON Lines file, in order. Every error names the file
-    and line: invalid UTF-8, invalid JSON, a line that is not an object, a record without a `required` field. The
-    one reader of every JSONL file that training reads (collection and triplet manifests)."""
+    and line: invalid UTF-8, invalid JSON, a line that is not an object, a record without a `required` field, and
+    without `allow_blank` a blank line. The one reader of every JSONL manifest and collection (training's and the
+    synthetic world's)."""
     path = Path(path)
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -91,7 +92,9 @@ def iter_jsonl(
                     f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}): {raw[:80]!r}"
                 ) from err
             if not line.strip():
-                continue
+                if allow_blank:
+                    continue
+                raise ValueError(f"{where}: empty line.")
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

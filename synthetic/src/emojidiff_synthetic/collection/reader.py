@@ -105,21 +105,15 @@ class Collection:
             raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
         return split
 
-    def _lines(self, name: str) -> Iterator[tuple[Path, int, Any]]:
+    def _lines(self, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """("file:line", record) of the collection file `name`, read by the library's one JSONL reader (blank lines
+        are errors: the builder writes none)."""
+        from emojidiff_pipeline.train.triplets import iter_jsonl
+
         path = self.root / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the collection at {str(self.root)!r} is incomplete.")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    raise ValueError(f"{path}: line {lineno}: empty line.")
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}.")
-                yield path, lineno, obj
+        return iter_jsonl(path, what=f"collection file {name!r}", allow_blank=False)
 
     def _check_path_identity(self, obj: dict[str, Any], split: str | None) -> str | None:
         """Return what is wrong with the "path" / "identity" pair of a line, or None."""
@@ -146,7 +140,7 @@ class Collection:
         name = MANIFESTS[self._check_split(split)]
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for path, lineno, obj in self._lines(name):
+        for where, obj in self._lines(name):
             problem = None
             if sorted(obj) != sorted(RECORD_FIELDS):
                 missing = [k for k in RECORD_FIELDS if k not in obj]
@@ -167,7 +161,7 @@ class Collection:
                 elif obj["path"] in seen:
                     problem = f"duplicate `path` {obj['path']!r}"
             if problem is not None:
-                raise ValueError(f"{path}: line {lineno}: {problem}.")
+                raise ValueError(f"{where}: {problem}.")
             seen.add(obj["path"])
             out.append(obj)
         self._check_count(name, len(out), self.metadata["counts"][split]["photos"])
@@ -191,7 +185,7 @@ class Collection:
         "expression": [floats in EXPRESSION_FIELDS order], "style": {...}, "pose": {...}}; see `factors_of`.
         """
         out: list[dict[str, Any]] = []
-        for path, lineno, obj in self._lines(GROUND_TRUTH):
+        for where, obj in self._lines(GROUND_TRUTH):
             problem = None
             if sorted(obj) != sorted(GROUND_TRUTH_FIELDS):
                 missing = [k for k in GROUND_TRUTH_FIELDS if k not in obj]
@@ -208,7 +202,7 @@ class Collection:
                     except (TypeError, ValueError) as e:
                         problem = f"invalid factors ({e})"
             if problem is not None:
-                raise ValueError(f"{path}: line {lineno}: {problem}.")
+                raise ValueError(f"{where}: {problem}.")
             out.append(obj)
         self._check_count(GROUND_TRUTH, len(out), self.num_identities * self.photos_per_identity)
         return out
