@@ -733,6 +733,20 @@ class FaceAnalyzer:
             raise ValueError(f"The recognizer returned a zero or non-finite embedding for `{input_name}`.")
         return (embedding / norm).astype(np.float32)
 
+    def reference_embedding(self, images: Sequence[Any], input_name: str = "identity_image", kps=None) -> np.ndarray:
+        """The normed mean (512,) of the :meth:`identity_embedding` of several photos of one person (what the
+        adapter's identity projection computes from a reference list); `kps`: None or one (5, 2) (or None) each."""
+        if not images:
+            raise ValueError(f"`{input_name}` is an empty list: give at least one reference photo.")
+        kps = [None] * len(images) if kps is None else kps
+        if len(kps) != len(images):
+            raise ValueError(f"`kps` holds {len(kps)} keypoint sets for {len(images)} images of `{input_name}`.")
+        embeds = [
+            self.identity_embedding(im, f"{input_name}[{j}]", kps=k) for j, (im, k) in enumerate(zip(images, kps))
+        ]
+        mean = np.mean(embeds, axis=0)
+        return (mean / np.linalg.norm(mean)).astype(np.float32)
+
     @property
     def recognizer_name(self) -> str | None:
         """The recognizer's name (a FaceRecognizer's `name`; ``insightface:<file stem>`` for ArcFace ONNX), or None."""

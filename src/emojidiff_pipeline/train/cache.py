@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path
@@ -126,15 +125,10 @@ def prepare_cache(
     # references -> one normed mean embedding per triplet (what the identity projection computes from several)
     identity = []
     for n, t in enumerate(triplets):
-        embs = [
-            face_analyzer.identity_embedding(
-                load(p),
-                input_name=f"references[{j}] of triplet {n}",
-                kps=None if t.reference_kps is None else t.reference_kps[j],
-            )
-            for j, p in enumerate(t.references)
-        ]
-        identity.append(F.normalize(torch.as_tensor(np.mean(embs, axis=0)), dim=-1))
+        photos = [load(p) for p in t.references]
+        identity.append(
+            torch.as_tensor(face_analyzer.reference_embedding(photos, f"references of triplet {n}", t.reference_kps))
+        )
     identity = torch.stack(identity)[:, None].float()
 
     # unique templates -> masked aligned crops -> patch tokens

@@ -28,7 +28,7 @@ import PIL.Image
 import torch
 
 from .atomic import atomic_path, write_text_atomic
-from .triplets import Triplet, open_rgb, read_triplets, unique_records, write_triplets
+from .triplets import Triplet, group_by_identity, open_rgb, read_triplets, unique_records, write_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ def plan_pairs(records: Sequence[dict], num_pairs: int, num_references: int = 2,
 
     The prompt is the first reference's caption (B's appearance and style; A's caption would describe A).
     """
-    by_identity: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        if "identity" not in r or "path" not in r:
-            raise ValueError(f"collection record {r!r} needs `identity` and `path` fields.")
-        by_identity[r["identity"]].append(r)
+    by_identity = group_by_identity(records)
     identities = sorted(by_identity)
     if len(identities) < 2:
         raise ValueError(f"IDI needs photos of at least 2 identities, got {len(identities)}.")
@@ -237,12 +233,9 @@ class IDIRound:
         seed = self.config.seed * 1_000_003 + pair.index
         template = self._image(pair.template)
         refs = [self._image(r) for r in pair.references]
-        ref_embeds = [
-            self.face.identity_embedding(img, f"reference of pair {pair.index}", kps=r.get("kps"))
-            for img, r in zip(refs, pair.references)
-        ]
-        ref_embed = np.mean(ref_embeds, axis=0)
-        ref_embed /= np.linalg.norm(ref_embed)
+        ref_embed = self.face.reference_embedding(
+            refs, f"references of pair {pair.index}", [r.get("kps") for r in pair.references]
+        )
         template_embed = self.face.identity_embedding(
             template, f"template of pair {pair.index}", kps=pair.template.get("kps")
         )

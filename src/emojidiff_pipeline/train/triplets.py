@@ -219,6 +219,17 @@ def write_triplets(triplets: Iterable[Triplet], manifest: str | os.PathLike) -> 
     return manifest
 
 
+def group_by_identity(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """Photo records by their ``identity``, identities in first-seen order and photos in record order; a record
+    without ``identity`` or ``path`` is refused by its content."""
+    by_identity: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if "identity" not in r or "path" not in r:
+            raise ValueError(f"collection record {r!r} needs `identity` and `path` fields.")
+        by_identity[r["identity"]].append(r)
+    return dict(by_identity)
+
+
 def same_identity_triplets(
     records: Sequence[dict], root: str | os.PathLike, num_references: int = 2, seed: int = 0
 ) -> list[Triplet]:
@@ -233,9 +244,7 @@ def same_identity_triplets(
     if num_references < 1:
         raise ValueError(f"`num_references` must be >= 1, got {num_references}.")
     root = Path(root).resolve()
-    by_identity: dict[str, list[dict]] = defaultdict(list)
-    for r in unique_records(records, root):
-        by_identity[r["identity"]].append(r)
+    by_identity = group_by_identity(unique_records(records, root))
     rng = np.random.default_rng(seed)
     triplets = []
     for identity, photos in by_identity.items():

@@ -9,13 +9,12 @@ ground truth); method code must not.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from emojidiff_pipeline.train.triplets import Triplet, write_triplets
+from emojidiff_pipeline.train.triplets import Triplet, group_by_identity, write_triplets
 
 from .collection import Collection, make_caption
 from .renderer import render
@@ -34,9 +33,7 @@ def build_oracle_triplets(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     truth = {g["path"]: g for g in collection.ground_truth()}
     records = collection.records("train")
-    by_identity: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_identity[r["identity"]].append(r)
+    by_identity = group_by_identity(records)
     identities = sorted(by_identity)
     rng = np.random.default_rng([seed, 11])
     triplets = []
