@@ -140,3 +140,30 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     assert calls["ica"].adapter == face.output_dir + "/adapter"  # ICA stays measured from row 2b
     assert exported == [str(work / "face_losses_expression_push" / "adapter")]  # the lowest expression error ships
     assert json.loads((tmp_path / "out" / "targets.json").read_text())["targets"][0]["measured"] == 0.05
+
+
+def test_recipe_file_holds_the_driver_settings_and_flags_override_it(tmp_path):
+    """The shipped recipe is a config file the driver reads: its values are the defaults, a flag overrides one, and
+    a recipe with an unknown or a missing setting is refused by its path and key."""
+    import pytest
+
+    recipe = json.loads(results.RECIPE.read_text())
+    args = results.parse_args([])
+    assert args.face_loss_push_expression_weight == recipe["face_loss_push_expression_weight"]
+    assert args.steps == recipe["steps"] and args.seed == recipe["seed"]
+    assert results.parse_args(["--steps", "7"]).steps == 7
+    custom = tmp_path / "recipe.json"
+    custom.write_text(json.dumps({**recipe, "steps": 11}))
+    assert results.parse_args(["--recipe", str(custom)]).steps == 11
+    for bad, match in (
+        ({**recipe, "stepz": 1}, r"recipe.json' does not match the driver's settings: unknown \['stepz'\]"),
+        ({k: v for k, v in recipe.items() if k != "seed"}, r"missing \['seed'\]"),
+    ):
+        custom.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit):
+            results.parse_args(["--recipe", str(custom)])
+        with pytest.raises(ValueError, match=match):
+            results.load_recipe(custom, set(recipe))
+    custom.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object, got list"):
+        results.load_recipe(custom, set(recipe))

@@ -2,6 +2,9 @@
 
     python training/results.py --collection data/collection --work runs/r9 [--idi_rounds 2 --stream_rows image,both]
 
+The recipe (step counts, learning rates, loss weights, filters, evaluation sizes, seed) is a config file,
+training/recipes/synthetic_results.json (or --recipe); a flag given on the command line overrides its value.
+
 Rows (each a call into the stage scripts, with the train-side instruments of the world; every stage-1 run holds out
 256 triplets and stops when their loss has not improved for 6 validations, or at --steps):
  1. stage 1 on same-identity pairs with the code stream (the train-side expression estimator as encoder);
@@ -48,59 +51,87 @@ IDENTITY_LOSS_MODEL = "emojidiff_synthetic.load:train_identity_loss_model"
 MOUTH_AND_EYES = ("smile", "frown", "jaw_open", "pucker", "eye_close_left", "eye_close_right")
 
 
+RECIPE = HERE / "recipes" / "synthetic_results.json"  # the shipped recipe: every setting below but the paths
+
+
+def load_recipe(path: str | Path, known: set[str]) -> dict:
+    """The settings of a recipe file (JSON object: flag name without dashes -> value); a file that is not such an
+    object, names a setting the driver does not have, or lacks one is refused by its path and the key."""
+    path = Path(path)
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--recipe {str(path)!r} cannot be read as JSON ({err}).") from err
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--recipe {str(path)!r} must hold a JSON object, got {type(recipe).__name__}.")
+    unknown, missing = sorted(set(recipe) - known), sorted(known - set(recipe))
+    if unknown or missing:
+        raise ValueError(
+            f"--recipe {str(path)!r} does not match the driver's settings: unknown {unknown}, missing {missing}."
+        )
+    return recipe
+
+
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--recipe",
+        default=str(RECIPE),
+        help="JSON file with every setting below but the paths (default: the shipped recipe); flags override it",
+    )
     p.add_argument("--collection", default="data/collection")
     p.add_argument("--work", default="runs/results")
     p.add_argument("--out", default="docs/results")
-    p.add_argument("--steps", type=int, default=6000, help="most stage-1 steps per run (early stopping may end it)")
-    p.add_argument("--all_layers_steps", type=int, default=3500)
-    p.add_argument("--oracle_steps", type=int, default=2000)
-    p.add_argument("--idi_steps", type=int, default=1000, help="stage-1 steps after each IDI round (fine-tuning)")
-    p.add_argument("--face_loss_steps", type=int, default=3000, help="most steps of the face-loss fine-tuning row")
-    p.add_argument("--face_loss_learning_rate", type=float, default=3e-4)
-    p.add_argument("--expression_loss_weight", type=float, default=2.0, help="see train_decoupled.py")
-    p.add_argument("--identity_loss_weight", type=float, default=0.5, help="see train_decoupled.py")
-    p.add_argument("--face_loss_max_timestep", type=int, default=600, help="see train_decoupled.py")
+    p.add_argument("--steps", type=int, help="most stage-1 steps per run (early stopping may end it)")
+    p.add_argument("--all_layers_steps", type=int)
+    p.add_argument("--oracle_steps", type=int)
+    p.add_argument("--idi_steps", type=int, help="stage-1 steps after each IDI round (fine-tuning)")
+    p.add_argument("--face_loss_steps", type=int, help="most steps of the face-loss fine-tuning row")
+    p.add_argument("--face_loss_learning_rate", type=float)
+    p.add_argument("--expression_loss_weight", type=float, help="see train_decoupled.py")
+    p.add_argument("--identity_loss_weight", type=float, help="see train_decoupled.py")
+    p.add_argument("--face_loss_max_timestep", type=int, help="see train_decoupled.py")
     p.add_argument(
         "--face_loss_continue_steps",
         type=int,
-        default=4000,
         help="most steps of the face-loss row's continuation with the same losses (row 2d)",
     )
     p.add_argument(
         "--face_loss_push_steps",
         type=int,
-        default=2000,
         help="most steps of the continuation's fine-tuning at --face_loss_push_expression_weight",
     )
-    p.add_argument("--face_loss_push_expression_weight", type=float, default=6.0)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--lr_warmup_steps", type=int, default=100)
-    p.add_argument("--face_loss_weight", type=float, default=6.0, help="see train_decoupled.py --face_loss_weight")
-    p.add_argument(
-        "--ica_steps", type=int, default=3000, help="most steps of the ICA row (stage 2, from the face-loss row)"
-    )
-    p.add_argument("--ica_identity_loss_weight", type=float, default=1.0)
-    p.add_argument("--ica_alignment_loss_weight", type=float, default=1.0)
+    p.add_argument("--face_loss_push_expression_weight", type=float)
+    p.add_argument("--batch_size", type=int)
+    p.add_argument("--learning_rate", type=float)
+    p.add_argument("--lr_warmup_steps", type=int)
+    p.add_argument("--face_loss_weight", type=float, help="see train_decoupled.py --face_loss_weight")
+    p.add_argument("--ica_steps", type=int, help="most steps of the ICA row (stage 2, from the face-loss row)")
+    p.add_argument("--ica_identity_loss_weight", type=float)
+    p.add_argument("--ica_alignment_loss_weight", type=float)
     p.add_argument(
         "--ica_fixed_bounds",
-        default="",
         help="comma-separated hand-picked timestep bounds: one ICA row each beside ANI's (e.g. 300,900)",
     )
-    p.add_argument("--stream_rows", default="", help="comma-separated extra streams to train: image, both")
-    p.add_argument("--idi_rounds", type=int, default=0)
-    p.add_argument("--pairs_per_round", type=int, default=600)
-    p.add_argument("--max_expression_error", type=float, default=0.10, help="IDI filter (train-side estimator MAE)")
-    p.add_argument("--min_identity_similarity", type=float, default=0.4, help="IDI filter (cosine to person B)")
-    p.add_argument("--max_template_similarity", type=float, default=0.3, help="IDI filter (cosine to person A)")
-    p.add_argument("--oracle_triplets", type=int, default=8000)
-    p.add_argument("--eval_identities", type=int, default=16)
-    p.add_argument("--eval_templates", type=int, default=64)
-    p.add_argument("--inference_steps", type=int, default=20)
+    p.add_argument("--stream_rows", help="comma-separated extra streams to train: image, both")
+    p.add_argument("--idi_rounds", type=int)
+    p.add_argument("--pairs_per_round", type=int)
+    p.add_argument("--max_expression_error", type=float, help="IDI filter (train-side estimator MAE)")
+    p.add_argument("--min_identity_similarity", type=float, help="IDI filter (cosine to person B)")
+    p.add_argument("--max_template_similarity", type=float, help="IDI filter (cosine to person A)")
+    p.add_argument("--oracle_triplets", type=int)
+    p.add_argument("--eval_identities", type=int)
+    p.add_argument("--eval_templates", type=int)
+    p.add_argument("--inference_steps", type=int)
     p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    paths = {"help", "recipe", "collection", "work", "out", "export"}
+    known = {a.dest for a in p._actions} - paths
+    recipe_path = p.parse_known_args(input_args)[0].recipe
+    try:
+        p.set_defaults(**load_recipe(recipe_path, known))
+    except ValueError as err:
+        p.error(str(err))
     args = p.parse_args(input_args)
     try:
         args.ica_fixed_bounds = [int(t) for t in args.ica_fixed_bounds.split(",") if t]
