@@ -58,11 +58,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emojidiff_pipeline.evaluation import (
+    GenerationSettings,
+    generate_row,
+    parse_row_spec,
+    split_expression_guidance,
+    user_cases,
+)
 from emojidiff_pipeline.train import setup
 
 logger = logging.getLogger("evaluate")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 USER_TITLE = "EmojiDiff on user references and templates"
 STYLE_COLUMNS = ("style_leakage", "style_following")
 # eval-side defaults for user data: models that ship in PyPI packages (emojidiff_pipeline.face_models)
@@ -174,183 +180,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
-def split_expression_guidance(spec: str) -> tuple[str, float | None]:
-    """``<spec>@eg=<scale>`` -> (spec, expression guidance scale); other specs -> (spec, None). See
-    emojidiff_pipeline.guidance: the expression branch gets its own classifier-free guidance scale."""
-    rest, _, option = spec.rpartition("@")
-    if not (rest and option.startswith("eg=")):
-        return spec, None
-    try:
-        scale = float(option[len("eg=") :])
-    except ValueError:
-        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a number, got {option[len('eg=') :]!r}.") from None
-    if not np.isfinite(scale) or scale < 0:
-        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a finite scale >= 0, got {scale}.")
-    if rest == "base" or rest.endswith("@id_only"):
-        raise ValueError(f"--row spec {spec!r}: '@eg=' guides the expression branch; this row has none.")
-    return rest, scale
-
-
-def parse_row_spec(spec: str) -> tuple[str, float]:
-    """``base`` | ``<adapter>`` | ``<adapter>@id_only`` | ``<adapter>@exp=<scale>``, each optionally followed by
-    ``@eg=<expression guidance scale>`` -> (folder, expression scale)."""
-    spec, _ = split_expression_guidance(spec)
-    folder, _, option = spec.rpartition("@")
-    if option == "id_only":
-        return folder, 0.0
-    if folder and option.startswith("exp="):
-        try:
-            scale = float(option[len("exp=") :])
-        except ValueError:
-            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp=') :]!r}.") from None
-        if not np.isfinite(scale) or scale < 0:
-            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a finite scale >= 0, got {scale}.")
-        return folder, scale
-    return spec, 1.0
-
-
-def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
-    """Put a row's adapter (or none, for ``base``) on `pipe`, with the face analyzer and, for a code stream, the
-    expression encoder (a callable returning one, so it loads only when needed)."""
-    from emojidiff_pipeline import EmojiDiffAdapter
-
-    if folder == "base":
-        if pipe.emoji_adapter is not None:
-            pipe.unload_emoji_adapter()
-    else:  # the pipeline may sit on a GPU in fp16 (ModelMixin.to would warn on any dtype)
-        adapter = EmojiDiffAdapter.from_pretrained(folder)
-        pipe.set_emoji_adapter(torch.nn.Module.to(adapter, device=pipe.unet.device, dtype=pipe.unet.dtype))
-        if adapter.uses_code_stream:
-            if expression_encoder is None:
-                raise ValueError(
-                    f"--row {folder}: the adapter has a code stream (encoder "
-                    f"{adapter.config.expression_encoder!r}); pass --expression_encoder."
-                )
-            pipe.set_expression_encoder(expression_encoder())
-    pipe.set_face_analyzer(face)
-
-
-def generate_row(
-    pipe,
-    spec: str,
-    cases,
-    face,
-    args,
-    resolution: int | None = None,
-    expression_encoder=None,
-    expression_scale=None,
-    progress=None,
-) -> list[np.ndarray]:
-    """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
-    `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale; `progress` (a tqdm bar)
-    advances by one per image."""
-    folder, spec_scale = parse_row_spec(spec)
-    _, expression_guidance = split_expression_guidance(spec)
-    expression_scale = spec_scale if expression_scale is None else expression_scale
-    attach_row(pipe, folder, face, expression_encoder)
-    size = {} if resolution is None else {"height": resolution, "width": resolution}
-    images = []
-    for start in range(0, len(cases), args.batch_size):
-        chunk = cases[start : start + args.batch_size]
-        kwargs = dict(size)
-        if folder != "base":
-            kwargs.update(
-                identity_image=[[c.reference] for c in chunk],
-                expression_image=[c.template for c in chunk],
-                expression_scale=expression_scale,
-                expression_guidance_scale=expression_guidance,
-            )
-        gens = [torch.Generator().manual_seed(args.seed * 100_000 + start + k) for k in range(len(chunk))]
-        out = pipe(
-            [c.prompt for c in chunk],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            generator=gens,
-            output_type="np",
-            **kwargs,
-        ).images
-        images.extend((out * 255).round().clip(0, 255).astype(np.uint8))
-        if progress is not None:
-            progress.update(len(chunk))
-    return images
-
-
-# ------------------------------------------------------------------------------------------------ user data
-def _folder(path: str, arg: str) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"{arg}: {folder} {'is not a folder' if folder.exists() else 'does not exist'}.")
-    return folder
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def load_image(path: Path, arg: str) -> np.ndarray:
-    """An image file -> RGB uint8 (H, W, 3) (EXIF orientation applied); errors name `arg` and the path."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            return np.array(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{arg}: could not open image {path}: {err}") from err
-
-
-def user_cases(references: str, templates: str, prompts: list[str]):
-    """Cases (every reference person x every template of another person, prompts in turn) and same-person pairs
-    (the first two images of each person with two or more) from the --references / --templates folders."""
-    from emojidiff_pipeline.evaluation import Case
-
-    ref_root, tpl_root = _folder(references, "--references"), _folder(templates, "--templates")
-    people = _subfolders(ref_root)
-    if not people:
-        raise ValueError(
-            f"--references: {ref_root} holds no person subfolders (expected one subfolder of images "
-            f"per person, e.g. {ref_root / 'alice' / '0.png'})."
-        )
-    refs, pairs = {}, []
-    for folder in people:
-        files = _images_in(folder)
-        if not files:
-            raise ValueError(f"--references: no images ({'/'.join(IMAGE_SUFFIXES)}) in {folder}.")
-        first = [load_image(f, "--references") for f in files[:2]]
-        refs[folder.name] = first[0]
-        if len(first) == 2:
-            pairs.append((first[0], first[1], None, None))
-    # a template's person: its subfolder's name, or for an image directly in the folder its file stem
-    tpl_files = [(f.stem, f) for f in _images_in(tpl_root)]
-    tpl_files += [(folder.name, f) for folder in _subfolders(tpl_root) for f in _images_in(folder)]
-    if not tpl_files:
-        raise ValueError(f"--templates: no images ({'/'.join(IMAGE_SUFFIXES)}) in {tpl_root} or its subfolders.")
-    tpls = [(person, load_image(f, "--templates")) for person, f in tpl_files]
-    cases = []
-    for ref_person, ref in refs.items():
-        for tpl_person, tpl in tpls:
-            if tpl_person != ref_person:
-                cases.append(Case(ref, tpl, prompts[len(cases) % len(prompts)], ref_person, tpl_person))
-    if not cases:
-        raise ValueError(
-            f"--templates: every template in {tpl_root} belongs to a person under --references "
-            f"({ref_root}); cases need a template of another person."
-        )
-    logger.info(
-        "%d reference people x %d templates -> %d cases, %d same-person pairs",
-        len(refs),
-        len(tpls),
-        len(cases),
-        len(pairs),
-    )
-    return cases, pairs, f"{len(refs)} reference people x {len(tpls)} templates (other people's): {len(cases)} cases"
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(args.batch_size, args.seed, args.steps, args.guidance_scale)
 
 
 def _face_analyzer(arg: str, **kwargs):
@@ -444,7 +275,7 @@ def main_user(args: argparse.Namespace) -> dict:
                     row_spec,
                     cases,
                     face,
-                    args,
+                    generation_settings(args),
                     resolution=args.resolution,
                     expression_encoder=load_encoder_factory(args.expression_encoder),
                     progress=generating,
@@ -554,7 +385,9 @@ def main(args: argparse.Namespace) -> dict:
                 probes[name] = cached["probe"]
             continue
         logger.info("row %s (%s): generating %d images", name, row_spec, len(cases))
-        images = generate_row(pipe, row_spec, cases, world.train_face, args, expression_encoder=encoder)
+        images = generate_row(
+            pipe, row_spec, cases, world.train_face, generation_settings(args), expression_encoder=encoder
+        )
         rows[name] = score_row(images, cases, inst)
         save_grid(images, cases, out / f"grid_{name}.png", args.grid)
         folder, scale = parse_row_spec(row_spec)

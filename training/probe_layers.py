@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> dict:
             args.adapter,
             cases,
             world.train_face,
-            args,
+            evaluate.generation_settings(args),
             expression_encoder=encoder,
             expression_scale=expression_scale,
         )

@@ -1,0 +1,47 @@
+"""Evaluation with eval-side instruments only (instruments that played no part in training).
+
+- :mod:`.scores`: the cases and instruments, and the scores of one row: identity similarity, expression error
+  (overall and per factor, with standard errors over templates), identity and style leakage, emotion agreement,
+  face sharpness and the Frechet distance to real images;
+- :mod:`.rows`: row specs on a pipeline and their generated images;
+- :mod:`.user_data`: cases from a user's reference and template folders;
+- :mod:`.probes`: the controlled template-use probe and the ridge probe of the expression tokens;
+- :mod:`.report`: results.json, results.md and the bar plot.
+"""
+
+from .probes import ridge_probe, template_use_probe
+from .report import PLOT_METRICS, plot_rows, write_report
+from .rows import GenerationSettings, attach_row, generate_row, parse_row_spec, split_expression_guidance
+from .scores import (
+    Case,
+    Instruments,
+    face_sharpness,
+    frechet_distance,
+    same_person_similarity,
+    score_row,
+    standard_error_over,
+)
+from .user_data import IMAGE_SUFFIXES, load_image, user_cases
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PLOT_METRICS",
+    "Case",
+    "GenerationSettings",
+    "Instruments",
+    "attach_row",
+    "face_sharpness",
+    "frechet_distance",
+    "generate_row",
+    "load_image",
+    "parse_row_spec",
+    "plot_rows",
+    "ridge_probe",
+    "same_person_similarity",
+    "score_row",
+    "split_expression_guidance",
+    "standard_error_over",
+    "template_use_probe",
+    "user_cases",
+    "write_report",
+]
