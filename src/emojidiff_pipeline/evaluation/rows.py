@@ -9,18 +9,24 @@ import numpy as np
 import torch
 
 
+def _option_scale(spec: str, option: str, prefix: str) -> float:
+    """The finite scale >= 0 of a row spec's ``@<prefix><scale>`` option; errors name the spec."""
+    try:
+        scale = float(option[len(prefix) :])
+    except ValueError:
+        raise ValueError(f"--row spec {spec!r}: '@{prefix}' needs a number, got {option[len(prefix) :]!r}.") from None
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"--row spec {spec!r}: '@{prefix}' needs a finite scale >= 0, got {scale}.")
+    return scale
+
+
 def split_expression_guidance(spec: str) -> tuple[str, float | None]:
     """``<spec>@eg=<scale>`` -> (spec, expression guidance scale); other specs -> (spec, None). See
     emojidiff_pipeline.guidance: the expression branch gets its own classifier-free guidance scale."""
     rest, _, option = spec.rpartition("@")
     if not (rest and option.startswith("eg=")):
         return spec, None
-    try:
-        scale = float(option[len("eg=") :])
-    except ValueError:
-        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a number, got {option[len('eg=') :]!r}.") from None
-    if not np.isfinite(scale) or scale < 0:
-        raise ValueError(f"--row spec {spec!r}: '@eg=' needs a finite scale >= 0, got {scale}.")
+    scale = _option_scale(spec, option, "eg=")
     if rest == "base" or rest.endswith("@id_only"):
         raise ValueError(f"--row spec {spec!r}: '@eg=' guides the expression branch; this row has none.")
     return rest, scale
@@ -34,13 +40,7 @@ def parse_row_spec(spec: str) -> tuple[str, float]:
     if option == "id_only":
         return folder, 0.0
     if folder and option.startswith("exp="):
-        try:
-            scale = float(option[len("exp=") :])
-        except ValueError:
-            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a number, got {option[len('exp=') :]!r}.") from None
-        if not np.isfinite(scale) or scale < 0:
-            raise ValueError(f"--row spec {spec!r}: '@exp=' needs a finite scale >= 0, got {scale}.")
-        return folder, scale
+        return folder, _option_scale(spec, option, "exp=")
     return spec, 1.0
 
 

@@ -99,8 +99,13 @@ def save_checkpoint(
         (tmp / STATE_FILE).write_text(json.dumps(meta, indent=1))
 
 
+def required_files(models: tuple[str, ...]) -> list[str]:
+    """The files a complete checkpoint of `models` holds (a model's weights may also be ``model.safetensors``)."""
+    return [STATE_FILE, OPTIMIZER_FILE, *(f"{name}/{WEIGHTS_FILES[0]}" for name in models)]
+
+
 def missing_files(folder: Path, models: tuple[str, ...]) -> list[str]:
-    """The files of a complete checkpoint of `models` that `folder` lacks (empty when it is complete)."""
+    """The files of :func:`required_files` that `folder` lacks (empty when it is complete)."""
     folder = Path(folder)
     missing = [name for name in (STATE_FILE, OPTIMIZER_FILE) if not (folder / name).is_file()]
     for name in models:
@@ -205,7 +210,7 @@ def find_checkpoint(output_dir: Path, which: str, models: tuple[str, ...] = ("ad
         logger.warning("Skipping the incomplete checkpoint %s (it has no %s).", folder, ", ".join(missing))
     raise FileNotFoundError(
         f"`resume_from_checkpoint`='latest' but every checkpoint-* folder in {output_dir} is incomplete "
-        f"({', '.join(p.name for p in found)}; each needs {', '.join(missing_files(Path('/nonexistent'), models))})."
+        f"({', '.join(p.name for p in found)}; each needs {', '.join(required_files(models))})."
     )
 
 
