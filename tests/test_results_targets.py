@@ -167,3 +167,16 @@ def test_recipe_file_holds_the_driver_settings_and_flags_override_it(tmp_path):
     custom.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a JSON object, got list"):
         results.load_recipe(custom, set(recipe))
+
+
+def test_final_row_prefers_identity_within_one_standard_error_of_the_best_expression():
+    rows = {
+        "identity_only": row(identity=0.38, expression=0.18),
+        "pushed": row(identity=0.366, expression=0.077, se=0.003),
+        "ica": row(identity=0.406, expression=0.079, se=0.003),  # 0.002 worse: inside the best row's SE
+        "far": row(identity=0.5, expression=0.081, se=0.003),  # 0.004 worse: outside it
+    }
+    assert results.final_row(rows) == "ica"
+    rows["ica"]["expression_error"] = 0.0801
+    assert results.final_row(rows) == "pushed"
+    assert results.best_adapter({"rows": rows}, {n: f"runs/{n}" for n in rows}) == "runs/pushed"

@@ -326,19 +326,31 @@ def write_training_summary(rows: dict[str, str], out: Path, command: str) -> Non
     write_text_atomic(out / "training.md", "\n".join(lines) + "\n")
 
 
-def best_adapter(results: dict, specs: dict[str, str]) -> str:
-    """The adapter folder of the non-oracle, two-branch row with the lowest expression error among those whose
-    identity similarity is at least the identity-only row's (or 0.9 of it)."""
-    rows = results["rows"]
+def final_row(rows: dict[str, dict], specs: dict[str, str] | None = None) -> str:
+    """The name of the row that ships: among the non-oracle, two-branch rows (not ``base``, not ``identity_only``,
+    no ``@`` scale override in ``specs``) whose identity similarity is at least 0.9 of the identity-only row's (when
+    that row is there), the lowest expression error; among the rows within one standard error of it (a difference
+    the benchmark cannot resolve), the highest identity similarity."""
     floor = 0.9 * rows["identity_only"]["identity_similarity"] if "identity_only" in rows else -1.0
-    candidates = [
-        (r["expression_error"], name)
+    candidates = {
+        name: r
         for name, r in rows.items()
-        if name != "base" and "oracle" not in name and "@" not in specs[name] and r["identity_similarity"] >= floor
-    ]
+        if name not in ("base", "identity_only")
+        and "oracle" not in name
+        and "@" not in (specs or {}).get(name, "")
+        and r["identity_similarity"] >= floor
+    }
     if not candidates:
         raise RuntimeError("No non-oracle two-branch row keeps identity; nothing to ship.")
-    return specs[min(candidates)[1]]
+    best = min(candidates.values(), key=lambda r: r["expression_error"])
+    bar = best["expression_error"] + best.get("expression_error_se", 0.0)
+    near = [n for n, r in candidates.items() if r["expression_error"] <= bar]
+    return max(near, key=lambda n: (candidates[n]["identity_similarity"], -candidates[n]["expression_error"]))
+
+
+def best_adapter(results: dict, specs: dict[str, str]) -> str:
+    """The adapter folder of ``final_row``."""
+    return specs[final_row(results["rows"], specs)]
 
 
 def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
@@ -346,9 +358,7 @@ def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
     rows were not run is reported as such (measured NaN, not met)."""
     rows, refs = results["rows"], results.get("reference_lines", {})
     nan = float("nan")
-    final_name = min(
-        (r["expression_error"], n) for n, r in rows.items() if n not in ("base", "identity_only") and "oracle" not in n
-    )[1]
+    final_name = final_row(rows)
     final = rows[final_name]
     neutral = refs.get("ref_neutral_face", {}).get("expression_error", nan)
     per_factor = final.get("expression_error_per_factor") or {}
@@ -437,7 +447,10 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
 def export(adapter_dir: str, folder: Path) -> None:
     """The adapter, in fp16, as the embedded default (``<folder>/emoji_adapter``); it runs on the shipped base
     model (``World.pipeline()``), so the base weights are not stored twice. Atomic: a kill while exporting leaves the
-    previous default in place."""
+    previous default in place. The adapter's records beside its config (ICA's ``ani.json``: the timestep bound it was
+    trained with) travel with it."""
+    import shutil
+
     import torch
 
     from emojidiff_pipeline import EmojiDiffAdapter
@@ -445,6 +458,9 @@ def export(adapter_dir: str, folder: Path) -> None:
     adapter = EmojiDiffAdapter.from_pretrained(adapter_dir).to(torch.float16)
     with atomic_path(folder) as tmp:
         adapter.save_pretrained(tmp / "emoji_adapter")
+        for record in sorted(Path(adapter_dir).glob("*.json")):
+            if record.name != "config.json":
+                shutil.copy2(record, tmp / "emoji_adapter" / record.name)
     logger.info("Exported the embedded default to %s", folder)
 
 

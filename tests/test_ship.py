@@ -1,0 +1,72 @@
+"""training/ship.py picks the embedded default from evaluated results files by the driver's rule and exports it."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import ship  # noqa: E402
+
+
+def evaluated(identity, expression, se=0.003):
+    return {"identity_similarity": identity, "identity_similarity_se": 0.005, "expression_error": expression,
+            "expression_error_se": se}  # fmt: skip
+
+
+def write_results(path: Path, rows: dict[str, tuple[str, dict]], neutral: float = 0.081) -> str:
+    command = "python training/evaluate.py " + " ".join(f"--row {n}={spec}" for n, (spec, _) in rows.items())
+    res = {
+        "rows": {n: r for n, (_, r) in rows.items()},
+        "cases": "16 held-out identities x 64 held-out templates",
+        "same_person_identity_similarity": 0.8929,
+        "reference_lines": {"ref_neutral_face": evaluated(0.891, neutral)},
+        "command": command + " --out x --num_identities 16",
+    }
+    path.write_text(json.dumps(res))
+    return str(path)
+
+
+def test_ship_merges_files_applies_the_rule_and_exports_the_choice_with_its_records(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from tiny_models import tiny_adapter, tiny_components
+
+    from emojidiff_pipeline import EmojiDiffAdapter
+
+    adapter_dir = tmp_path / "ica" / "adapter"
+    tiny_adapter(tiny_components()["unet"]).save_pretrained(adapter_dir)
+    (adapter_dir / "ani.json").write_text(json.dumps({"max_timestep": 500}))
+    a = write_results(tmp_path / "a.json", {"pushed": ("runs/pushed", evaluated(0.366, 0.077))})
+    b = write_results(tmp_path / "b.json", {"ica": (str(adapter_dir), evaluated(0.406, 0.079))}, neutral=0.08100001)
+    args = ship.parse_args(
+        ["--results", a, "--results", b, "--export", str(tmp_path / "asset"), "--out", str(tmp_path)]
+    )
+    assert ship.main(args) == str(adapter_dir)  # inside one SE of the best expression, more identity
+    exported = tmp_path / "asset" / "emoji_adapter"
+    assert json.loads((exported / "ani.json").read_text()) == {"max_timestep": 500}
+    weights = load_file(exported / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    EmojiDiffAdapter.from_pretrained(exported)
+    record = json.loads((tmp_path / "shipped.json").read_text())
+    assert record["shipped_row"] == "ica" and record["rows"] == {"pushed": "runs/pushed", "ica": str(adapter_dir)}
+    assert "**ica**" in (tmp_path / "shipped.md").read_text()
+
+
+def test_ship_refuses_results_scored_on_other_cases_and_one_name_for_two_adapters(tmp_path):
+    a = write_results(tmp_path / "a.json", {"pushed": ("runs/pushed", evaluated(0.366, 0.077))})
+    other = write_results(tmp_path / "o.json", {"ica": ("runs/ica", evaluated(0.4, 0.079))}, neutral=0.09)
+    with pytest.raises(ValueError, match="not scored on the same cases"):
+        ship.merge_results([a, other])
+    clash = write_results(tmp_path / "c.json", {"pushed": ("runs/elsewhere", evaluated(0.4, 0.07))})
+    with pytest.raises(ValueError, match="'pushed' is 'runs/pushed'"):
+        ship.merge_results([a, clash])
+    with pytest.raises(SystemExit):
+        ship.parse_args(["--results", str(tmp_path / "missing.json")])
+
+
+def test_row_specs_reads_both_flag_spellings():
+    command = "python training/evaluate.py --row a=runs/x@exp=2 --row=b=base --out d"
+    assert ship.row_specs(command) == {"a": "runs/x@exp=2", "b": "base"}
