@@ -94,16 +94,19 @@ def test_training_summary_reads_the_run_logs(tmp_path):
 
 
 def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
-    """The driver's rows call the stage scripts with the recipe's flags: each face-loss row starts from the one before
-    it, the continuation and the push order their batches with another seed, and the push weighs expression up."""
+    """The driver's rows call the library's stage runs with the recipe's settings: each face-loss row starts from the
+    one before it, the continuation and the push order their batches with another seed, and the push weighs
+    expression up."""
+    import emojidiff_pipeline.train.run as run_module
     import emojidiff_synthetic.oracle
 
-    calls = {}
+    calls, anis = {}, {}
 
-    def fake_stage(args):  # records the argv-derived namespace and leaves a finished run folder
-        calls[Path(args.output_dir).name] = args
-        (Path(args.output_dir) / "adapter").mkdir(parents=True)
-        (Path(args.output_dir) / "adapter" / "config.json").write_text("{}")
+    def fake_stage(run, ani=None):  # records the TrainingRun and leaves a finished run folder
+        calls[Path(run.output_dir).name] = run
+        anis[Path(run.output_dir).name] = ani
+        (Path(run.output_dir) / "adapter").mkdir(parents=True)
+        (Path(run.output_dir) / "adapter" / "config.json").write_text("{}")
 
     def fake_oracle(collection, out, n, seed):
         out.mkdir(parents=True)
@@ -118,8 +121,8 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
             "same_person_identity_similarity": 0.9,
         }
 
-    monkeypatch.setattr(results.train_decoupled, "main", fake_stage)
-    monkeypatch.setattr(results.train_ica, "main", fake_stage)
+    monkeypatch.setattr(run_module, "train_stage1_run", fake_stage)
+    monkeypatch.setattr(run_module, "train_ica_run", fake_stage)
     monkeypatch.setattr(emojidiff_synthetic.oracle, "build_oracle_triplets", fake_oracle)
     monkeypatch.setattr(results.evaluate, "main", fake_evaluate)
     exported = []
@@ -132,12 +135,16 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     face, cont, push = (
         calls[n] for n in ("same_identity_code_face_losses", "face_losses_continued", "face_losses_expression_push")
     )
-    assert face.adapter == str(work / "same_identity_code" / "adapter") and face.seed == 3
-    assert cont.adapter == str(work / "same_identity_code_face_losses" / "adapter") and cont.seed == 4
-    assert push.adapter == str(work / "face_losses_continued" / "adapter") and push.seed == 4
-    assert (face.expression_loss_weight, cont.expression_loss_weight, push.expression_loss_weight) == (2.0, 2.0, 5.0)
-    assert cont.max_steps == 4000 and push.max_steps == 2000 and push.learning_rate == 3e-4
-    assert calls["ica"].adapter == face.output_dir + "/adapter"  # ICA stays measured from row 2b
+    assert face.adapter.path == str(work / "same_identity_code" / "adapter") and face.config.seed == 3
+    assert cont.adapter.path == str(work / "same_identity_code_face_losses" / "adapter") and cont.config.seed == 4
+    assert push.adapter.path == str(work / "face_losses_continued" / "adapter") and push.config.seed == 4
+    assert (cont.data.seed, push.adapter.seed) == (4, 4)
+    weights = tuple(r.config.face_losses.expression_weight for r in (face, cont, push))
+    assert weights == (2.0, 2.0, 5.0) and face.config.face_losses.max_timestep == 600
+    assert cont.config.max_steps == 4000 and push.config.max_steps == 2000 and push.config.learning_rate == 3e-4
+    assert calls["ica"].adapter.path == face.output_dir + "/adapter"  # ICA stays measured from row 2b
+    assert calls["ica"].config.face_losses.alignment_weight == 1.0 and anis["ica"].fixed_max_timestep is None
+    assert anis["same_identity_code"] is None and calls["same_identity_code"].adapter.path is None
     assert exported == [str(work / "face_losses_expression_push" / "adapter")]  # the lowest expression error ships
     assert json.loads((tmp_path / "out" / "targets.json").read_text())["targets"][0]["measured"] == 0.05
 

@@ -56,6 +56,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import stage_flags
 import torch
 
 from emojidiff_pipeline.evaluation import (
@@ -65,7 +66,7 @@ from emojidiff_pipeline.evaluation import (
     split_expression_guidance,
     user_cases,
 )
-from emojidiff_pipeline.train import setup
+from emojidiff_pipeline.train.run import FaceFrontEnd
 
 logger = logging.getLogger("evaluate")
 
@@ -128,7 +129,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
         default=None,
         help=f"'module:factory' -> scorer(images, kps) (default {EVAL_EXPRESSION})",
     )
-    setup.add_face_args(p)  # the pipeline's own face front-end (user data only)
+    stage_flags.add_face_args(p)  # the pipeline's own face front-end (user data only)
     args = p.parse_args(input_args)
     args.argv = list(sys.argv[1:] if input_args is None else input_args)  # for the report's "written by" line
     for spec in args.row:
@@ -185,9 +186,9 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
 
 
 def _face_analyzer(arg: str, **kwargs):
-    """setup.build_face_analyzer with errors that name the option they came from."""
+    """FaceFrontEnd(**kwargs).build with errors that name the option they came from."""
     try:
-        return setup.build_face_analyzer(argparse.Namespace(**kwargs), need_detector=True)
+        return FaceFrontEnd(**kwargs).build(need_detector=True)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise type(err)(f"{arg}: {err}") from err
 

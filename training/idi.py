@@ -15,11 +15,9 @@ for the synthetic world see emojidiff_synthetic).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
-from emojidiff_pipeline.train import setup
+import stage_flags as flags
 
 logger = logging.getLogger("idi")
 
@@ -43,11 +41,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--max_expression_error", type=float, default=0.08)
     p.add_argument("--min_identity_similarity", type=float, default=0.5)
     p.add_argument("--max_template_similarity", type=float, default=0.3)
-    setup.add_adapter_args(p)
-    setup.add_face_args(p)
-    setup.add_stage1_args(p)
+    flags.add_adapter_args(p)
+    flags.add_face_args(p)
+    flags.add_stage1_args(p)
     args = p.parse_args(input_args)
-    setup.check_stage1_args(p, args)
+    flags.check_stage1_args(p, args)
     if args.swapper == "inswapper" and not args.swapper_model:
         p.error("--swapper inswapper needs --swapper_model (the inswapper_128.onnx file you provide)")
     for name in ("rounds", "pairs_per_round", "shard_size", "num_references", "num_inference_steps"):
@@ -58,90 +56,47 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
-def main(args: argparse.Namespace) -> list[dict]:
-    from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.train.idi import (
-        DiffusionReIDBackend,
-        FilterConfig,
-        IDIRound,
-        INSwapperBackend,
-        RoundConfig,
-        assemble_round,
-        load_callable,
+def idi_run(args: argparse.Namespace):
+    """(the TrainingRun, the IDISettings) the flags describe."""
+    from emojidiff_pipeline.train.run import FilterConfig, IDISettings, TrainingRun, TripletSource
+
+    data = TripletSource(
+        same_identity_from=args.collection,
+        num_references=args.num_references,
+        seed=args.seed,
+        strip_prompt_words=flags.prompt_words(args),
     )
-    from emojidiff_pipeline.train.stage1 import run_stage1
-    from emojidiff_pipeline.train.triplets import read_collection, read_triplets, strip_prompt_phrases
+    run = TrainingRun(
+        pretrained_model=args.pretrained_model,
+        output_dir=args.output_dir,
+        data=data,
+        face=flags.face_front_end(args),
+        config=flags.stage1_config(args, args.steps_per_round),
+        adapter=flags.adapter_spec(args),
+        resolution=args.resolution,
+        mixed_precision=args.mixed_precision,
+    )
+    idi = IDISettings(
+        expression_estimator=args.expression_estimator,
+        rounds=args.rounds,
+        pairs_per_round=args.pairs_per_round,
+        shard_size=args.shard_size,
+        steps_per_round=args.steps_per_round,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        filters=FilterConfig(args.max_expression_error, args.min_identity_similarity, args.max_template_similarity),
+        swapper=args.swapper,
+        swapper_model=args.swapper_model,
+        reid_strength=args.reid_strength,
+    )
+    return run, idi
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    from emojidiff_pipeline.train.run import run_idi
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    accelerator = setup.make_accelerator(args)
-    out = Path(args.output_dir)
-    records = read_collection(args.collection, "`--collection` manifest")
-    face = setup.build_face_analyzer(args, need_detector=True)
-    scorer = load_callable(args.expression_estimator, "expression_estimator")
-    filters = FilterConfig(args.max_expression_error, args.min_identity_similarity, args.max_template_similarity)
-    summaries = []
-    for r in range(args.rounds):
-        round_dir = out / f"round-{r}"
-        generation_adapter = args.adapter if r == 0 else str(out / f"round-{r - 1}" / "stage1" / "adapter")
-        pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
-        pipe.set_emoji_adapter(setup.build_adapter(args, pipe, generation_adapter, face=face))
-        encoder = setup.build_expression_encoder(args) if pipe.emoji_adapter.uses_code_stream else None
-        pipe.set_expression_encoder(encoder)
-        swapper = (
-            INSwapperBackend(args.swapper_model)
-            if args.swapper == "inswapper"
-            else DiffusionReIDBackend(pipe, args.reid_strength, args.num_inference_steps, args.guidance_scale)
-        )
-        config = RoundConfig(
-            num_pairs=args.pairs_per_round,
-            shard_size=args.shard_size,
-            num_references=args.num_references,
-            seed=args.seed * 1000 + r,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
-            resolution=args.resolution,
-        )
-        idi_round = IDIRound(pipe, face, scorer, swapper, filters, config, Path(args.collection).parent)
-        if not (round_dir / "data" / "round_stats.json").exists():
-            idi_round.run(records, round_dir / "data", accelerator.process_index, accelerator.num_processes)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                assemble_round(round_dir / "data", idi_round.num_shards())
-            accelerator.wait_for_everyone()
-        summary = json.loads((round_dir / "data" / "round_stats.json").read_text())
-        summaries.append(summary)
-        logger.info("IDI round %d: %s", r, summary)
-        if args.steps_per_round == 0 or (round_dir / "stage1" / "adapter" / "config.json").exists():
-            continue
-        triplets = [
-            t
-            for k in range(r + 1)
-            if (out / f"round-{k}" / "data" / "triplets.jsonl").stat().st_size
-            for t in read_triplets(out / f"round-{k}" / "data" / "triplets.jsonl")
-        ]
-        if not triplets:
-            raise RuntimeError(f"IDI accepted no pair up to round {r}; loosen the filters ({filters}).")
-        if args.strip_prompt_words:
-            triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
-        stage1_dir = round_dir / "stage1"
-        resume = "latest" if any(stage1_dir.glob("checkpoint-*[0-9]")) else None
-        adapter = setup.build_adapter(args, pipe, generation_adapter, face=face)
-        stage1_config = setup.stage1_config(args, args.steps_per_round)
-        stage1_config.overwrite_output_dir = resume is None  # the round's own folder: a run cut before its first
-        # checkpoint restarts from scratch
-        run_stage1(
-            accelerator,
-            pipe,
-            adapter,
-            triplets,
-            face,
-            args.resolution,
-            stage1_dir,
-            stage1_config,
-            resume,
-            expression_encoder=encoder,
-        )
-    return summaries
+    return run_idi(*idi_run(args))
 
 
 if __name__ == "__main__":

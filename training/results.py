@@ -38,9 +38,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import evaluate  # noqa: E402
-import idi  # noqa: E402
-import train_decoupled  # noqa: E402
-import train_ica  # noqa: E402
 
 logger = logging.getLogger("results")
 DETECTOR = "emojidiff_synthetic.load:train_detector"
@@ -149,6 +146,20 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.train.face_losses import FaceLossConfig
+    from emojidiff_pipeline.train.run import (
+        AdapterSpec,
+        AniConfig,
+        FaceFrontEnd,
+        FilterConfig,
+        IDISettings,
+        Stage1Config,
+        TrainingRun,
+        TripletSource,
+        run_idi,
+        train_ica_run,
+        train_stage1_run,
+    )
     from emojidiff_synthetic.collection import EXPRESSION_WORDS
     from emojidiff_synthetic.instruments import identity_onnx_path
     from emojidiff_synthetic.load import BASE_DIR, EMOJIDIFF_DIR
@@ -157,43 +168,64 @@ def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work, collection = Path(args.work), Path(args.collection)
     train_manifest = collection / "train.jsonl"
-    common = [
-        *["--pretrained_model", str(BASE_DIR), "--recognizer", str(identity_onnx_path("train"))],
-        *f"--resolution 64 --batch_size {args.batch_size} --learning_rate {args.learning_rate}".split(),
-        *f"--lr_warmup_steps {args.lr_warmup_steps} --face_loss_weight {args.face_loss_weight}".split(),
-        *f"--checkpointing_steps 250 --seed {args.seed}".split(),
-        *["--strip_prompt_words", ",".join(EXPRESSION_WORDS)],
-        *"--num_validation 256 --validation_steps 250 --early_stopping_patience 6".split(),
-    ]
-    code = ["--expression_streams", "code", "--expression_encoder", ENCODER]
-
-    def stage1(out: Path, steps: int, *extra: str) -> str:
-        if not (out / "adapter" / "config.json").exists():
-            resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
-            run = [*common, "--output_dir", str(out), "--max_steps", str(steps), *resume, *extra]
-            train_decoupled.main(train_decoupled.parse_args(run))
-        return str(out / "adapter")
-
-    same = ["--same_identity_from", str(train_manifest)]
-    rows = {"base": "base"}
-    rows["stage1_same_identity_code"] = stage1(work / "same_identity_code", args.steps, *same, *code)
-    rows["identity_only"] = rows["stage1_same_identity_code"] + "@id_only"
-    rows["same_identity_code_all_layers"] = stage1(
-        work / "same_identity_code_all_layers", args.all_layers_steps, *same, *code, "--expression_layers", "all"
+    same_identity = TrainingRun(  # the base of every row: same-identity pairs, the code stream, the shipped recipe
+        pretrained_model=str(BASE_DIR),
+        output_dir=str(work),
+        resolution=64,
+        data=TripletSource(
+            same_identity_from=str(train_manifest), seed=args.seed, strip_prompt_words=tuple(EXPRESSION_WORDS)
+        ),
+        face=FaceFrontEnd(recognizer=str(identity_onnx_path("train"))),
+        adapter=AdapterSpec(expression_streams="code", expression_encoder=ENCODER, seed=args.seed),
+        config=Stage1Config(
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            lr_warmup_steps=args.lr_warmup_steps,
+            face_loss_weight=args.face_loss_weight,
+            checkpointing_steps=250,
+            seed=args.seed,
+            num_validation=256,
+            validation_steps=250,
+            early_stopping_patience=6,
+        ),
     )
 
-    def face_loss_row(out: Path, steps: int, adapter: str, expression_weight: float, seed: int) -> str:
-        """Fine-tune `adapter` with the stage-1 face losses (a fresh optimizer and warm-up; `seed` orders batches)."""
-        return stage1(
-            out,
-            steps,
-            *same,
-            *code,
-            *["--adapter", adapter, "--learning_rate", str(args.face_loss_learning_rate)],
-            *["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--expression_loss_weight", str(expression_weight)],
-            *["--identity_loss_model", IDENTITY_LOSS_MODEL, "--identity_loss_weight", str(args.identity_loss_weight)],
-            *f"--face_loss_max_timestep {args.face_loss_max_timestep} --seed {seed}".split(),
+    def train(run: TrainingRun, out: Path, steps: int, ani: AniConfig | None = None) -> str:
+        """Train `run` into `out` (resumed from its latest checkpoint; skipped once its adapter exists)."""
+        if not (out / "adapter" / "config.json").exists():
+            resume = "latest" if any(out.glob("checkpoint-*[0-9]")) else None
+            run = run.replace(output_dir=str(out), resume_from_checkpoint=resume, config=dict(max_steps=steps))
+            train_ica_run(run, ani) if ani is not None else train_stage1_run(run)
+        return str(out / "adapter")
+
+    def seeded(run: TrainingRun, seed: int) -> TrainingRun:
+        return run.replace(data=dict(seed=seed), adapter=dict(seed=seed), config=dict(seed=seed))
+
+    rows = {"base": "base"}
+    rows["stage1_same_identity_code"] = train(same_identity, work / "same_identity_code", args.steps)
+    rows["identity_only"] = rows["stage1_same_identity_code"] + "@id_only"
+    all_layers = same_identity.replace(adapter=dict(expression_layers="all"))
+    rows["same_identity_code_all_layers"] = train(
+        all_layers, work / "same_identity_code_all_layers", args.all_layers_steps
+    )
+
+    def face_losses(adapter: str, expression_weight: float, identity_weight: float, **losses) -> TrainingRun:
+        """Fine-tune `adapter` with face losses read back by the train-side instruments (a fresh optimizer and
+        warm-up); `losses` are further FaceLossConfig fields."""
+        config = FaceLossConfig(expression_weight=expression_weight, identity_weight=identity_weight, **losses)
+        return same_identity.replace(
+            adapter=dict(path=adapter),
+            config=dict(learning_rate=args.face_loss_learning_rate, face_losses=config),
+            expression_loss_model=EXPRESSION_LOSS_MODEL,
+            identity_loss_model=IDENTITY_LOSS_MODEL,
         )
+
+    def face_loss_row(out: Path, steps: int, adapter: str, expression_weight: float, seed: int) -> str:
+        run = face_losses(
+            adapter, expression_weight, args.identity_loss_weight, max_timestep=args.face_loss_max_timestep
+        )
+        return train(seeded(run, seed), out, steps)
 
     rows["stage1_same_identity_code_face_losses"] = face_loss_row(
         work / "same_identity_code_face_losses",
@@ -217,41 +249,46 @@ def main(args: argparse.Namespace) -> dict:
         args.face_loss_push_expression_weight,
         args.seed + 1,
     )
-    face_loss_models = ["--expression_loss_model", EXPRESSION_LOSS_MODEL, "--identity_loss_model", IDENTITY_LOSS_MODEL]
-
-    def ica(out: Path, *extra: str) -> str:  # stage 2 from the face-loss row, with its expression loss kept
-        if not (out / "adapter" / "config.json").exists():
-            resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*[0-9]")) else []
-            run = [*common, "--output_dir", str(out), "--max_steps", str(args.ica_steps), *resume, *same, *code]
-            run += ["--adapter", rows["stage1_same_identity_code_face_losses"], *face_loss_models]
-            run += ["--learning_rate", str(args.face_loss_learning_rate)]
-            run += ["--expression_loss_weight", str(args.expression_loss_weight)]
-            run += ["--identity_loss_weight", str(args.ica_identity_loss_weight)]
-            run += ["--alignment_loss_weight", str(args.ica_alignment_loss_weight), *extra]
-            train_ica.main(train_ica.parse_args(run))
-        return str(out / "adapter")
-
-    rows["stage2_ica"] = ica(work / "ica")
+    # stage 2 from the face-loss row, with its expression loss kept
+    ica = face_losses(
+        rows["stage1_same_identity_code_face_losses"],
+        args.expression_loss_weight,
+        args.ica_identity_loss_weight,
+        alignment_weight=args.ica_alignment_loss_weight,
+    )
+    rows["stage2_ica"] = train(ica, work / "ica", args.ica_steps, AniConfig(seed=args.seed))
     for bound in args.ica_fixed_bounds:
-        rows[f"stage2_ica_fixed_t{bound}"] = ica(work / f"ica_fixed_t{bound}", "--fixed_max_timestep", str(bound))
+        fixed = AniConfig(seed=args.seed, fixed_max_timestep=bound)
+        rows[f"stage2_ica_fixed_t{bound}"] = train(ica, work / f"ica_fixed_t{bound}", args.ica_steps, fixed)
     if not (work / "oracle_data" / "triplets.jsonl").exists():
         build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
-    rows["stage1_oracle_code"] = stage1(
-        work / "oracle_code", args.oracle_steps, "--triplets", str(work / "oracle_data" / "triplets.jsonl"), *code
+    oracle = same_identity.replace(
+        data=dict(triplets=str(work / "oracle_data" / "triplets.jsonl"), same_identity_from=None)
     )
+    rows["stage1_oracle_code"] = train(oracle, work / "oracle_code", args.oracle_steps)
     for stream in args.stream_rows:
-        extra = ["--expression_streams", stream] + (["--expression_encoder", ENCODER] if stream == "both" else [])
-        rows[f"stage1_same_identity_{stream}"] = stage1(work / f"same_identity_{stream}", args.steps, *same, *extra)
+        streams = same_identity.replace(
+            adapter=dict(expression_streams=stream, expression_encoder=None if stream == "image" else ENCODER)
+        )
+        rows[f"stage1_same_identity_{stream}"] = train(streams, work / f"same_identity_{stream}", args.steps)
     if args.idi_rounds:
-        run = [*common, "--collection", str(train_manifest), "--output_dir", str(work / "idi")]
-        run += ["--adapter", rows["stage1_same_identity_code"], "--expression_encoder", ENCODER]
-        run += ["--detector", DETECTOR, "--expression_estimator", SCORER]
-        sizes = f"--rounds {args.idi_rounds} --pairs_per_round {args.pairs_per_round}"
-        sizes += f" --steps_per_round {args.idi_steps} --num_inference_steps {args.inference_steps}"
-        filters = f"--max_expression_error {args.max_expression_error}"
-        filters += f" --min_identity_similarity {args.min_identity_similarity}"
-        filters += f" --max_template_similarity {args.max_template_similarity}"
-        idi.main(idi.parse_args([*run, *sizes.split(), *filters.split()]))
+        idi_settings = IDISettings(
+            expression_estimator=SCORER,
+            rounds=args.idi_rounds,
+            pairs_per_round=args.pairs_per_round,
+            steps_per_round=args.idi_steps,
+            num_inference_steps=args.inference_steps,
+            filters=FilterConfig(
+                args.max_expression_error, args.min_identity_similarity, args.max_template_similarity
+            ),
+        )
+        idi_run = same_identity.replace(
+            output_dir=str(work / "idi"),
+            face=dict(detector=DETECTOR),
+            adapter=dict(path=rows["stage1_same_identity_code"]),
+            config=dict(max_steps=args.idi_steps),
+        )
+        run_idi(idi_run, idi_settings)
         for r in range(args.idi_rounds):
             rows[f"stage1_idi_round_{r}"] = str(work / "idi" / f"round-{r}" / "stage1" / "adapter")
 

@@ -14,56 +14,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from emojidiff_pipeline.train import setup
+import stage_flags as flags
 
 logger = logging.getLogger("train_decoupled")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    setup.add_run_args(p)
-    setup.add_adapter_args(p)
-    setup.add_face_args(p)
-    setup.add_stage1_args(p)
+    flags.add_run_args(p)
+    flags.add_adapter_args(p)
+    flags.add_face_args(p)
+    flags.add_stage1_args(p)
     args = p.parse_args(input_args)
-    setup.check_run_args(p, args)
-    setup.check_stage1_args(p, args)
+    flags.check_run_args(p, args)
+    flags.check_stage1_args(p, args)
     return args
 
 
 def main(args: argparse.Namespace) -> list[float]:
-    from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.train.checkpoints import prepare_run_folder
-    from emojidiff_pipeline.train.stage1 import run_stage1
+    from emojidiff_pipeline.train.run import train_stage1_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    accelerator = setup.make_accelerator(args)
-    output_dir = Path(args.output_dir)
-    if not args.overwrite_output_dir:  # refuse another run's folder before writing anything (else: cleared later)
-        prepare_run_folder(output_dir, bool(args.resume_from_checkpoint), overwrite=False)
-    triplets = setup.stage1_triplets(args, accelerator, output_dir)
-    logger.info("%d triplets", len(triplets))
-    pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
-    face = setup.build_face_analyzer(args)
-    adapter = setup.build_adapter(args, pipe, face=face)  # records (or checks) the recognizer's name and width
-    encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
-    expression_model, identity_model = setup.build_face_loss_models(args)
-    return run_stage1(
-        accelerator,
-        pipe,
-        adapter,
-        triplets,
-        face,
-        args.resolution,
-        output_dir,
-        setup.stage1_config(args, args.max_steps),
-        args.resume_from_checkpoint,
-        expression_encoder=encoder,
-        expression_loss_model=expression_model,
-        identity_loss_model=identity_model,
-    )
+    return train_stage1_run(flags.training_run(args))
 
 
 if __name__ == "__main__":

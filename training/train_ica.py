@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from emojidiff_pipeline.train import setup
+import stage_flags as flags
 
 logger = logging.getLogger("train_ica")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    setup.add_run_args(p)
-    setup.add_adapter_args(p)
-    setup.add_face_args(p)
-    setup.add_stage1_args(p)
+    flags.add_run_args(p)
+    flags.add_adapter_args(p)
+    flags.add_face_args(p)
+    flags.add_stage1_args(p)
     g = p.add_argument_group("ANI (adaptive noise inversion)")
     g.add_argument("--ani_threshold", type=float, default=0.6, help="identity cosine the one-step x0 must keep")
     g.add_argument(
@@ -44,8 +43,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
         help="skip ANI: train with timesteps in [0, this] (a hand-picked bound, for comparison rows)",
     )
     args = p.parse_args(input_args)
-    setup.check_run_args(p, args)
-    setup.check_stage1_args(p, args)
+    flags.check_run_args(p, args)
+    flags.check_stage1_args(p, args)
     if not args.adapter:
         p.error("ICA fine-tunes a stage-1 adapter: pass --adapter <stage-1 adapter folder>")
     if not args.identity_loss_model:
@@ -62,9 +61,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.train.checkpoints import prepare_run_folder
-    from emojidiff_pipeline.train.ica import AniConfig, run_ica
+    from emojidiff_pipeline.train.run import AniConfig, train_ica_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ani = AniConfig(
@@ -74,31 +71,7 @@ def main(args: argparse.Namespace):
         seed=args.seed,
         fixed_max_timestep=args.fixed_max_timestep,
     )
-    accelerator = setup.make_accelerator(args)
-    output_dir = Path(args.output_dir)
-    if not args.overwrite_output_dir:
-        prepare_run_folder(output_dir, bool(args.resume_from_checkpoint), overwrite=False)
-    triplets = setup.stage1_triplets(args, accelerator, output_dir)
-    pipe = EmojiDiffPipeline.from_pretrained(args.pretrained_model).to(accelerator.device)
-    face = setup.build_face_analyzer(args)
-    adapter = setup.build_adapter(args, pipe, face=face)  # checks the recognizer's name and width against stage 1's
-    encoder = setup.build_expression_encoder(args) if adapter.uses_code_stream else None
-    expression_model, identity_model = setup.build_face_loss_models(args)
-    return run_ica(
-        accelerator,
-        pipe,
-        adapter,
-        triplets,
-        face,
-        args.resolution,
-        output_dir,
-        setup.stage1_config(args, args.max_steps),
-        ani,
-        args.resume_from_checkpoint,
-        expression_encoder=encoder,
-        expression_loss_model=expression_model,
-        identity_loss_model=identity_model,
-    )
+    return train_ica_run(flags.training_run(args), ani)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,47 @@ def load_or_prepare_cache(
             save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
     accelerator.wait_for_everyone()
     return load_file(path)
+
+
+def prepare_stage1_cache(
+    accelerator,
+    pipe,
+    adapter,
+    triplets,
+    face_analyzer,
+    resolution: int,
+    output_dir: Path,
+    config,
+    resume_from_checkpoint: str | None = None,
+    expression_encoder=None,
+) -> dict:
+    """Check the run folder and the expression encoder, then load (or encode once) the cache the loop of
+    :func:`~.stage1.train_stage1` trains on (`config`: its :class:`~.stage1.Stage1Config`)."""
+    if adapter.uses_code_stream:
+        from ..expression import check_adapter_encoder
+
+        if expression_encoder is None:
+            raise ValueError(
+                f"The adapter has a code stream: pass its `expression_encoder` "
+                f"({adapter.config.expression_encoder!r})."
+            )
+        check_adapter_encoder(adapter.config, expression_encoder)
+    # refuse before the cache is written into a used folder
+    from .checkpoints import prepare_run_folder
+
+    prepare_run_folder(
+        output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir, accelerator.is_main_process
+    )
+    cache = load_or_prepare_cache(
+        accelerator,
+        pipe,
+        face_analyzer,
+        triplets,
+        resolution,
+        Path(output_dir) / "cache",
+        with_target_kps=config.face_loss_weight > 0 or (config.face_losses is not None and config.face_losses.enabled),
+        expression_encoder=expression_encoder if adapter.uses_code_stream else None,
+        with_image_tokens=adapter.uses_image_stream,
+        template_crop=adapter.config.template_crop,
+    )
+    return cache

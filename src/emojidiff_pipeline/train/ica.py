@@ -174,7 +174,8 @@ def run_ica(
     :class:`~.stage1.Stage1Config` whose ``face_losses`` hold the ICA weights. Returns (losses, ANI result)."""
     import dataclasses
 
-    from .stage1 import prepare_stage1_cache, train_stage1
+    from .cache import prepare_stage1_cache
+    from .stage1 import train_stage1
 
     if config.face_losses is None or not config.face_losses.enabled:
         raise ValueError(

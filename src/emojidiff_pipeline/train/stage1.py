@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from ..adapted_unet import AdaptedUNet
 from ..adapter import EmojiDiffAdapter
 from .atomic import write_text_atomic
-from .cache import load_or_prepare_cache
 from .checkpoints import (
     find_checkpoint,
     load_checkpoint,
@@ -484,6 +483,8 @@ def run_stage1(
 ) -> list[float]:
     """Encode the frozen inputs once (cached), then train; see :func:`train_stage1`. An adapter with a code stream
     needs the `expression_encoder` it was built for."""
+    from .cache import prepare_stage1_cache
+
     cache = prepare_stage1_cache(
         accelerator,
         pipe,
@@ -507,44 +508,3 @@ def run_stage1(
         expression_loss_model,
         identity_loss_model,
     )
-
-
-def prepare_stage1_cache(
-    accelerator,
-    pipe,
-    adapter,
-    triplets,
-    face_analyzer,
-    resolution: int,
-    output_dir: Path,
-    config: Stage1Config,
-    resume_from_checkpoint: str | None = None,
-    expression_encoder=None,
-) -> dict:
-    """Check the run folder and the expression encoder, then load (or encode once) the cache the loop trains on."""
-    if adapter.uses_code_stream:
-        from ..expression import check_adapter_encoder
-
-        if expression_encoder is None:
-            raise ValueError(
-                f"The adapter has a code stream: pass its `expression_encoder` "
-                f"({adapter.config.expression_encoder!r})."
-            )
-        check_adapter_encoder(adapter.config, expression_encoder)
-    # refuse before the cache is written into a used folder
-    prepare_run_folder(
-        output_dir, bool(resume_from_checkpoint), config.overwrite_output_dir, accelerator.is_main_process
-    )
-    cache = load_or_prepare_cache(
-        accelerator,
-        pipe,
-        face_analyzer,
-        triplets,
-        resolution,
-        Path(output_dir) / "cache",
-        with_target_kps=config.face_loss_weight > 0 or _face_losses_on(config),
-        expression_encoder=expression_encoder if adapter.uses_code_stream else None,
-        with_image_tokens=adapter.uses_image_stream,
-        template_crop=adapter.config.template_crop,
-    )
-    return cache

@@ -1,12 +1,15 @@
-"""Set-up shared by the stage scripts: the face analyzer they name, and a new or loaded adapter."""
+"""The stage CLIs' shared flags, and their mapping onto the library's typed run (emojidiff_pipeline.train.run).
+
+Each flag is named after the field it sets (``--recognizer`` -> ``FaceFrontEnd.recognizer``); the checks here
+turn a bad value into an argparse error naming the flag before anything loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..adapter import EmojiDiffAdapter
+from emojidiff_pipeline.train.face_losses import FaceLossConfig
+from emojidiff_pipeline.train.run import AdapterSpec, FaceFrontEnd, Stage1Config, TrainingRun, TripletSource
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -45,31 +48,6 @@ def add_face_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_face_analyzer(args: argparse.Namespace, need_detector: bool = False):
-    """FaceAnalyzer from --face_pack, or from --detector / known keypoints + --recognizer (a path or a
-    ``module:factory`` hook, :func:`emojidiff_pipeline.hooks.load_factory`)."""
-    from ..face import FaceAnalyzer
-    from ..hooks import is_factory_spec, load_factory
-
-    if args.recognizer is None and args.face_pack is None:
-        raise ValueError(
-            "Identity embeddings need `--recognizer` (ONNX or module:factory) or `--face_pack` (an insightface pack)."
-        )
-    recognizer = args.recognizer
-    if is_factory_spec(recognizer):
-        recognizer = load_factory(recognizer, "--recognizer")
-    if args.face_pack:
-        analyzer = FaceAnalyzer(args.face_pack, root=args.face_root)
-        if recognizer is not None:
-            analyzer.recognizer = FaceAnalyzer.from_models(lambda image: [], recognizer).recognizer
-        return analyzer
-    if args.detector:
-        return FaceAnalyzer.from_models(load_factory(args.detector, "--detector"), recognizer=recognizer)
-    if need_detector:
-        raise ValueError("Generated images need a face detector: pass `--face_pack` or `--detector`.")
-    return FaceAnalyzer.from_models(lambda image: [], recognizer=recognizer)  # keypoints come from manifests
-
-
 def add_adapter_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("adapter")
     g.add_argument("--adapter", default=None, help="start from this adapter folder (default: new from the UNet)")
@@ -94,53 +72,6 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
         "the code stream",
     )
     g.add_argument("--num_expression_code_tokens", type=int, default=4)
-
-
-def build_expression_encoder(args: argparse.Namespace):
-    """The --expression_encoder, or None when not given."""
-    from ..expression import load_expression_encoder
-
-    return load_expression_encoder(args.expression_encoder) if args.expression_encoder else None
-
-
-def build_adapter(args: argparse.Namespace, pipe, adapter_path: str | None = None, face=None) -> EmojiDiffAdapter:
-    """Load `adapter_path` (or --adapter), else a new adapter from the UNet seeded with --seed. With the run's face
-    analyzer `face`, a new adapter records its recognizer's name and width, and a loaded one must match them."""
-    from ..face_models.protocols import check_adapter_recognizer
-
-    recognizer, embed_dim = getattr(face, "recognizer_name", None), getattr(face, "embedding_dim", None)
-    path = adapter_path or args.adapter
-    if path:
-        adapter = EmojiDiffAdapter.from_pretrained(path)
-        if face is not None:
-            check_adapter_recognizer(adapter.config, recognizer, embed_dim, "--recognizer / --face_pack")
-        return adapter
-    streams = getattr(args, "expression_streams", "image")
-    encoder = build_expression_encoder(args) if streams != "image" else None
-    if streams != "image" and encoder is None:
-        raise ValueError(f"`--expression_streams {streams}` needs `--expression_encoder` (module:factory).")
-    if streams != "code" and pipe.image_encoder is None:
-        raise ValueError("The pipeline has no `image_encoder`; the expression branch's image stream needs one.")
-    torch.manual_seed(args.seed)
-    width = pipe.image_encoder.config.hidden_size if pipe.image_encoder is not None else 1280
-    dim = args.resampler_dim or width
-    return EmojiDiffAdapter.from_unet(
-        pipe.unet,
-        identity_layers=args.identity_layers,
-        expression_layers=args.expression_layers,
-        num_identity_tokens=args.num_identity_tokens,
-        num_expression_tokens=args.num_expression_tokens,
-        image_embed_dim=width,
-        resampler_dim=dim,
-        resampler_depth=args.resampler_depth,
-        resampler_heads=args.resampler_heads or max(1, dim // 64),
-        expression_streams=streams,
-        expression_code_dim=None if encoder is None else encoder.code_dim,
-        expression_encoder=None if encoder is None else encoder.name,
-        num_expression_code_tokens=getattr(args, "num_expression_code_tokens", 4),
-        **({} if embed_dim is None else {"identity_embed_dim": embed_dim}),
-        identity_encoder=recognizer,
-    )
 
 
 def add_stage1_args(parser: argparse.ArgumentParser) -> None:
@@ -250,6 +181,12 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{kind}_loss_weight {weight} needs --{kind}_loss_model (module:factory)")
         if model and weight == 0:
             parser.error(f"--{kind}_loss_model is given but --{kind}_loss_weight is 0: it would be ignored")
+    weights = args.expression_loss_factor_weights
+    if weights is not None:
+        try:
+            args.expression_loss_factor_weights = tuple(float(v) for v in weights.split(","))
+        except ValueError:
+            parser.error(f"--expression_loss_factor_weights takes comma-separated numbers, got {weights!r}")
     if args.face_loss_max_timestep < 0:
         parser.error(f"--face_loss_max_timestep must be >= 0, got {args.face_loss_max_timestep}")
     for name in ("num_validation", "early_stopping_patience"):
@@ -264,36 +201,37 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("identity embeddings need --recognizer (ONNX) or --face_pack (an insightface model pack)")
 
 
-def build_face_loss_models(args: argparse.Namespace) -> tuple:
-    """(expression model or None, identity model or None) from --expression_loss_model / --identity_loss_model."""
-    from .face_losses import DifferentiableFaceModel
-    from .idi import load_callable
-
-    models = []
-    for kind in ("expression", "identity"):
-        spec = getattr(args, f"{kind}_loss_model", None)
-        model = load_callable(spec, f"--{kind}_loss_model") if spec else None
-        if model is not None and not isinstance(model, DifferentiableFaceModel):
-            raise ValueError(
-                f"`--{kind}_loss_model` {spec!r} must return a DifferentiableFaceModel, got {type(model).__name__}."
-            )
-        models.append(model)
-    return tuple(models)
+def face_front_end(args: argparse.Namespace) -> FaceFrontEnd:
+    return FaceFrontEnd(args.recognizer, args.face_pack, args.face_root, args.detector)
 
 
-def stage1_config(args: argparse.Namespace, max_steps: int):
-    from .face_losses import FaceLossConfig
-    from .stage1 import Stage1Config
-
-    face = FaceLossConfig(
-        expression_weight=getattr(args, "expression_loss_weight", 0.0),
-        identity_weight=getattr(args, "identity_loss_weight", 0.0),
-        max_timestep=getattr(args, "face_loss_max_timestep", 400),
-        alignment_weight=getattr(args, "alignment_loss_weight", 0.0),
-        identity_anchor=getattr(args, "identity_anchor", "target"),
-        expression_factor_weights=_factor_weights(getattr(args, "expression_loss_factor_weights", None)),
+def adapter_spec(args: argparse.Namespace, path: str | None = None) -> AdapterSpec:
+    """The adapter flags (``path`` overrides ``--adapter``)."""
+    return AdapterSpec(
+        path=path or args.adapter,
+        identity_layers=args.identity_layers,
+        expression_layers=args.expression_layers,
+        num_identity_tokens=args.num_identity_tokens,
+        num_expression_tokens=args.num_expression_tokens,
+        resampler_dim=args.resampler_dim,
+        resampler_depth=args.resampler_depth,
+        resampler_heads=args.resampler_heads,
+        expression_streams=args.expression_streams,
+        expression_encoder=args.expression_encoder,
+        num_expression_code_tokens=args.num_expression_code_tokens,
+        seed=args.seed,
     )
 
+
+def stage1_config(args: argparse.Namespace, max_steps: int) -> Stage1Config:
+    face = FaceLossConfig(
+        expression_weight=args.expression_loss_weight,
+        identity_weight=args.identity_loss_weight,
+        max_timestep=args.face_loss_max_timestep,
+        alignment_weight=args.alignment_loss_weight,
+        identity_anchor=args.identity_anchor,
+        expression_factor_weights=args.expression_loss_factor_weights,
+    )
     return Stage1Config(
         max_steps=max_steps,
         batch_size=args.batch_size,
@@ -309,54 +247,35 @@ def stage1_config(args: argparse.Namespace, max_steps: int):
         num_validation=args.num_validation,
         validation_steps=args.validation_steps,
         early_stopping_patience=args.early_stopping_patience,
-        overwrite_output_dir=getattr(args, "overwrite_output_dir", False),
+        overwrite_output_dir=args.overwrite_output_dir,
         face_losses=face if face.enabled else None,
     )
 
 
-def stage1_triplets(args: argparse.Namespace, accelerator, output_dir) -> list:
-    """The run's triplets: --triplets, or same-identity triplets built from --same_identity_from (written to
-    <output_dir>/triplets.jsonl by the main process and read back by all), with --strip_prompt_words applied."""
-    from pathlib import Path
-
-    from .triplets import read_collection, read_triplets, same_identity_triplets, strip_prompt_phrases, write_triplets
-
-    output_dir = Path(output_dir)
-    if args.same_identity_from:  # read and check the inputs before anything is written
-        records = read_collection(args.same_identity_from, "`--same_identity_from` collection")
-        triplets = same_identity_triplets(
-            records, Path(args.same_identity_from).parent, args.num_references, args.seed
-        )
-        if not triplets:
-            raise ValueError(
-                f"`--same_identity_from` collection {args.same_identity_from!r} gives no same-identity "
-                "triplet: no identity has two or more distinct photos."
-            )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if accelerator.is_main_process:
-            write_triplets(triplets, output_dir / "triplets.jsonl")
-        accelerator.wait_for_everyone()
-        triplets = read_triplets(output_dir / "triplets.jsonl")
-    else:
-        triplets = read_triplets(args.triplets)
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if args.strip_prompt_words:
-        triplets = strip_prompt_phrases(triplets, args.strip_prompt_words.split(","))
-    return triplets
+def prompt_words(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--strip_prompt_words`` ("a,b") as a tuple."""
+    return tuple(args.strip_prompt_words.split(",")) if args.strip_prompt_words else ()
 
 
-def make_accelerator(args: argparse.Namespace):
-    from accelerate import Accelerator
-
-    # on a machine without CUDA, processes started by `accelerate launch --multi_gpu` / torchrun use gloo on CPU
-    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-
-
-def _factor_weights(text: str | None) -> tuple[float, ...] | None:
-    """``--expression_loss_factor_weights`` ("1,1,3") as floats; a malformed list is refused by the flag's name."""
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"`--expression_loss_factor_weights` takes comma-separated numbers, got {text!r}.") from None
+def training_run(args: argparse.Namespace) -> TrainingRun:
+    """The run the stage flags describe (run, adapter, face and stage-1 flag groups)."""
+    data = TripletSource(
+        triplets=args.triplets,
+        same_identity_from=args.same_identity_from,
+        num_references=args.num_references,
+        seed=args.seed,
+        strip_prompt_words=prompt_words(args),
+    )
+    return TrainingRun(
+        pretrained_model=args.pretrained_model,
+        output_dir=args.output_dir,
+        data=data,
+        face=face_front_end(args),
+        config=stage1_config(args, args.max_steps),
+        adapter=adapter_spec(args),
+        resolution=args.resolution,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        expression_loss_model=args.expression_loss_model,
+        identity_loss_model=args.identity_loss_model,
+        mixed_precision=args.mixed_precision,
+    )
