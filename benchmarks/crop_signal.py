@@ -17,7 +17,7 @@ import numpy as np
 
 
 def kept_share(neutral, changed, geometry: str, size: int = 224) -> float:
-    from emojidiff_pipeline.face import align_expression_face, expression_crop_matrix, expression_mask
+    from emojidiff_pipeline.face_geometry import align_expression_face, expression_crop_matrix, expression_mask
 
     full = np.abs(neutral.image.astype(np.float32) - changed.image.astype(np.float32)).sum()
     if full == 0:
@@ -32,7 +32,7 @@ def kept_share(neutral, changed, geometry: str, size: int = 224) -> float:
 
 
 def main(argv=None) -> dict:
-    from emojidiff_pipeline.face import EXPRESSION_CROPS
+    from emojidiff_pipeline.face_geometry import EXPRESSION_CROPS
     from emojidiff_synthetic.renderer import EXPRESSION_FIELDS, Expression, Identity, Pose, Style, render
     from emojidiff_synthetic.world import DEFAULT_NUM_IDENTITIES, is_held_out
 

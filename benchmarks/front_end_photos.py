@@ -18,8 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from emojidiff_pipeline.face import align_expression_face, arcface_template, expression_crop_matrix, expression_mask
-from emojidiff_pipeline.face import face_mask as arcface_mask
+from emojidiff_pipeline.face_geometry import (
+    align_expression_face,
+    arcface_template,
+    expression_crop_matrix,
+    expression_mask,
+)
+from emojidiff_pipeline.face_geometry import face_mask as arcface_mask
 
 # face-mesh points the expression crop must keep: brow tops, the chin, the mouth corners and lips
 REGIONS = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emojidiff_pipeline import EmojiDiffAdapter
-from emojidiff_pipeline.face import (
+from emojidiff_pipeline.face_geometry import (
     EXPRESSION_CROPS,
     align_expression_face,
     expression_crop_matrix,

@@ -383,7 +383,7 @@ def test_align_face_arguments_are_checked(astronaut):
 def test_module_imports_and_errors_clearly_without_insightface(monkeypatch, models):
     for name in ("insightface", "insightface.app", "insightface.model_zoo", "insightface.utils.face_align"):
         monkeypatch.setitem(sys.modules, name, None)
-    spec = importlib.util.spec_from_file_location("_face_without_insightface", face_module.__file__)
+    spec = importlib.util.spec_from_file_location("emojidiff_pipeline._face_without_insightface", face_module.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # importing needs only numpy and Pillow
 

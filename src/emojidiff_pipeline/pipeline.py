@@ -40,7 +40,9 @@ from transformers import (
 from .adapter import EmojiDiffAdapter
 from .attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors, uninstall_processors
 from .face import check_adapter_recognizer  # noqa: F401  (for remote code: see _REMOTE_CODE_FILES)
+from .face_geometry import masked_template  # noqa: F401  (for remote code)
 from .guidance import attach_expression_guidance, check_expression_guidance_scale
+from .hooks import load_factory  # noqa: F401  (for remote code)
 from .inputs import EmojiDiffInputsMixin, ImageLike
 from .layers import expand_layer_values, unet_layers
 
@@ -571,7 +573,7 @@ class EmojiDiffMixin(EmojiDiffInputsMixin):
             )
 
     # the library modules a remote-code folder holds: pipeline.py's relative imports. diffusers' loader copies only the
-    # modules pipeline.py itself imports, so pipeline.py also imports those that inputs.py imports
+    # modules pipeline.py itself imports, so pipeline.py also imports every module its modules import
     _REMOTE_CODE_FILES = (
         "pipeline",
         "inputs",
@@ -579,6 +581,8 @@ class EmojiDiffMixin(EmojiDiffInputsMixin):
         "attention",
         "layers",
         "face",
+        "face_geometry",
+        "hooks",
         "expression",
         "guidance",
         "model_card",

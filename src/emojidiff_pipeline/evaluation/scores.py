@@ -75,7 +75,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def face_sharpness(image: np.ndarray, kps: Any, size: int = 112) -> float:
     """Variance of the 4-neighbour Laplacian of the grey, ArcFace-aligned face crop (`size`, values 0-255): higher is
     sharper. image (H, W, 3) uint8, kps (5, 2)."""
-    from ..face import align_face
+    from ..face_geometry import align_face
 
     grey = align_face(image, kps, size).astype(np.float64).mean(-1)
     lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]

@@ -35,7 +35,7 @@ def _import_dlib() -> tuple[Any, Any]:
 
 
 def _check_image(image: Any, arg: str) -> np.ndarray:
-    from ..face import to_rgb_array
+    from ..face_geometry import to_rgb_array
 
     return to_rgb_array(image, arg)
 
@@ -99,7 +99,7 @@ class DlibRecognizer:
         self.num_jitters, self.padding = num_jitters, float(padding)
 
     def embed(self, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
-        from ..face import _check_kps
+        from ..face_geometry import _check_kps
 
         image = _check_image(image, "image")
         box = self._dlib.rectangle(*box_from_kps(_check_kps(kps)))
@@ -170,7 +170,7 @@ def lms_features(points: np.ndarray) -> np.ndarray:
     canonical frame (a least-squares similarity of the rigid points onto a frontal face's, outer eye corners 1
     apart), so the mean absolute difference of two faces' features is a landmark distance in eye-corner distances
     (the LMS metric)."""
-    from ..face import _similarity_matrix
+    from ..face_geometry import _similarity_matrix
 
     points = np.asarray(points, dtype=np.float64)
     if points.shape != (68, 2):

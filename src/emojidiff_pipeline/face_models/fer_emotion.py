@@ -220,7 +220,7 @@ def box_from_kps(kps: Any) -> tuple[int, int, int, int]:
     its top 0.98 of that distance above the eyes. Measured on Haar boxes of the packaged photos (astronaut, Grace
     Hopper; mirrored; 0.6x, 1x, 1.5x) with MediaPipe's keypoints: width 1.30 +- 0.04, top 0.98 +- 0.03 (the eye
     distance varies twice as much)."""
-    from ..face import _check_kps
+    from ..face_geometry import _check_kps
 
     kps = _check_kps(kps, "kps").astype(np.float64)
     eyes, mouth = kps[:2].mean(0), kps[3:].mean(0)
@@ -363,7 +363,7 @@ class FerEmotion:
 
 
 def _rgb(image: Any, arg: str) -> np.ndarray:
-    from ..face import to_rgb_array
+    from ..face_geometry import to_rgb_array
 
     return to_rgb_array(image, arg)
 

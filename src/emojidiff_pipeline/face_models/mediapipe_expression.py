@@ -216,7 +216,7 @@ class BlendshapeEncoder:
     def __call__(self, images: Sequence[np.ndarray], keypoints: Sequence[Any]) -> np.ndarray:
         import mediapipe as mp
 
-        from ..face import to_rgb_array
+        from ..face_geometry import to_rgb_array
 
         if len(images) != len(keypoints):
             raise ValueError(f"Got {len(images)} images but {len(keypoints)} keypoint entries; give one per image.")

@@ -62,7 +62,7 @@ class FaceMesh:
         )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        from ..face import to_rgb_array
+        from ..face_geometry import to_rgb_array
 
         image = to_rgb_array(image, "image")
         h, w = image.shape[:2]

@@ -100,7 +100,7 @@ def prepare_cache(
     its keypoints). `with_image_tokens=False` skips the image encoder (a code-stream-only adapter); `template_crop`
     is the crop geometry of the image stream (the adapter's ``config.template_crop``).
     """
-    from ..face import masked_template
+    from ..face_geometry import masked_template
 
     device = pipe._execution_device
     vae = pipe.vae

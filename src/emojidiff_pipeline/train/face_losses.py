@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..face import _similarity_matrix, arcface_template
+from ..face_geometry import _similarity_matrix, arcface_template
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:

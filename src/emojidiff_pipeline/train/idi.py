@@ -140,7 +140,7 @@ class DiffusionReIDBackend:
         import cv2
 
         from ..attention import CONDITIONING_KWARG
-        from ..face import arcface_template, face_mask
+        from ..face_geometry import arcface_template, face_mask
 
         do_cfg = self.guidance > 1
         embeds = torch.as_tensor(np.asarray(identity_embedding, np.float32))[None, None]
@@ -297,7 +297,7 @@ class IDIRound:
     def _template_inputs(self, template: np.ndarray, kps) -> dict[str, torch.Tensor]:
         """The adapter's expression inputs for a template with known keypoints, through the pipeline's own encoding
         paths: image-encoder tokens (1, P, E) of the aligned, masked crop and/or expression codes (1, K)."""
-        from ..face import masked_template
+        from ..face_geometry import masked_template
 
         adapter, out = self.pipe.emoji_adapter, {}
         if adapter.uses_image_stream:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def _template_geometry(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eye and nose targets (3, 2) and the soft mask of the pipeline's 224 px ``"eyes_nose"`` expression crop
     (:func:`emojidiff_pipeline.face.expression_template`), resized to `size`."""
-    from emojidiff_pipeline.face import expression_mask, expression_template
+    from emojidiff_pipeline.face_geometry import expression_mask, expression_template
 
     dst = torch.from_numpy(expression_template(224).astype(np.float32)) * (size / 224.0)
     mask = torch.from_numpy(expression_mask(224, "eyes_nose"))[None, None]

@@ -64,7 +64,7 @@ def align_faces(images: Any, keypoints: Any, size: int = FACE_SIZE) -> np.ndarra
     coordinates (``RenderResult.keypoints``). Uses ``face.align_face`` (insightface ``norm_crop``), so the crops are
     the ones ``ArcFaceONNX.get`` computes.
     """
-    from emojidiff_pipeline.face import align_face
+    from emojidiff_pipeline.face_geometry import align_face
 
     images = _check_batch(images, "images")
     kps = np.asarray(keypoints, dtype=np.float32)

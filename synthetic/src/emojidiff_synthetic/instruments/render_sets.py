@@ -76,7 +76,7 @@ def render_set(
         identity_factors=np.empty((n, len(IDENTITY_FACTOR_FIELDS)), np.float32),
         hair_style=np.empty(n, np.int64),
     )
-    from emojidiff_pipeline.face import align_face
+    from emojidiff_pipeline.face_geometry import align_face
 
     k = 0
     for label, id_seed in enumerate(identity_seeds):
