@@ -20,7 +20,7 @@ _EXPORTS = {
     "EmojiDiffImg2ImgPipeline": ".pipeline",
     "EmojiDiffInpaintPipeline": ".pipeline",
     "EmojiDiffIPAdapterAttnProcessor": ".attention",
-    "EmojiDiffMixin": ".pipeline",
+    "EmojiDiffMixin": ".mixin",
     "EmojiDiffPipeline": ".pipeline",
     "EmojiDiffStableDiffusionPipeline": ".pipeline",
     "select_layers": ".layers",
@@ -52,11 +52,11 @@ if TYPE_CHECKING:
         EmojiDiffPassthroughProcessor,
     )
     from .layers import select_layers, unet_layers
+    from .mixin import EmojiDiffMixin
     from .pipeline import (
         EmojiDiffControlNetPipeline,
         EmojiDiffImg2ImgPipeline,
         EmojiDiffInpaintPipeline,
-        EmojiDiffMixin,
         EmojiDiffPipeline,
         EmojiDiffStableDiffusionPipeline,
     )

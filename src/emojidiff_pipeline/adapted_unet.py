@@ -1,7 +1,7 @@
 """A UNet driven by an EmojiDiff adapter outside the pipeline: training, ANI calibration, probes and diagnosis.
 
 The pipeline runs the adapter once per call and keeps its key/values for the whole denoising loop
-(:meth:`~emojidiff_pipeline.pipeline.EmojiDiffMixin.prepare_conditioning`); training and the probes instead run it
+(:meth:`~emojidiff_pipeline.mixin.EmojiDiffMixin.prepare_conditioning`); training and the probes instead run it
 for every batch, with per-row keep masks (branch dropout, null tokens). :class:`AdaptedUNet` is that one path:
 processors installed once, adapter inputs -> :class:`~emojidiff_pipeline.attention.EmojiDiffConditioning` ->
 the UNet's prediction, with SDXL's added conditioning (pooled text and time ids) when the UNet takes it.

@@ -9,7 +9,7 @@ with the expression branch on (``eps_c``) and off (``eps_x``, identity and text 
 so the template's expression is pushed by its own scale, as InstructPix2Pix guides its image and text conditions
 separately. The parent's loop is left untouched: a pre-hook widens the UNet's inputs to 3n rows [u, c, c] (the
 adapter's conditioning holds the matching [null, full, expression-off] rows, see
-:meth:`~emojidiff_pipeline.pipeline.EmojiDiffMixin.prepare_conditioning`) and a post-hook folds the output back to
+:meth:`~emojidiff_pipeline.mixin.EmojiDiffMixin.prepare_conditioning`) and a post-hook folds the output back to
 2n rows [eps_u, eps_x + (g_e / g) (eps_c - eps_x)], which the loop's own formula turns into the sum above. ``g_e ==
 g`` is ordinary guidance; ``g_e == 0`` ignores the template.
 """

@@ -1,7 +1,7 @@
 """How EmojiDiff's inputs become the adapter's conditioning, for every EmojiDiff pipeline: the face analyzer and
 expression encoder they use, reference photos -> identity embeddings, expression templates -> aligned, masked crops ->
 image-encoder tokens or expression codes (at known keypoints or detected ones), and the checks of precomputed
-embeddings and of the expression mask. :class:`~.pipeline.EmojiDiffMixin` inherits it."""
+embeddings and of the expression mask. :class:`~.mixin.EmojiDiffMixin` inherits it."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +26,7 @@ def _is_kps(x: Any) -> bool:
 
 class EmojiDiffInputsMixin:
     """EmojiDiff's input encoders and checks; needs the pipeline's `emoji_adapter`, `unet`, `image_encoder`,
-    `feature_extractor`, `face_analyzer` and `expression_encoder` (set by :class:`~.pipeline.EmojiDiffMixin`)."""
+    `feature_extractor`, `face_analyzer` and `expression_encoder` (set by :class:`~.mixin.EmojiDiffMixin`)."""
 
     def encode_identity(self, identity_image, batch_size: int) -> torch.Tensor:
         """Face images -> normed embeddings (B, n_ref, D) with the face analyzer.
