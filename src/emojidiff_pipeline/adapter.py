@@ -1,20 +1,20 @@
-"""EmojiDiffAdapter: the E-Adapter (identity projection, expression resampler, per-layer decoupled key/values)."""
+"""EmojiDiffAdapter: the E-Adapter (identity projection, expression resampler and code projection from
+:mod:`.tokens`, per-layer decoupled key/values, gates, loading checks)."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader looks it up in this module)
 
 from .layers import LayerSpec, select_layers, unet_layers
+from .tokens import ExpressionCodeProjection, ExpressionResampler, IdentityProjection
 
 
 def _module_key(layer_name: str) -> str:
@@ -81,106 +81,6 @@ def _safetensors_shapes(pretrained_model_name_or_path, variant: str | None, hub:
         except Exception as err:  # SafetensorError and OSError: the header cannot be read
             raise OSError(f"{file} cannot be read as safetensors ({err}).") from err
     return files[0] if len(files) == 1 else files, shapes
-
-
-class TokenProjection(nn.Module):
-    """A vector -> a few tokens: (B, D) -> (B, N, C), an MLP then LayerNorm (IP-Adapter-FaceID's projection)."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, cross_attention_dim: int, num_tokens: int):
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.cross_attention_dim = cross_attention_dim
-        self.proj = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
-        )
-        self.norm = nn.LayerNorm(cross_attention_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x).view(x.shape[0], self.num_tokens, self.cross_attention_dim)  # (B, N, C)
-        return self.norm(x)
-
-
-class IdentityProjection(TokenProjection):
-    """Normed face embedding(s) -> identity tokens: (B, n_ref, D) -> (B, N, C).
-
-    Several references of one person are averaged and renormalised before projection (order-invariant).
-    """
-
-    def __init__(self, embed_dim: int, cross_attention_dim: int, num_tokens: int):
-        super().__init__(embed_dim, embed_dim * 2, cross_attention_dim, num_tokens)
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.normalize(F.normalize(embeds, dim=-1).mean(dim=1), dim=-1))  # (B, D) -> (B, N, C)
-
-
-class PerceiverAttention(nn.Module):
-    """Latents attend to [patch tokens; latents] (Flamingo / IP-Adapter-Plus resampler block)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm_media = nn.LayerNorm(dim)
-        self.norm_latents = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_kv = nn.Linear(dim, dim * 2, bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        media, latents = self.norm_media(media), self.norm_latents(latents)
-        b, n, d = latents.shape
-        q = self.to_q(latents).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, d/h)
-        k, v = self.to_kv(torch.cat([media, latents], dim=1)).chunk(2, dim=-1)
-        k = k.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # (B, h, P+N, d/h)
-        v = v.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d/h)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
-
-
-class ExpressionResampler(nn.Module):
-    """Image-encoder patch tokens -> expression tokens: (B, P, E) -> (B, N, C). A perceiver resampler."""
-
-    def __init__(
-        self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int, dim: int, depth: int, heads: int
-    ):
-        super().__init__()
-        self.latents = nn.Parameter(torch.randn(1, num_tokens, dim) / math.sqrt(dim))
-        self.proj_in = nn.Linear(image_embed_dim, dim)
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [
-                    PerceiverAttention(dim, heads),
-                    nn.Sequential(
-                        nn.LayerNorm(dim),
-                        nn.Linear(dim, dim * 4, bias=False),
-                        nn.GELU(),
-                        nn.Linear(dim * 4, dim, bias=False),
-                    ),
-                ]
-            )
-            for _ in range(depth)
-        )
-        self.proj_out = nn.Linear(dim, cross_attention_dim)
-        self.norm_out = nn.LayerNorm(cross_attention_dim)
-
-    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        media = self.proj_in(image_embeds)  # (B, P, dim)
-        latents = self.latents.expand(media.shape[0], -1, -1)  # (B, N, dim)
-        for attn, ff in self.layers:
-            latents = latents + attn(media, latents)
-            latents = latents + ff(latents)
-        return self.norm_out(self.proj_out(latents))  # (B, N, C)
-
-
-class ExpressionCodeProjection(TokenProjection):
-    """Expression code(s) from an expression encoder -> expression tokens: (B, K) -> (B, N, C).
-
-    The code stream of the expression branch: a low-dimensional code (blendshapes, action units, the synthetic
-    world's factors) carries the expression and little else, so the branch cannot fall back on copying the
-    template person's identity or style, and it has no mean-pool start to collapse to.
-    """
-
-    def __init__(self, code_dim: int, cross_attention_dim: int, num_tokens: int, hidden_dim: int):
-        super().__init__(code_dim, hidden_dim, cross_attention_dim, num_tokens)
 
 
 EXPRESSION_STREAMS = ("image", "code", "both")

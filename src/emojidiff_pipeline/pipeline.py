@@ -43,6 +43,7 @@ from .layers import unet_layers  # noqa: F401
 from .mixin import EmojiDiffMixin
 from .model_card import emojidiff_model_card  # noqa: F401
 from .saving import EmojiDiffSavingMixin  # noqa: F401
+from .tokens import IdentityProjection  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipelines: a diffusers parent + the mixin + the `emoji_adapter` component

@@ -77,6 +77,7 @@ class EmojiDiffSavingMixin:
         "adapter",
         "attention",
         "layers",
+        "tokens",
         "face",
         "face_geometry",
         "hooks",
@@ -88,7 +89,8 @@ class EmojiDiffSavingMixin:
     def _write_remote_code(self, save_directory) -> None:
         """Copy the pipeline's code into `save_directory` in diffusers' custom-pipeline layout: `pipeline.py` and the
         modules it imports at the top level (model_index.json `_class_name` ["pipeline", <class>]), and the adapter's
-        module beside its weights (`emoji_adapter/adapter.py`, component entry ["adapter", "EmojiDiffAdapter"])."""
+        module beside its weights (`emoji_adapter/adapter.py` with `layers.py` and `tokens.py`, component entry
+        ["adapter", "EmojiDiffAdapter"])."""
         import json
         import shutil
 
@@ -100,7 +102,7 @@ class EmojiDiffSavingMixin:
             index = json.load(f)
         index["_class_name"] = ["pipeline", type(self).__name__]
         if self.emoji_adapter is not None:
-            for name in ("adapter", "layers"):
+            for name in ("adapter", "layers", "tokens"):  # adapter.py and what it imports
                 shutil.copyfile(
                     os.path.join(source, f"{name}.py"), os.path.join(save_directory, "emoji_adapter", f"{name}.py")
                 )
