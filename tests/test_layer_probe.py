@@ -89,3 +89,87 @@ def test_probe_report_files(layers, tmp_path):
     assert (tmp_path / "probe.png").stat().st_size > 0 and (tmp_path / "probe.json").exists()
     with pytest.raises(SystemExit):
         probe_layers.parse_args(["--adapter", str(tmp_path / "missing")])
+
+
+def test_single_block_adapter_keeps_that_blocks_branch_and_every_other_weight(layers):
+    import torch
+    from tiny_models import tiny_adapter
+
+    from emojidiff_pipeline.layer_probe import single_block_adapter
+
+    unet = tiny_components()["unet"]
+    adapter = tiny_adapter(unet, expression_layers="all")
+    blocks = attention_blocks(layers, adapter.expression_layer_names)
+    block = blocks[-1]
+    single = single_block_adapter(adapter, block)
+    assert single.expression_layer_names and all(n.startswith(block.name + ".") for n in single.expression_layer_names)
+    assert single.identity_layer_names == adapter.identity_layer_names
+    full = adapter.state_dict()
+    for key, value in single.state_dict().items():
+        assert torch.equal(value, full[key]), key
+    assert len(single.state_dict()) < len(full)  # the other blocks' expression key/values are gone
+    with pytest.raises(ValueError, match="no layer in"):
+        single_block_adapter(single, blocks[0])
+
+
+def test_probe_trains_single_block_adapters_resumably_on_one_shared_cache(tmp_path, monkeypatch):
+    """probe_layers --train_steps: each block's cut-down adapter trains into its own folder on one cache; a finished
+    block is not trained again; the report gains the *_trained columns."""
+    import argparse
+
+    import probe_layers
+    import results
+    from face_standins import make_arcface_standin
+    from tiny_models import tiny_adapter, write_tiny_collection
+
+    import emojidiff_pipeline.train.run as run_module
+    from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
+    from emojidiff_pipeline.train.run import FaceFrontEnd, Stage1Config, TrainingRun, TripletSource
+
+    components = tiny_components()
+    EmojiDiffPipeline(**components).save_pretrained(tmp_path / "base")
+    make_arcface_standin(tmp_path / "arcface.onnx", seed=1)
+    write_tiny_collection(tmp_path, num_identities=3, photos_per_identity=2)
+
+    def tiny_run(collection, output_dir, seed, max_steps, batch_size):  # the recipe, on the tiny world
+        return TrainingRun(
+            pretrained_model=str(tmp_path / "base"),
+            output_dir=str(output_dir),
+            resolution=64,
+            data=TripletSource(same_identity_from=str(Path(collection) / "train.jsonl"), seed=seed),
+            face=FaceFrontEnd(recognizer=str(tmp_path / "arcface.onnx")),
+            config=Stage1Config(max_steps=max_steps, batch_size=batch_size, checkpointing_steps=1),
+        )
+
+    monkeypatch.setattr(results, "synthetic_stage1_run", tiny_run)
+    adapter = tiny_adapter(components["unet"], expression_layers="all")
+    blocks = attention_blocks(unet_layers(components["unet"]), adapter.expression_layer_names)[:2]
+    args = argparse.Namespace(
+        train_work=str(tmp_path / "work"),
+        collection=str(tmp_path),
+        seed=0,
+        train_steps=2,
+        train_batch_size=2,
+        train_learning_rate=1e-3,
+    )
+    trained = [probe_layers.train_single_block(adapter, b, args) for b in blocks]
+    for folder, b in zip(trained, blocks):
+        names = EmojiDiffAdapter.from_pretrained(folder).expression_layer_names
+        assert names and all(n.startswith(b.name + ".") for n in names)
+        assert (Path(folder).parent / "checkpoint-2").is_dir()
+    assert len(list((tmp_path / "work" / "cache").glob("cache-*.safetensors"))) == 1  # encoded once, shared
+    monkeypatch.setattr(run_module, "train_stage1_run", lambda run: pytest.fail("a finished block trained again"))
+    assert probe_layers.train_single_block(adapter, blocks[0], args) == trained[0]
+
+    row = {
+        "expression_error": 0.1,
+        "expression_error_se": 0.01,
+        "style_leakage": 0.0,
+        "identity_leakage": 0.0,
+        "identity_similarity": 0.3,
+    }
+    result = probe_blocks(blocks, lambda scale: dict(row))
+    result["train_steps"], result["trained"] = 2, {b.name: dict(row, expression_error=0.05) for b in blocks}
+    probe_layers.write_report(result, suggest_preset(result, blocks), tmp_path / "probe", "cmd")
+    text = (tmp_path / "probe.md").read_text()
+    assert "gain_trained" in text and "trained 2 more steps" in text and "+0.0500" in text

@@ -12,8 +12,12 @@ import ship  # noqa: E402
 
 
 def evaluated(identity, expression, se=0.003):
-    return {"identity_similarity": identity, "identity_similarity_se": 0.005, "expression_error": expression,
-            "expression_error_se": se}  # fmt: skip
+    return {
+        "identity_similarity": identity,
+        "identity_similarity_se": 0.005,
+        "expression_error": expression,
+        "expression_error_se": se,
+    }
 
 
 def write_results(path: Path, rows: dict[str, tuple[str, dict]], neutral: float = 0.081) -> str:

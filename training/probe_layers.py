@@ -4,8 +4,10 @@
 
 The adapter must have its expression branch in the blocks to probe (train one with `--expression_layers all`). For
 each block: the benchmark generated with the branch on in that block only, and on everywhere except that block;
-each scored like a results row (emojidiff_pipeline.layer_probe). Writes <out>.json, <out>.md (table and preset
-suggestion) and <out>.png (heatmap). Defaults run the synthetic world's expression benchmark with its eval-side
+each scored like a results row (emojidiff_pipeline.layer_probe). With `--train_steps N`, also the second way: for each
+block, the adapter cut down to that block's expression branch (layer_probe.single_block_adapter) is trained N more
+steps with the results rows' stage-1 recipe (under --train_work, resumable, one shared input cache) and scored.
+Writes <out>.json, <out>.md (table and preset suggestion) and <out>.png (heatmap). Defaults run the synthetic world's expression benchmark with its eval-side
 instruments; `--pretrained_model` takes another base pipeline of the same world.
 """
 
@@ -27,6 +29,7 @@ import evaluate  # noqa: E402
 
 logger = logging.getLogger("probe_layers")
 METRICS = ("gain_only", "gain_without", "style_leakage_only", "identity_leakage_only", "identity_similarity_only")
+TRAINED_METRICS = ("gain_trained", "style_leakage_trained", "identity_similarity_trained")
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -47,8 +50,18 @@ def parse_args(input_args=None) -> argparse.Namespace:
         default=2.0,
         help="a block joins the preset when its gain exceeds this many standard errors",
     )
+    t = p.add_argument_group("(b) short training of single-block adapters")
+    t.add_argument("--train_steps", type=int, default=0, help="steps per single-block adapter (0: inference only)")
+    t.add_argument("--train_work", default="runs/layer_probe", help="folder of the single-block runs")
+    t.add_argument("--collection", default="data/collection", help="the synthetic collection to train on")
+    t.add_argument("--train_batch_size", type=int, default=32)
+    t.add_argument("--train_learning_rate", type=float, default=3e-4)
     args = p.parse_args(input_args)
-    for name in ("num_identities", "num_templates", "steps", "batch_size"):
+    if args.train_steps < 0:
+        p.error(f"--train_steps must be >= 0, got {args.train_steps}")
+    if args.train_steps and not (Path(args.collection) / "train.jsonl").is_file():
+        p.error(f"--train_steps needs --collection with a train.jsonl, got {args.collection!r}")
+    for name in ("num_identities", "num_templates", "steps", "batch_size", "train_batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not (Path(args.adapter) / "config.json").is_file():
@@ -57,9 +70,13 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
+def metrics(result: dict) -> tuple[str, ...]:
+    return METRICS + (TRAINED_METRICS if "trained" in result else ())
+
+
 def flat_rows(result: dict) -> dict[str, dict[str, float]]:
-    """{block: {metric: value}} of :data:`METRICS` for the table and the heatmap."""
-    return {
+    """{block: {metric: value}} of :func:`metrics` for the table and the heatmap."""
+    rows = {
         name: {
             "gain_only": r["gain_only"],
             "gain_without": r["gain_without"],
@@ -69,6 +86,11 @@ def flat_rows(result: dict) -> dict[str, dict[str, float]]:
         }
         for name, r in result["blocks"].items()
     }
+    for name, trained in result.get("trained", {}).items():
+        rows[name]["gain_trained"] = result["off"]["expression_error"] - trained["expression_error"]
+        rows[name]["style_leakage_trained"] = trained["style_leakage"]
+        rows[name]["identity_similarity_trained"] = trained["identity_similarity"]
+    return rows
 
 
 def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
@@ -76,10 +98,11 @@ def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     names = list(rows)
+    columns = list(next(iter(rows.values())))
     cell, left, top = 36, 260, 24
-    image = Image.new("RGB", (left + cell * len(METRICS), top + cell * len(names)), "white")
+    image = Image.new("RGB", (left + cell * len(columns), top + cell * len(names)), "white")
     draw = ImageDraw.Draw(image)
-    for j, metric in enumerate(METRICS):
+    for j, metric in enumerate(columns):
         values = np.array([rows[n][metric] for n in names], dtype=np.float64)
         lo, hi = np.nanmin(values), np.nanmax(values)
         draw.text((left + j * cell + 2, 4), f"m{j + 1}", fill="black")
@@ -98,7 +121,7 @@ def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
-    rows = flat_rows(result)
+    rows, columns = flat_rows(result), metrics(result)
     write_text_atomic(
         out.with_suffix(".json"),
         json.dumps({"command": command, "result": result, "suggested_preset": preset}, indent=1),
@@ -108,8 +131,8 @@ def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
     lines = [
         "# Layer probe: the expression branch block by block",
         "",
-        f"Written by `{command}` (do not edit by hand). Heatmap: `{out.name}.png` (columns m1-m5 = the metric "
-        "columns below, each scaled to its own range, blue low, red high).",
+        f"Written by `{command}` (do not edit by hand). Heatmap: `{out.name}.png` (columns m1-m{len(columns)} = "
+        "the metric columns below, each scaled to its own range, blue low, red high).",
         "",
         f"Branch off everywhere: expression error {off['expression_error']:.4f} +- "
         f"{off.get('expression_error_se', float('nan')):.4f}; on everywhere: {full['expression_error']:.4f} +- "
@@ -117,13 +140,19 @@ def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
         f"identity leakage {full['identity_leakage']:.4f}.",
         "",
         "gain_only = error(off) - error(only this block); gain_without = error(all) - error(all but this block) "
-        "(negative: the block helps).",
+        "(negative: the block helps)."
+        + (
+            f" *_trained: the adapter cut down to this block's expression branch and trained {result['train_steps']} "
+            "more steps (gain_trained = error(off) - error(trained single-block adapter))."
+            if "trained" in result
+            else ""
+        ),
         "",
-        "| block | " + " | ".join(METRICS) + " |",
-        "| --- |" + " --- |" * len(METRICS),
+        "| block | " + " | ".join(columns) + " |",
+        "| --- |" + " --- |" * len(columns),
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(r[m]) for m in columns) + " |")
     lines += ["", f"Suggested `expression_layers` preset: `{json.dumps(preset)}`", ""]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines))
     write_heatmap(rows, out.with_suffix(".png"))
@@ -141,10 +170,10 @@ def main(args: argparse.Namespace) -> dict:
     blocks = attention_blocks(unet_layers(pipe.unet), adapter.expression_layer_names)
     logger.info("probing %d blocks: %s", len(blocks), [b.name for b in blocks])
 
-    def score(expression_scale):
+    def score(expression_scale, adapter_dir=args.adapter):
         images = evaluate.generate_row(
             pipe,
-            args.adapter,
+            adapter_dir,
             cases,
             world.train_face,
             evaluate.generation_settings(args),
@@ -156,10 +185,45 @@ def main(args: argparse.Namespace) -> dict:
         return row
 
     result = probe_blocks(blocks, score)
+    if args.train_steps:
+        result["train_steps"] = args.train_steps
+        result["trained"] = {b.name: score(1.0, train_single_block(adapter, b, args)) for b in blocks}
     preset = suggest_preset(result, blocks, args.min_gain_se)
     command = "python training/probe_layers.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(result, preset, Path(args.out), command)
     return {"result": result, "suggested_preset": preset}
+
+
+def train_single_block(adapter, block, args: argparse.Namespace) -> str:
+    """The adapter cut down to `block`'s expression branch, trained ``--train_steps`` more steps (skipped once done,
+    resumed from its latest checkpoint); returns the trained adapter folder."""
+    import results
+
+    from emojidiff_pipeline.layer_probe import single_block_adapter
+    from emojidiff_pipeline.train.checkpoints import save_pretrained_atomic
+    from emojidiff_pipeline.train.run import train_stage1_run
+
+    work = Path(args.train_work)
+    folder = work / block.name
+    if not (folder / "run" / "adapter" / "config.json").exists():
+        if not (folder / "init" / "config.json").exists():
+            save_pretrained_atomic(single_block_adapter(adapter, block), folder / "init")
+        resume = "latest" if any((folder / "run").glob("checkpoint-*[0-9]")) else None
+        run = results.synthetic_stage1_run(
+            Path(args.collection), folder / "run", args.seed, args.train_steps, args.train_batch_size
+        ).replace(
+            adapter=dict(path=str(folder / "init")),
+            resume_from_checkpoint=resume,
+            config=dict(
+                learning_rate=args.train_learning_rate,
+                num_validation=0,
+                early_stopping_patience=0,
+                cache_dir=str(work / "cache"),
+            ),
+        )
+        logger.info("training the single-block adapter of %s for %d steps", block.name, args.train_steps)
+        train_stage1_run(run)
+    return str(folder / "run" / "adapter")
 
 
 if __name__ == "__main__":

@@ -145,51 +145,68 @@ def parse_args(input_args=None) -> argparse.Namespace:
     return args
 
 
-def main(args: argparse.Namespace) -> dict:
-    from emojidiff_pipeline.train.face_losses import FaceLossConfig
-    from emojidiff_pipeline.train.run import (
-        AdapterSpec,
-        AniConfig,
-        FaceFrontEnd,
-        FilterConfig,
-        IDISettings,
-        Stage1Config,
-        TrainingRun,
-        TripletSource,
-        run_idi,
-        train_ica_run,
-        train_stage1_run,
-    )
+def synthetic_stage1_run(
+    collection: Path,
+    output_dir: Path,
+    seed: int = 0,
+    max_steps: int = 6000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    lr_warmup_steps: int = 100,
+):
+    """Stage 1 in the synthetic world as the results rows run it (a TrainingRun): same-identity pairs from
+    ``<collection>/train.jsonl``, the code stream (the train-side expression estimator), the expression-sensitive
+    preset, the train-side recognizer, captions without expression words, 64 px, checkpoints every 250 steps, 256
+    held-out triplets checked every 250 steps, stopping after 6 checks without a better loss."""
+    from emojidiff_pipeline.train.run import AdapterSpec, FaceFrontEnd, Stage1Config, TrainingRun, TripletSource
     from emojidiff_synthetic.collection import EXPRESSION_WORDS
     from emojidiff_synthetic.instruments import identity_onnx_path
-    from emojidiff_synthetic.load import BASE_DIR, EMOJIDIFF_DIR
-    from emojidiff_synthetic.oracle import build_oracle_triplets
+    from emojidiff_synthetic.load import BASE_DIR
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    work, collection = Path(args.work), Path(args.collection)
-    train_manifest = collection / "train.jsonl"
-    same_identity = TrainingRun(  # the base of every row: same-identity pairs, the code stream, the shipped recipe
+    return TrainingRun(
         pretrained_model=str(BASE_DIR),
-        output_dir=str(work),
+        output_dir=str(output_dir),
         resolution=64,
         data=TripletSource(
-            same_identity_from=str(train_manifest), seed=args.seed, strip_prompt_words=tuple(EXPRESSION_WORDS)
+            same_identity_from=str(Path(collection) / "train.jsonl"),
+            seed=seed,
+            strip_prompt_words=tuple(EXPRESSION_WORDS),
         ),
         face=FaceFrontEnd(recognizer=str(identity_onnx_path("train"))),
-        adapter=AdapterSpec(expression_streams="code", expression_encoder=ENCODER, seed=args.seed),
+        adapter=AdapterSpec(expression_streams="code", expression_encoder=ENCODER, seed=seed),
         config=Stage1Config(
-            max_steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            lr_warmup_steps=args.lr_warmup_steps,
-            face_loss_weight=args.face_loss_weight,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            lr_warmup_steps=lr_warmup_steps,
             checkpointing_steps=250,
-            seed=args.seed,
+            seed=seed,
             num_validation=256,
             validation_steps=250,
             early_stopping_patience=6,
         ),
     )
+
+
+def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.train.face_losses import FaceLossConfig
+    from emojidiff_pipeline.train.run import (
+        AniConfig,
+        FilterConfig,
+        IDISettings,
+        TrainingRun,
+        run_idi,
+        train_ica_run,
+        train_stage1_run,
+    )
+    from emojidiff_synthetic.load import EMOJIDIFF_DIR
+    from emojidiff_synthetic.oracle import build_oracle_triplets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    work, collection = Path(args.work), Path(args.collection)
+    same_identity = synthetic_stage1_run(
+        collection, work, args.seed, args.steps, args.batch_size, args.learning_rate, args.lr_warmup_steps
+    ).replace(config=dict(face_loss_weight=args.face_loss_weight))
 
     def train(run: TrainingRun, out: Path, steps: int, ani: AniConfig | None = None) -> str:
         """Train `run` into `out` (resumed from its latest checkpoint; skipped once its adapter exists)."""

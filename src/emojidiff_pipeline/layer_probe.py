@@ -8,6 +8,9 @@ is measured two ways at inference:
 - **only**: the expression branch on in that block alone (``expression_scale`` 1 there, 0 elsewhere);
 - **without**: on everywhere except that block.
 
+:func:`single_block_adapter` cuts the adapter down to one block's expression branch, for the probe's second way:
+short training with the branch in that block alone (training/probe_layers.py ``--train_steps``).
+
 Each configuration is scored like a results row (expression error, identity similarity, identity leakage, style
 leakage); the *expression gain* of "only b" is ``error(branch off) - error(only b)``, and of "without b" is
 ``error(all) - error(without b)`` (negative: the block helps). :func:`suggest_preset` turns the table into a
@@ -125,3 +128,18 @@ def suggest_preset(result: dict, blocks: Sequence[Block], min_gain_se: float = 2
             row = spec.setdefault(b.path, {}).setdefault(f"block_{b.block}", [0.0] * b.count)
             row[b.index] = 1.0 if b in keep else 0.0
     return spec
+
+
+def single_block_adapter(adapter, block: Block):
+    """A copy of `adapter` (an :class:`~emojidiff_pipeline.EmojiDiffAdapter`) whose expression branch is in `block`
+    only: the same config but ``expression_layers`` cut to that block's layers; the identity branch, the token makers
+    and the block's expression key/values (and gates) copied."""
+    config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
+    prefix = block.name + "."
+    config["expression_layers"] = {n: h for n, h in adapter.config.expression_layers.items() if n.startswith(prefix)}
+    if not config["expression_layers"]:
+        raise ValueError(f"The adapter's expression branch has no layer in {block.name}.")
+    single = type(adapter)(**config)
+    state = adapter.state_dict()
+    single.load_state_dict({k: state[k] for k in single.state_dict()})
+    return single.to(adapter.device, adapter.dtype)

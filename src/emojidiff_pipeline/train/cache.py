@@ -288,7 +288,7 @@ def prepare_stage1_cache(
         face_analyzer,
         triplets,
         resolution,
-        Path(output_dir) / "cache",
+        Path(config.cache_dir) if config.cache_dir else Path(output_dir) / "cache",
         with_target_kps=config.face_loss_weight > 0 or (config.face_losses is not None and config.face_losses.enabled),
         expression_encoder=expression_encoder if adapter.uses_code_stream else None,
         with_image_tokens=adapter.uses_image_stream,

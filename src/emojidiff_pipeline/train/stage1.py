@@ -58,6 +58,9 @@ class Stage1Config:
     early_stopping_patience: int = 0  # stop after this many validations without a new best loss (0: never)
     face_losses: FaceLossConfig | None = None  # expression / identity read back from the one-step x0 (None: off)
     max_train_timestep: int | None = None  # draw training timesteps in [0, this] (ICA's ANI bound; None: all)
+    # the frozen inputs' cache (default <output_dir>/cache); its files are named by a hash of their contents' recipe,
+    # so runs over the same triplets at the same settings can share one folder and encode once
+    cache_dir: str | None = None
 
 
 def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
