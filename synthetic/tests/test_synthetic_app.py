@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -21,8 +19,6 @@ from emojidiff_synthetic.load import EMOJIDIFF_DIR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CHROMIUM = os.environ.get("EMOJIDIFF_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("EMOJIDIFF_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 needs_embedded = pytest.mark.skipif(
     not (EMOJIDIFF_DIR / "emoji_adapter" / "config.json").is_file(),
     reason=f"the embedded default is not built in this checkout ({EMOJIDIFF_DIR})",
@@ -111,25 +107,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def browser():
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).is_file():
-            pytest.skip(
-                f"no headless browser: {path} is missing (`apt-get install -y {package}`; .ci/run installs it)"
-            )
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the [test] extra has it)")
-    from selenium.webdriver.chrome.service import Service
+    from emojidiff_synthetic.browser import headless_chromium, missing_browser
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1800",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # an explicit driver: nothing downloaded
+    if missing_browser():
+        pytest.skip(missing_browser())
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the [test] extra has it)")
+    driver = headless_chromium()
     yield driver
     driver.quit()
 
@@ -144,6 +127,8 @@ def test_app_page_in_headless_chromium(browser, world_pipe, tmp_path, monkeypatc
 
     import emojidiff_synthetic.app as app
     from emojidiff_pipeline.app import ELEM_IDS, launch
+    from emojidiff_synthetic.browser import output_src as browser_output_src
+    from emojidiff_synthetic.browser import pick_examples
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # the served files stay in this test's folder
@@ -160,15 +145,7 @@ def test_app_page_in_headless_chromium(browser, world_pipe, tmp_path, monkeypatc
             return wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, selector)))
 
         def output_src(previous=None):
-            def ready(driver):
-                errors = driver.find_elements(By.CSS_SELECTOR, ".toast-body.error")
-                if errors:
-                    pytest.fail(f"the page shows an error: {errors[0].text!r}")
-                imgs = driver.find_elements(By.CSS_SELECTOR, f"#{ELEM_IDS['output']} img")
-                src = imgs[0].get_attribute("src") if imgs else None
-                return src if src and src != previous else False
-
-            return wait.until(ready)
+            return browser_output_src(browser, wait, previous)  # an error toast raises
 
         def fetch(src):
             with urllib.request.urlopen(src, timeout=30) as response:
@@ -183,8 +160,7 @@ def test_app_page_in_headless_chromium(browser, world_pipe, tmp_path, monkeypatc
         assert "Add one or more identity photos" in toast.text
         toast.find_element(By.CSS_SELECTOR, ".toast-close").click()
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".toast-body.error"))
-        css(f"#{ELEM_IDS['identity_examples']} [data-testid='dataset-cell-0-0']").click()
-        css(f"#{ELEM_IDS['template_examples']} button.gallery-item").click()
+        pick_examples(browser, wait, identity=0, template=0)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, f"#{ELEM_IDS['identity']} img")) >= 3)
         wait.until(lambda d: template_src())
         prompt = browser.find_element(By.CSS_SELECTOR, f"#{ELEM_IDS['prompt']} textarea").get_attribute("value")
