@@ -7,8 +7,9 @@ each block: the benchmark generated with the branch on in that block only, and o
 each scored like a results row (emojidiff_pipeline.layer_probe). With `--train_steps N`, also the second way: for each
 block, the adapter cut down to that block's expression branch (layer_probe.single_block_adapter) is trained N more
 steps with the results rows' stage-1 recipe (under --train_work, resumable, one shared input cache) and scored.
-Writes <out>.json, <out>.md (table and preset suggestion) and <out>.png (heatmap). Defaults run the synthetic world's expression benchmark with its eval-side
-instruments; `--pretrained_model` takes another base pipeline of the same world.
+Writes <out>.json, <out>.md (table and preset suggestion) and <out>.png (heatmap). Defaults run the synthetic
+world's expression benchmark with its eval-side instruments; `--pretrained_model` takes another base pipeline of
+the same world.
 """
 
 from __future__ import annotations
