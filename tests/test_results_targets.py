@@ -144,6 +144,10 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     assert cont.config.max_steps == 4000 and push.config.max_steps == 2000 and push.config.learning_rate == 3e-4
     assert calls["ica"].adapter.path == face.output_dir + "/adapter"  # ICA stays measured from row 2b
     assert calls["ica"].config.face_losses.alignment_weight == 1.0 and anis["ica"].fixed_max_timestep is None
+    from_push, ani_from_push = calls["ica_from_push"], anis["ica_from_push"]  # 2e: the embedded default's chain
+    assert from_push.adapter.path == push.output_dir + "/adapter" and from_push.config.max_steps == 1500
+    assert from_push.config.face_losses.alignment_weight == 0.0 and from_push.config.face_losses.identity_weight == 1
+    assert from_push.config.face_losses.expression_weight == 5.0 and ani_from_push.fixed_max_timestep is None
     assert anis["same_identity_code"] is None and calls["same_identity_code"].adapter.path is None
     assert exported == [str(work / "face_losses_expression_push" / "adapter")]  # the lowest expression error ships
     assert json.loads((tmp_path / "out" / "targets.json").read_text())["targets"][0]["measured"] == 0.05

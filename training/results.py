@@ -15,6 +15,9 @@ Rows (each a call into the stage scripts, with the train-side instruments of the
     expression loss kept; --ica_fixed_bounds adds the same with hand-picked bounds instead of ANI's;
  2d. row 2b continued with the same losses (it had not converged), then with the expression loss weighted up
     (--face_loss_push_expression_weight);
+ 2e. stage 2 from row 2d's pushed adapter, its expression weight kept, without the alignment term by default
+    (--ica_push_alignment_loss_weight): the chain the embedded default comes from
+    (docs/results/experiments/ica_no_alignment; training/recipes/ica_no_alignment.sh runs its last step alone);
  3. stage 1 on oracle cross-identity pairs rendered directly (upper bound; reads the renderer's ground truth);
  4. --stream_rows: the same-identity row with the image stream and with both streams;
  5. --idi_rounds IDI rounds from row 1 (diffusion re-identification backend), each fine-tuning stage 1;
@@ -106,6 +109,8 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--ica_steps", type=int, help="most steps of the ICA row (stage 2, from the face-loss row)")
     p.add_argument("--ica_identity_loss_weight", type=float)
     p.add_argument("--ica_alignment_loss_weight", type=float)
+    p.add_argument("--ica_push_steps", type=int, help="most steps of the ICA row from the pushed adapter (2e)")
+    p.add_argument("--ica_push_alignment_loss_weight", type=float)
     p.add_argument(
         "--ica_fixed_bounds",
         help="comma-separated hand-picked timestep bounds: one ICA row each beside ANI's (e.g. 300,900)",
@@ -135,7 +140,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--ica_fixed_bounds takes comma-separated timesteps, got {args.ica_fixed_bounds!r}")
     positive = "steps all_layers_steps oracle_steps face_loss_steps face_loss_continue_steps face_loss_push_steps"
-    positive += " ica_steps batch_size eval_identities eval_templates inference_steps"
+    positive += " ica_steps ica_push_steps batch_size eval_identities eval_templates inference_steps"
     for name in positive.split():
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -277,6 +282,15 @@ def main(args: argparse.Namespace) -> dict:
     for bound in args.ica_fixed_bounds:
         fixed = AniConfig(seed=args.seed, fixed_max_timestep=bound)
         rows[f"stage2_ica_fixed_t{bound}"] = train(ica, work / f"ica_fixed_t{bound}", args.ica_steps, fixed)
+    push_ica = face_losses(
+        rows["face_losses_expression_push"],
+        args.face_loss_push_expression_weight,
+        args.ica_identity_loss_weight,
+        alignment_weight=args.ica_push_alignment_loss_weight,
+    )
+    rows["stage2_ica_from_push"] = train(
+        push_ica, work / "ica_from_push", args.ica_push_steps, AniConfig(seed=args.seed)
+    )
     if not (work / "oracle_data" / "triplets.jsonl").exists():
         build_oracle_triplets(collection, work / "oracle_data", args.oracle_triplets, seed=args.seed)
     oracle = same_identity.replace(

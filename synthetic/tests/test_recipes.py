@@ -1,0 +1,64 @@
+"""The shipped training recipes (training/recipes/): each stays a valid command of today's CLIs."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emojidiff_synthetic.collection import EXPRESSION_WORDS
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "training"))
+import train_ica  # noqa: E402
+
+
+def recipe_argv(tmp_path: Path, recipe: str, *args: str, **env: str) -> list[str]:
+    """The argv `training/recipes/<recipe>` hands its trainer (run with a stand-in interpreter that prints it)."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        "if sys.argv[1] == '-c':\n    exec(sys.argv[2])\nelse:\n    print(json.dumps(sys.argv[1:]))\n"
+    )
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["bash", str(REPO / "training" / "recipes" / recipe), *args],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_ica_no_alignment_recipe_parses_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    argv = recipe_argv(
+        tmp_path, "ica_no_alignment.sh", str(out), "--fixed_max_timestep", "300", INIT=str(tmp_path / "init")
+    )
+    assert argv[0] == "training/train_ica.py"
+    args = train_ica.parse_args(argv[1:])
+    assert args.output_dir == str(out) and args.fixed_max_timestep == 300
+    assert args.alignment_loss_weight == 0 and args.identity_loss_weight == 1 and args.expression_loss_weight == 6
+    assert args.adapter == str(tmp_path / "init") and args.pretrained_model.endswith("assets/base")
+    assert args.strip_prompt_words.split(",") == list(EXPRESSION_WORDS)
+    assert args.resume_from_checkpoint is None
+
+    (out / "checkpoint-250").mkdir(parents=True)
+    resumed = train_ica.parse_args(recipe_argv(tmp_path, "ica_no_alignment.sh", str(out), INIT="x")[1:])
+    assert resumed.resume_from_checkpoint == "latest"
+
+
+def test_ica_no_alignment_recipe_starts_from_the_pushed_adapter_in_git_history(tmp_path):
+    commit = re.search(r"^INIT_COMMIT=(\w+)$", (REPO / "training/recipes/ica_no_alignment.sh").read_text(), re.M)[1]
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", commit], capture_output=True).returncode:
+        pytest.skip(f"commit {commit} is not in this checkout's history (shallow clone)")
+    args = train_ica.parse_args(recipe_argv(tmp_path, "ica_no_alignment.sh", str(tmp_path / "run"))[1:])
+    init = Path(args.adapter)
+    assert init == tmp_path / "run.init_adapter"
+    asset = "synthetic/src/emojidiff_synthetic/assets/emojidiff/emoji_adapter/config.json"
+    expected = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{asset}"], capture_output=True, check=True)
+    assert (init / "config.json").read_bytes() == expected.stdout
+    assert (init / "diffusion_pytorch_model.safetensors").stat().st_size > 1_000_000
