@@ -67,7 +67,7 @@ class EmojiDiffInputsMixin:
                 f"per-prompt image lists; got {type(identity_image).__name__}."
             )
         if self.emoji_adapter is not None:
-            from .face import check_adapter_recognizer
+            from .recognizers import check_adapter_recognizer
 
             check_adapter_recognizer(
                 self.emoji_adapter.config,

@@ -34,7 +34,7 @@ from .adapter import EmojiDiffAdapter
 # pipeline code reaches is imported here (see EmojiDiffSavingMixin._REMOTE_CODE_FILES)
 from .attention import CONDITIONING_KWARG  # noqa: F401
 from .expression import check_adapter_encoder  # noqa: F401
-from .face import check_adapter_recognizer  # noqa: F401
+from .face import FaceAnalyzer  # noqa: F401
 from .face_geometry import masked_template  # noqa: F401
 from .guidance import attach_expression_guidance  # noqa: F401
 from .hooks import load_factory  # noqa: F401
@@ -42,6 +42,7 @@ from .inputs import EmojiDiffInputsMixin  # noqa: F401
 from .layers import unet_layers  # noqa: F401
 from .mixin import EmojiDiffMixin
 from .model_card import emojidiff_model_card  # noqa: F401
+from .recognizers import check_adapter_recognizer  # noqa: F401
 from .saving import EmojiDiffSavingMixin  # noqa: F401
 from .tokens import IdentityProjection  # noqa: F401
 

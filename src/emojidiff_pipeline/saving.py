@@ -84,6 +84,7 @@ class EmojiDiffSavingMixin:
         "expression",
         "guidance",
         "model_card",
+        "recognizers",
     )
 
     def _write_remote_code(self, save_directory) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 # run-time checks live with the face front-end (face.py is also copied into remote-code pipeline folders)
-from ..face import check_adapter_recognizer, check_face_recognizer, is_face_recognizer, recognizer_info
+from ..recognizers import check_adapter_recognizer, check_face_recognizer, is_face_recognizer, recognizer_info
 
 __all__ = [
     "FaceDetector",
