@@ -17,6 +17,7 @@ def evaluated(identity, expression, se=0.003):
         "identity_similarity_se": 0.005,
         "expression_error": expression,
         "expression_error_se": se,
+        "identity_leakage": 0.004,
     }
 
 
@@ -57,6 +58,12 @@ def test_ship_merges_files_applies_the_rule_and_exports_the_choice_with_its_reco
     record = json.loads((tmp_path / "shipped.json").read_text())
     assert record["shipped_row"] == "ica" and record["rows"] == {"pushed": "runs/pushed", "ica": str(adapter_dir)}
     assert "**ica**" in (tmp_path / "shipped.md").read_text()
+    targets = json.loads((tmp_path / "shipped_targets.json").read_text())["targets"]
+    assert targets[0]["target"] == "expression error of the final model (ica)" and targets[0]["measured"] == 0.079
+    assert (
+        "| expression error of the final model (ica) | 0.079 | <= 0.07 | no |"
+        in (tmp_path / "shipped_targets.md").read_text()
+    )
 
 
 def test_ship_refuses_results_scored_on_other_cases_and_one_name_for_two_adapters(tmp_path):

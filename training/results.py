@@ -421,12 +421,12 @@ def best_adapter(results: dict, specs: dict[str, str]) -> str:
     return specs[final_row(results["rows"], specs)]
 
 
-def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
+def check_targets(results: dict, rounds: list[dict], specs: dict[str, str] | None = None) -> list[dict]:
     """The expression-transfer issue's targets, each {target, measured, op, threshold, condition, met}; a target whose
-    rows were not run is reported as such (measured NaN, not met)."""
+    rows were not run is reported as such (measured NaN, not met). The final model is ``final_row(rows, specs)``."""
     rows, refs = results["rows"], results.get("reference_lines", {})
     nan = float("nan")
-    final_name = final_row(rows)
+    final_name = final_row(rows, specs)
     final = rows[final_name]
     neutral = refs.get("ref_neutral_face", {}).get("expression_error", nan)
     per_factor = final.get("expression_error_per_factor") or {}
@@ -474,12 +474,19 @@ def check_targets(results: dict, rounds: list[dict]) -> list[dict]:
     return out
 
 
-def write_targets(results: dict, rounds: list[dict], out: Path, command: str) -> None:
-    """targets.json + targets.md: every target with its measured value ("not run" when its rows are missing), and
+def write_targets(
+    results: dict,
+    rounds: list[dict],
+    out: Path,
+    command: str,
+    specs: dict[str, str] | None = None,
+    name: str = "targets",
+) -> None:
+    """<name>.json + <name>.md: every target with its measured value ("not run" when its rows are missing), and
     each IDI round's yield and speed."""
-    checks = check_targets(results, rounds)
+    checks = check_targets(results, rounds, specs)
     write_text_atomic(
-        out / "targets.json", json.dumps({"targets": checks, "idi_rounds": rounds, "command": command}, indent=1)
+        out / f"{name}.json", json.dumps({"targets": checks, "idi_rounds": rounds, "command": command}, indent=1)
     )
     lines = [
         "# Targets of the synthetic results (expression transfer)",
@@ -509,7 +516,7 @@ def write_targets(results: dict, rounds: list[dict], out: Path, command: str) ->
             f"{s['accepted_per_compute_minute']} |"
             for r, s in enumerate(rounds)
         ]
-    write_text_atomic(out / "targets.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
 
 
 def export(adapter_dir: str, folder: Path) -> None:

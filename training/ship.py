@@ -7,7 +7,8 @@ Rows trained outside the results driver (experiments) are evaluated by training/
 this reads those ``results.json`` files, refuses files that were not scored on the same cases (their reference
 lines must agree), applies the driver's rule (``results.final_row``: lowest expression error, then the highest
 identity within one standard error of it) and exports the chosen adapter as the package's embedded default.
-Writes ``docs/results/shipped.json`` and ``shipped.md``: the candidates, the rule and the choice.
+Writes ``docs/results/shipped.json`` and ``shipped.md`` (the candidates, the rule and the choice) and
+``shipped_targets.json`` / ``.md`` (the expression-transfer issue's targets, measured on the chosen row).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def same_cases(a: dict, b: dict, tol: float = 1e-4) -> bool:
 
 
 def merge_results(paths: list[str]) -> tuple[dict, dict[str, str], dict[str, str]]:
-    """``(rows, specs, source)`` of every evaluated row in ``paths``. The files must share their reference lines (the
-    same cases, seeds and instruments score them identically); a row name in two files must name one adapter."""
+    """``(merged, specs, source)``: every evaluated row in ``paths`` as one results dict (``rows`` beside the shared
+    reference lines and same-person similarity), each row's adapter spec and file. The files must share their
+    reference lines (the same cases, seeds and instruments score them identically); a row name in two files must
+    name one adapter."""
     rows, specs, source, first = {}, {}, {}, None
     for path in paths:
         res = json.loads(Path(path).read_text())
@@ -84,7 +87,8 @@ def merge_results(paths: list[str]) -> tuple[dict, dict[str, str], dict[str, str
             rows[name], specs[name], source[name] = res["rows"][name], spec, path
     if not rows:
         raise ValueError(f"--results: no evaluated rows in {paths}")
-    return rows, specs, source
+    shared = ("cases", "same_person_identity_similarity", "reference_lines")
+    return {"rows": rows, **{k: first[1][k] for k in shared if k in first[1]}}, specs, source
 
 
 def write_report(rows: dict, specs: dict, source: dict, chosen: str, out: Path, command: str) -> None:
@@ -113,7 +117,8 @@ def write_report(rows: dict, specs: dict, source: dict, chosen: str, out: Path, 
 
 
 def main(args: argparse.Namespace) -> str:
-    rows, specs, source = merge_results(args.results)
+    merged, specs, source = merge_results(args.results)
+    rows = merged["rows"]
     chosen = results.final_row(rows, specs)
     if not args.dry_run:
         from emojidiff_synthetic.load import EMOJIDIFF_DIR
@@ -121,6 +126,7 @@ def main(args: argparse.Namespace) -> str:
         results.export(specs[chosen], Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/ship.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, specs, source, chosen, Path(args.out), command)
+    results.write_targets(merged, [], Path(args.out), command, specs, name="shipped_targets")
     print(f"shipped {chosen}: {specs[chosen]}")
     return specs[chosen]
 
