@@ -31,12 +31,7 @@ from .face_geometry import (
     masked_template,
     to_rgb_array,
 )
-from .recognizers import (  # noqa: F401  (re-exported: face.check_adapter_recognizer and friends)
-    check_adapter_recognizer,
-    check_face_recognizer,
-    is_face_recognizer,
-    recognizer_info,
-)
+from .recognizers import check_face_recognizer, is_face_recognizer, recognizer_info
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2 (ICA with ANI) from the pushed face-loss adapter, with the contrast-alignment term off: the last step of the
 # embedded default's recipe (docs/results/experiments/ica_no_alignment/; row 2e of training/results.py). Resumes
-# from the latest checkpoint when run again. Needs the synthetic collection (`make world`, or synthetic/scripts/build_collection.py --out data/collection).
+# from the latest checkpoint when run again. Needs the synthetic collection (`make world`, or
+# synthetic/scripts/build_collection.py --out data/collection).
 #   training/recipes/ica_no_alignment.sh runs/ica_no_alignment [--fixed_max_timestep 300 ...extra train_ica.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# run-time checks live with the face front-end (face.py is also copied into remote-code pipeline folders)
+# the run-time checks live in recognizers.py (numpy only; copied into remote-code pipeline folders)
 from ..recognizers import check_adapter_recognizer, check_face_recognizer, is_face_recognizer, recognizer_info
 
 __all__ = [
