@@ -151,6 +151,7 @@ def test_probe_trains_single_block_adapters_resumably_on_one_shared_cache(tmp_pa
         train_steps=2,
         train_batch_size=2,
         train_learning_rate=1e-3,
+        train_face_loss_weight=6.0,
     )
     trained = [probe_layers.train_single_block(adapter, b, args) for b in blocks]
     for folder, b in zip(trained, blocks):

@@ -57,6 +57,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     t.add_argument("--collection", default="data/collection", help="the synthetic collection to train on")
     t.add_argument("--train_batch_size", type=int, default=32)
     t.add_argument("--train_learning_rate", type=float, default=3e-4)
+    t.add_argument("--train_face_loss_weight", type=float, default=6.0, help="face-weighted loss (the rows' 6)")
     args = p.parse_args(input_args)
     if args.train_steps < 0:
         p.error(f"--train_steps must be >= 0, got {args.train_steps}")
@@ -217,6 +218,7 @@ def train_single_block(adapter, block, args: argparse.Namespace) -> str:
             resume_from_checkpoint=resume,
             config=dict(
                 learning_rate=args.train_learning_rate,
+                face_loss_weight=args.train_face_loss_weight,
                 num_validation=0,
                 early_stopping_patience=0,
                 cache_dir=str(work / "cache"),
