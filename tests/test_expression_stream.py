@@ -464,7 +464,7 @@ def test_stage1_early_stopping(world, tmp_path):
 
 
 def test_validation_rows_split():
-    from emojidiff_pipeline.train.stage1 import validation_rows
+    from emojidiff_pipeline.train.validation import validation_rows
 
     train, held = validation_rows(9, 2, seed=0)
     assert len(held) == 2 and len(train) == 7

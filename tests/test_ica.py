@@ -12,10 +12,10 @@ from tiny_models import tiny_adapter, tiny_components, write_tiny_collection
 
 from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
 from emojidiff_pipeline.adapted_unet import AdaptedUNet
+from emojidiff_pipeline.train.cache import adapted_prediction
 from emojidiff_pipeline.train.diffusion import training_noise_scheduler
 from emojidiff_pipeline.train.face_losses import FaceLossConfig, face_losses
 from emojidiff_pipeline.train.ica import AniConfig, calibrate_max_timestep
-from emojidiff_pipeline.train.stage1 import adapted_prediction
 
 pytest.importorskip("accelerate")
 REPO = Path(__file__).resolve().parents[1]

@@ -518,8 +518,8 @@ checkpoints.save_checkpoint(OUT / "checkpoint-4", {"adapter": adapter}, torch.op
 """
 
 KILL_EXPORT = """
-import results
-results.export(str(OUT / "adapter"), OUT / "embedded")
+import targets
+targets.export(str(OUT / "adapter"), OUT / "embedded")
 """
 
 KILL_SHARD = """
@@ -556,7 +556,7 @@ assemble_round(OUT / "data", 1)
 def kill_world(root: Path) -> Path:
     """An adapter folder, a finished checkpoint, an exported default and a finished one-shard IDI round (before
     assembly) under `root`."""
-    import results
+    import targets
     import torch
     from tiny_models import tiny_adapter, tiny_components
 
@@ -567,7 +567,7 @@ def kill_world(root: Path) -> Path:
     checkpoints.save_checkpoint(
         root / "checkpoint-2", {"adapter": adapter}, torch.optim.AdamW(adapter.parameters()), 2
     )
-    results.export(str(root / "adapter"), root / "embedded")
+    targets.export(str(root / "adapter"), root / "embedded")
     image = write_png(root / "data" / "images" / "0.png")
     write_triplets([Triplet(str(image), [str(image)], str(image), "p")], root / "data" / "shards" / "00000.jsonl")
     (root / "data" / "shards" / "00000.stats.json").write_text(json.dumps([{"index": 0, "rejected": []}]))

@@ -7,6 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import results  # noqa: E402
+import targets  # noqa: E402
 
 from emojidiff_synthetic.renderer import EXPRESSION_FIELDS  # noqa: E402
 
@@ -37,19 +38,19 @@ def test_targets_met_missed_and_not_run(tmp_path):
         "same_person_identity_similarity": 0.84,
         "reference_lines": {"ref_neutral_face": row(expression=0.11)},
     }
-    checks = {c["target"].split(" (")[0]: c for c in results.check_targets(res, [])}
+    checks = {c["target"].split(" (")[0]: c for c in targets.check_targets(res, [])}
     final = checks["expression error of the final model"]
     assert final["measured"] == 0.06 and final["met"]  # the all-layers row is the best non-oracle one
-    assert "same_identity_code_all_layers" in next(iter(results.check_targets(res, [])))["target"]
+    assert "same_identity_code_all_layers" in next(iter(targets.check_targets(res, [])))["target"]
     assert checks["worst mouth/eye factor error of the final model"]["met"]
     assert checks["final model below the always-neutral line, in standard errors"]["measured"] == 10.0
     assert checks["identity similarity of the final model / same-person similarity"]["met"]  # 0.6 / 0.84
     assert not checks["identity leakage after IDI - same-identity row's"]["met"]  # no IDI row: not run
     assert checks["style leakage: preset - all layers"]["met"]  # less style, expression 1.08x <= 1.1x
     rows["stage1_same_identity_code"]["expression_error"] = 0.07  # 1.17x: fails its condition
-    checks = {c["target"]: c for c in results.check_targets(res, [])}
+    checks = {c["target"]: c for c in targets.check_targets(res, [])}
     assert not checks["style leakage: preset - all layers"]["met"]
-    results.write_targets(res, [], tmp_path, "python training/results.py")
+    targets.write_targets(res, [], tmp_path, "python training/results.py")
     text = (tmp_path / "targets.md").read_text()
     assert "| not run |" in text and "| 0.060 | <= 0.07 | yes |" in text
     assert json.loads((tmp_path / "targets.json").read_text())["idi_rounds"] == []
@@ -70,7 +71,7 @@ def test_best_adapter_skips_oracle_identity_only_and_lost_identity():
         "stage1_oracle_code": "ao",
         "same_identity_code_all_layers": "a1",
     }
-    assert results.best_adapter({"rows": rows}, specs) == "a0"  # a1 is better at expression but lost identity
+    assert targets.best_adapter({"rows": rows}, specs) == "a0"  # a1 is better at expression but lost identity
 
 
 def test_training_summary_reads_the_run_logs(tmp_path):
@@ -187,7 +188,7 @@ def test_final_row_prefers_identity_within_one_standard_error_of_the_best_expres
         "ica": row(identity=0.406, expression=0.079, se=0.003),  # 0.002 worse: inside the best row's SE
         "far": row(identity=0.5, expression=0.081, se=0.003),  # 0.004 worse: outside it
     }
-    assert results.final_row(rows) == "ica"
+    assert targets.final_row(rows) == "ica"
     rows["ica"]["expression_error"] = 0.0801
-    assert results.final_row(rows) == "pushed"
-    assert results.best_adapter({"rows": rows}, {n: f"runs/{n}" for n in rows}) == "runs/pushed"
+    assert targets.final_row(rows) == "pushed"
+    assert targets.best_adapter({"rows": rows}, {n: f"runs/{n}" for n in rows}) == "runs/pushed"

@@ -5,7 +5,7 @@
 
 Rows trained outside the results driver (experiments) are evaluated by training/evaluate.py into their own folders;
 this reads those ``results.json`` files, refuses files that were not scored on the same cases (their reference
-lines must agree), applies the driver's rule (``results.final_row``: lowest expression error, then the highest
+lines must agree), applies the driver's rule (``targets.final_row``: lowest expression error, then the highest
 identity within one standard error of it) and exports the chosen adapter as the package's embedded default.
 Writes ``docs/results/shipped.json`` and ``shipped.md`` (the candidates, the rule and the choice) and
 ``shipped_targets.json`` / ``.md`` (the expression-transfer issue's targets, measured on the chosen row).
@@ -24,7 +24,7 @@ from emojidiff_pipeline.train.atomic import write_text_atomic
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import results  # noqa: E402
+import targets  # noqa: E402
 
 
 def parse_args(input_args=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def write_report(rows: dict, specs: dict, source: dict, chosen: str, out: Path, 
     lines = [
         "# The embedded default",
         "",
-        f"Written by `{command}` (do not edit by hand). Rule (`results.final_row`): among the non-oracle two-branch",
+        f"Written by `{command}` (do not edit by hand). Rule (`targets.final_row`): among the non-oracle two-branch",
         "rows that keep at least 0.9 of the identity-only row's identity, the lowest expression error; among the rows",
         "within one standard error of it, the highest identity similarity.",
         "",
@@ -119,14 +119,14 @@ def write_report(rows: dict, specs: dict, source: dict, chosen: str, out: Path, 
 def main(args: argparse.Namespace) -> str:
     merged, specs, source = merge_results(args.results)
     rows = merged["rows"]
-    chosen = results.final_row(rows, specs)
+    chosen = targets.final_row(rows, specs)
     if not args.dry_run:
         from emojidiff_synthetic.load import EMOJIDIFF_DIR
 
-        results.export(specs[chosen], Path(args.export) if args.export else EMOJIDIFF_DIR)
+        targets.export(specs[chosen], Path(args.export) if args.export else EMOJIDIFF_DIR)
     command = "python training/ship.py " + " ".join(shlex.quote(a) for a in args.argv)
     write_report(rows, specs, source, chosen, Path(args.out), command)
-    results.write_targets(merged, [], Path(args.out), command, specs, name="shipped_targets")
+    targets.write_targets(merged, [], Path(args.out), command, specs, name="shipped_targets")
     print(f"shipped {chosen}: {specs[chosen]}")
     return specs[chosen]
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from dataclasses import dataclass
 
@@ -15,72 +14,12 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers
 
 from .layers import LayerSpec, select_layers, unet_layers
 from .tokens import ExpressionCodeProjection, ExpressionResampler, IdentityProjection
+from .weight_checks import HUB_KWARGS, check_tensor_shapes, refuse_missing_local_folder, safetensors_shapes
 
 
 def _module_key(layer_name: str) -> str:
     """Processor name -> ModuleDict key (ModuleDict keys cannot contain '.'); reversible since names hold no '__'."""
     return layer_name.replace(".", "__")
-
-
-def check_tensor_shapes(expected: dict, found: dict, where: str, source, model: str) -> None:
-    """Raise ``ValueError`` naming the first tensor that `source` (the file(s) holding `found`) lacks, holds in
-    excess, or holds at another shape than `model` (whose tensors are `expected`); both map name -> shape."""
-    missing = [k for k in expected if k not in found]
-    if missing:
-        raise ValueError(
-            f"{where}: {source} lacks the tensor {missing[0]!r} (shape {tuple(expected[missing[0]])}) that {model} "
-            f"has ({len(missing)} missing in all). The weights are incomplete or belong to another adapter "
-            "configuration."
-        )
-    unexpected = [k for k in found if k not in expected]
-    if unexpected:
-        raise ValueError(
-            f"{where}: {source} holds the tensor {unexpected[0]!r}, which {model} does not have ({len(unexpected)} "
-            "unexpected in all). The weights belong to another adapter configuration."
-        )
-    wrong = [k for k in expected if tuple(found[k]) != tuple(expected[k])]
-    if wrong:
-        raise ValueError(
-            f"{where}: the tensor {wrong[0]!r} has shape {tuple(found[wrong[0]])} in {source} but "
-            f"{tuple(expected[wrong[0]])} in {model} ({len(wrong)} mismatched in all)."
-        )
-
-
-_HUB_KWARGS = ("subfolder", "cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-
-
-def _safetensors_shapes(pretrained_model_name_or_path, variant: str | None, hub: dict):
-    """(file(s), {tensor name: shape}) read from the safetensors header(s) of a model folder (single file or
-    sharded with an index), without loading any tensor; None when there is no weights file."""
-    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, _add_variant, _get_model_file
-    from safetensors import safe_open
-
-    def resolve(name):
-        try:
-            return _get_model_file(pretrained_model_name_or_path, weights_name=name, **hub)
-        except OSError:
-            return None
-
-    files = [resolve(_add_variant(SAFETENSORS_WEIGHTS_NAME, variant))]
-    if files[0] is None:
-        index = resolve(_add_variant(SAFE_WEIGHTS_INDEX_NAME, variant))
-        if index is None:
-            return None
-        try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise OSError(f"{index} is not a valid safetensors index ({err}).") from err
-        files = [resolve(shard) or os.path.join(os.path.dirname(index), shard) for shard in shards]
-    shapes = {}
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as f:
-                for key in f.keys():
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
-        except Exception as err:  # SafetensorError and OSError: the header cannot be read
-            raise OSError(f"{file} cannot be read as safetensors ({err}).") from err
-    return files[0] if len(files) == 1 else files, shapes
 
 
 EXPRESSION_STREAMS = ("image", "code", "both")
@@ -94,28 +33,6 @@ class AdapterOutput:
     expression_tokens: torch.Tensor | None
     identity_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
     expression_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def _refuse_missing_local_folder(path, where: str) -> None:
-    """A path meant as a local folder that does not exist fails here, at once, instead of after huggingface_hub's
-    network retries. Local means: starts with ``.``, ``/`` or ``~``, has two or more ``/``, or its first component is
-    an existing local folder (``runs/x`` where ``runs/`` exists). ``owner/name`` alone stays a Hub id."""
-    text = os.fspath(path)
-    if os.path.isdir(os.path.expanduser(text)):
-        return
-    first = text.split("/")[0]
-    local = (
-        text.startswith((".", "/", "~"))
-        or text.count("/") >= 2
-        or "\\" in text
-        or ("/" in text and first != "" and os.path.isdir(first))
-    )
-    if local or os.path.isfile(os.path.expanduser(text)):
-        what = "is a file, not an adapter folder" if os.path.isfile(os.path.expanduser(text)) else "does not exist"
-        raise FileNotFoundError(
-            f"{where}: this local path {what}. Pass the adapter's folder (with config.json and "
-            "diffusion_pytorch_model.safetensors) or a Hub id `owner/name`."
-        )
 
 
 class EmojiDiffAdapter(ModelMixin, ConfigMixin):
@@ -317,7 +234,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         where = f"`pretrained_model_name_or_path`={str(pretrained_model_name_or_path)!r}" + (
             f" (subfolder {kwargs['subfolder']!r})" if kwargs.get("subfolder") else ""
         )
-        _refuse_missing_local_folder(pretrained_model_name_or_path, where)
+        refuse_missing_local_folder(pretrained_model_name_or_path, where)
         local = os.path.join(
             os.path.expanduser(os.fspath(pretrained_model_name_or_path)), kwargs.get("subfolder") or ""
         )
@@ -345,12 +262,12 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        unknown = set(kwargs) - set(_HUB_KWARGS) - {"use_safetensors", "torch_dtype"}
+        unknown = set(kwargs) - set(HUB_KWARGS) - {"use_safetensors", "torch_dtype"}
         if unknown:
             raise TypeError(
                 f"EmojiDiffAdapter.from_pretrained(weight_name=...) got unsupported arguments {sorted(unknown)}."
             )
-        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if kwargs.get(k) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub)
         file = _get_model_file(pretrained_model_name_or_path, weights_name=weight_name, **hub)
         try:
@@ -374,7 +291,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         """Refuse a folder whose config.json is not an adapter's, or whose safetensors does not hold exactly the
         tensors (names and shapes) of the adapter that config builds (diffusers would only warn and leave missing
         parameters on the meta device). The adapter is built on the meta device; tensors are read from the header."""
-        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if kwargs.get(k) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub)
         required = [
             n
@@ -394,7 +311,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: its config.json does not describe a valid EmojiDiffAdapter: {err}") from err
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        found = _safetensors_shapes(pretrained_model_name_or_path, kwargs.get("variant"), hub)
+        found = safetensors_shapes(pretrained_model_name_or_path, kwargs.get("variant"), hub)
         if found is None:
             return  # no weights file: diffusers' own loader raises the OSError
         files, found = found

@@ -290,7 +290,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def check_model_args(args: argparse.Namespace, refuse: Callable[[str], None]) -> None:
     """Every check of --model and the face pack that needs no model, before anything is loaded."""
     from .cli import check_device, check_model
-    from .face import FaceAnalyzer
+    from .face_loading import find_model_dir
 
     if args.model is None:
         refuse(
@@ -299,7 +299,7 @@ def check_model_args(args: argparse.Namespace, refuse: Callable[[str], None]) ->
         )
     check_model(args.model, refuse)
     try:
-        FaceAnalyzer._find_model_dir(args.face_model, args.face_root)
+        find_model_dir(args.face_model, args.face_root)
     except (FileNotFoundError, ValueError) as err:
         refuse(f"--face_model {args.face_model!r} --face_root {args.face_root!r}: {err}")
     check_device(args.device, refuse)

@@ -31,6 +31,15 @@ from .face_geometry import (
     masked_template,
     to_rgb_array,
 )
+from .face_loading import (
+    check_det_size,
+    check_face_policy,
+    check_providers,
+    find_model_dir,
+    import_insightface,
+    load_onnx,
+    pack_help,
+)
 from .recognizers import check_face_recognizer, is_face_recognizer, recognizer_info
 
 logger = logging.getLogger(__name__)
@@ -46,73 +55,12 @@ __all__ = [
     "to_rgb_array",
 ]
 
-FACE_INSTALL_COMMAND = 'pip install "emojidiff_pipeline[face]"'
-INSIGHTFACE_INSTALL_COMMAND = "pip install --no-deps insightface==2.1"
-
-# Files of insightface's published model packs (non-commercial research licence), for error messages.
-KNOWN_MODEL_PACKS = {
-    "buffalo_l": ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"),
-    "buffalo_m": ("1k3d68.onnx", "2d106det.onnx", "det_2.5g.onnx", "genderage.onnx", "w600k_r50.onnx"),
-    "buffalo_s": ("1k3d68.onnx", "2d106det.onnx", "det_500m.onnx", "genderage.onnx", "w600k_mbf.onnx"),
-    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
-    "antelopev2": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx"),
-}
-
-FACE_POLICIES = ("largest",)
 _REQUIRED_TASKS = ("detection", "recognition")
-
-
-def _import_insightface() -> Any:
-    """Import insightface (and its cv2 / onnxruntime needs) or raise an ImportError with the pip command."""
-    try:
-        import cv2  # noqa: F401
-        import insightface
-        import insightface.app
-        import insightface.model_zoo
-        import insightface.utils.face_align
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        missing = getattr(err, "name", None) or str(err)
-        raise ImportError(
-            f"The face front-end needs insightface, onnxruntime and opencv, but `{missing}` could not be imported. "
-            f"Install them with `{FACE_INSTALL_COMMAND}`; insightface itself must be installed with "
-            f"`{INSIGHTFACE_INSTALL_COMMAND}` (it declares the GUI opencv-python, which clashes with "
-            "opencv-python-headless)."
-        ) from err
-    return insightface
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # FaceAnalyzer
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_det_size(det_size: Any) -> tuple[int, int]:
-    if (
-        not isinstance(det_size, (tuple, list))
-        or len(det_size) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in det_size)
-    ):
-        raise ValueError(f"`det_size` must be a pair of ints (width, height), but got {det_size!r}.")
-    if any(v <= 0 or v % 32 != 0 for v in det_size):
-        raise ValueError(f"`det_size` values must be positive multiples of 32, but got {tuple(det_size)}.")
-    return int(det_size[0]), int(det_size[1])
-
-
-def _check_face_policy(face_policy: Any) -> str | int:
-    if isinstance(face_policy, str):
-        if face_policy not in FACE_POLICIES:
-            raise ValueError(
-                f"`face_policy` must be one of {list(FACE_POLICIES)} or a non-negative int index into the "
-                f"largest-first faces, but got {face_policy!r}."
-            )
-        return face_policy
-    if isinstance(face_policy, bool) or not isinstance(face_policy, (int, np.integer)) or face_policy < 0:
-        raise ValueError(
-            f"`face_policy` must be 'largest' or a non-negative int index into the largest-first faces, but got "
-            f"{face_policy!r}."
-        )
-    return int(face_policy)
 
 
 def _format_size(size: tuple[int, int]) -> str:
@@ -158,14 +106,14 @@ class FaceAnalyzer:
         face_policy: str | int = "largest",
     ):
         self._configure(det_size, min_det_size, det_thresh, face_policy)
-        providers = self._check_providers(providers)
+        providers = check_providers(providers)
         if not isinstance(name, (str, os.PathLike)) or not str(name):
             raise ValueError(f"`name` must be a model pack name such as 'buffalo_l', but got {name!r}.")
         if not isinstance(root, (str, os.PathLike)):
             raise ValueError(f"`root` must be a folder path, but got {root!r}.")  # noqa: TRY004
-        model_dir = self._find_model_dir(str(name), root)  # raises before insightface could try a download
+        model_dir = find_model_dir(str(name), root)  # raises before insightface could try a download
 
-        _import_insightface()
+        import_insightface()
         from insightface.app import FaceAnalysis
 
         try:
@@ -184,7 +132,7 @@ class FaceAnalyzer:
             routed = ", ".join(f"{Path(m.model_file).name} -> {task}" for task, m in found.items()) or "nothing"
             raise FileNotFoundError(
                 f"The model pack in {model_dir} has no {' and no '.join(missing)} model (files: {files}; "
-                f"insightface recognised: {routed}). {self._pack_help(str(name))}"
+                f"insightface recognised: {routed}). {pack_help(str(name))}"
             )
         self.model_dir: Path | None = model_dir
         self._setup(found["detection"], found["recognition"])
@@ -214,15 +162,15 @@ class FaceAnalyzer:
         """
         analyzer = cls.__new__(cls)
         analyzer._configure(det_size, min_det_size, det_thresh, face_policy)
-        providers = analyzer._check_providers(providers)
+        providers = check_providers(providers)
         analyzer.model_dir = None
 
         if _is_path(detector):
-            detector = analyzer._load_onnx(detector, "detector", "detection", providers)
+            detector = load_onnx(detector, "detector", "detection", providers)
         elif hasattr(detector, "detect"):
-            _import_insightface()
+            import_insightface()
         elif callable(detector):
-            _import_insightface()  # Face objects and alignment need it
+            import_insightface()  # Face objects and alignment need it
         else:
             raise ValueError(
                 "`detector` must be a path to an SCRFD .onnx, an insightface detection model or a callable "
@@ -230,7 +178,7 @@ class FaceAnalyzer:
             )
 
         if _is_path(recognizer):
-            recognizer = analyzer._load_onnx(recognizer, "recognizer", "recognition", providers)
+            recognizer = load_onnx(recognizer, "recognizer", "recognition", providers)
         elif is_face_recognizer(recognizer):
             check_face_recognizer(recognizer)
         elif recognizer is not None and not (hasattr(recognizer, "get") and hasattr(recognizer, "input_size")):
@@ -245,7 +193,7 @@ class FaceAnalyzer:
     # -- construction helpers --------------------------------------------------------------------------------
 
     def _configure(self, det_size: Any, min_det_size: Any, det_thresh: Any, face_policy: Any) -> None:
-        self.det_size = _check_det_size(det_size)
+        self.det_size = check_det_size(det_size)
         if isinstance(min_det_size, bool) or not isinstance(min_det_size, (int, np.integer)) or min_det_size <= 0:
             raise ValueError(f"`min_det_size` must be a positive int, but got {min_det_size!r}.")
         if min_det_size > min(self.det_size):
@@ -256,68 +204,7 @@ class FaceAnalyzer:
         if isinstance(det_thresh, bool) or not isinstance(det_thresh, (int, float)) or not 0.0 < det_thresh < 1.0:
             raise ValueError(f"`det_thresh` must be a float in (0, 1), but got {det_thresh!r}.")
         self.det_thresh = float(det_thresh)
-        self.face_policy = _check_face_policy(face_policy)
-
-    @staticmethod
-    def _check_providers(providers: Any) -> list:
-        if isinstance(providers, str) or not isinstance(providers, Sequence) or len(providers) == 0:
-            raise ValueError(
-                "`providers` must be a non-empty sequence of onnxruntime execution providers, e.g. "
-                f"('CPUExecutionProvider',), but got {providers!r}."
-            )
-        return list(providers)
-
-    @staticmethod
-    def _pack_help(name: str) -> str:
-        files = KNOWN_MODEL_PACKS.get(name)
-        listing = f"for {name}: {', '.join(files)}; " if files else ""
-        return (
-            f"Put the pack's .onnx files there ({listing}at least an SCRFD detection model and an ArcFace "
-            "recognition model). Nothing is downloaded automatically: get the pack from insightface's model zoo "
-            "(licensed for non-commercial research only) and unzip it into that folder, pass `root=`, or build "
-            "the analyzer with `FaceAnalyzer.from_models(detector=..., recognizer=...)`."
-        )
-
-    @classmethod
-    def _find_model_dir(cls, name: str, root: str | os.PathLike) -> Path:
-        as_path = Path(name).expanduser()
-        if as_path.is_absolute() or os.sep in name or name.startswith("~"):
-            model_dir = as_path
-        else:
-            model_dir = Path(root).expanduser() / "models" / name
-        if not model_dir.is_dir():
-            reason = "the folder does not exist"
-        elif not any(model_dir.glob("*.onnx")) and not (model_dir / "manifest.json").is_file():
-            reason = "the folder has no .onnx files"
-        else:
-            return model_dir.resolve()
-        raise FileNotFoundError(
-            f"insightface model pack `{name}` not found: looked in {model_dir} ({reason}). {cls._pack_help(name)}"
-        )
-
-    @staticmethod
-    def _load_onnx(path: str | os.PathLike, arg: str, task: str, providers: list) -> Any:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"`{arg}` file not found: {path}. Nothing is downloaded automatically.")
-        _import_insightface()
-        from insightface import model_zoo
-
-        try:
-            model = model_zoo.get_model(str(path), providers=providers)
-        except Exception as err:
-            raise ValueError(f"`{arg}`: insightface could not load {path}: {err}") from err
-        routed = getattr(model, "taskname", None)
-        if routed != task:
-            if task == "detection":
-                expected = "an SCRFD detector (>= 5 outputs)"
-            else:
-                expected = "an ArcFace recognizer (square input >= 112, divisible by 16; one output)"
-            raise ValueError(
-                f"`{arg}` {path} is not {expected}: insightface routed it to "
-                f"{type(model).__name__ if model is not None else 'nothing'} (task {routed!r})."
-            )
-        return model
+        self.face_policy = check_face_policy(face_policy)
 
     def _setup(self, detector: Any, recognizer: Any) -> None:
         self.detector = detector
@@ -419,7 +306,7 @@ class FaceAnalyzer:
         """Detect faces in an RGB image; insightface ``Face`` objects (bbox (4,), kps (5, 2), det_score), largest
         first. Retries at halved detection sizes down to `min_det_size` before giving up; [] if none."""
         image_rgb = to_rgb_array(image, input_name)
-        _import_insightface()
+        import_insightface()
         return self._detect_rgb(image_rgb)
 
     def select(self, faces: list, input_name: str) -> Any:
@@ -474,7 +361,7 @@ class FaceAnalyzer:
                 "with a recognition model, or pass precomputed identity embeddings instead."
             )
         image_rgb = to_rgb_array(image, input_name)
-        _import_insightface()
+        import_insightface()
         face = self._face(image_rgb, input_name, kps)
         if is_face_recognizer(self.recognizer):
             embedding = self.recognizer.embed(image_rgb, np.asarray(face.kps, dtype=np.float32))
@@ -534,7 +421,7 @@ class FaceAnalyzer:
         size = _check_crop_size(size)
         geometry = _check_geometry(geometry)
         image_rgb = to_rgb_array(image, input_name)
-        _import_insightface()
+        import_insightface()
         face = self._face(image_rgb, input_name, kps)
         crop = align_expression_face(image_rgb, face.kps, size, geometry)
         return PIL.Image.fromarray(crop), expression_mask(size, geometry)

@@ -107,9 +107,9 @@ def align_face(image_rgb: np.ndarray, kps: np.ndarray, size: int = 112) -> np.nd
     image_rgb = to_rgb_array(image_rgb, "image_rgb")
     kps = _check_kps(kps)
     size = _check_crop_size(size)
-    from .face import _import_insightface
+    from .face_loading import import_insightface
 
-    _import_insightface()
+    import_insightface()
     from insightface.utils import face_align
 
     return face_align.norm_crop(image_rgb, landmark=kps, image_size=size)  # channel-agnostic warp: RGB stays RGB

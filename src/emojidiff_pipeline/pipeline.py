@@ -36,6 +36,7 @@ from .attention import CONDITIONING_KWARG  # noqa: F401
 from .expression import check_adapter_encoder  # noqa: F401
 from .face import FaceAnalyzer  # noqa: F401
 from .face_geometry import masked_template  # noqa: F401
+from .face_loading import load_onnx  # noqa: F401
 from .guidance import attach_expression_guidance  # noqa: F401
 from .hooks import load_factory  # noqa: F401
 from .inputs import EmojiDiffInputsMixin  # noqa: F401
@@ -45,6 +46,7 @@ from .model_card import emojidiff_model_card  # noqa: F401
 from .recognizers import check_adapter_recognizer  # noqa: F401
 from .saving import EmojiDiffSavingMixin  # noqa: F401
 from .tokens import IdentityProjection  # noqa: F401
+from .weight_checks import check_tensor_shapes  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipelines: a diffusers parent + the mixin + the `emoji_adapter` component

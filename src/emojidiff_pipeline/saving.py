@@ -75,10 +75,12 @@ class EmojiDiffSavingMixin:
         "saving",
         "inputs",
         "adapter",
+        "weight_checks",
         "attention",
         "layers",
         "tokens",
         "face",
+        "face_loading",
         "face_geometry",
         "hooks",
         "expression",
@@ -90,7 +92,7 @@ class EmojiDiffSavingMixin:
     def _write_remote_code(self, save_directory) -> None:
         """Copy the pipeline's code into `save_directory` in diffusers' custom-pipeline layout: `pipeline.py` and the
         modules it imports at the top level (model_index.json `_class_name` ["pipeline", <class>]), and the adapter's
-        module beside its weights (`emoji_adapter/adapter.py` with `layers.py` and `tokens.py`, component entry
+        module beside its weights (`emoji_adapter/adapter.py` with `layers.py`, `tokens.py` and `weight_checks.py`, component entry
         ["adapter", "EmojiDiffAdapter"])."""
         import json
         import shutil
@@ -103,7 +105,7 @@ class EmojiDiffSavingMixin:
             index = json.load(f)
         index["_class_name"] = ["pipeline", type(self).__name__]
         if self.emoji_adapter is not None:
-            for name in ("adapter", "layers", "tokens"):  # adapter.py and what it imports
+            for name in ("adapter", "layers", "tokens", "weight_checks"):  # adapter.py and what it imports
                 shutil.copyfile(
                     os.path.join(source, f"{name}.py"), os.path.join(save_directory, "emoji_adapter", f"{name}.py")
                 )

@@ -1,6 +1,7 @@
 """The stage-1 cache: every frozen input of the adapter's training (VAE latents of the targets, reference identity
 embeddings, template tokens or expression codes, prompt embeddings, target keypoints) encoded once and stored as
-``cache-<hash>.safetensors``; the hash covers everything the values depend on, so a change re-encodes."""
+``cache-<hash>.safetensors``; the hash covers everything the values depend on, so a change re-encodes.
+:func:`adapted_prediction` runs cached rows through the adapted UNet."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..adapted_unet import AdaptedUNet
 from .atomic import atomic_path
 from .triplets import Triplet, open_rgb
 
@@ -295,3 +297,41 @@ def prepare_stage1_cache(
         template_crop=adapter.config.template_crop,
     )
     return cache
+
+
+def adapted_prediction(
+    adapted: AdaptedUNet,
+    cache: dict,
+    rows: torch.Tensor,
+    noisy,
+    timesteps,
+    text,
+    pooled,
+    keep_id,
+    keep_exp,
+    device,
+    template_rows=None,
+    model=None,
+) -> torch.Tensor:
+    """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
+
+    `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`. `model`: the
+    adapter as wrapped for training (default ``adapted.adapter``)."""
+    adapter = adapted.adapter
+    tpl = cache["template_index"][rows if template_rows is None else template_rows]
+    conditioning = adapted.conditioning(
+        identity_embeds=cache["identity"][rows].to(device),
+        expression_image_embeds=cache["templates"][tpl].to(device) if adapter.uses_image_stream else None,
+        expression_codes=cache["template_codes"][tpl].to(device) if adapter.uses_code_stream else None,
+        identity_keep=keep_id.to(device),
+        expression_keep=keep_exp.to(device),
+        model=model,
+    )
+    return adapted(
+        noisy.to(device),
+        timesteps.to(device),
+        text.to(device),
+        pooled.to(device),
+        cache["add_time_ids"].to(device),
+        conditioning,
+    )

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from ..adapted_unet import AdaptedUNet
 from .atomic import write_text_atomic
+from .cache import adapted_prediction
 from .diffusion import training_noise_scheduler
 from .face_losses import DifferentiableFaceModel, decode_latents, one_step_x0
-from .stage1 import adapted_prediction, validation_rows
+from .validation import validation_rows
 
 logger = logging.getLogger(__name__)
 ANI_FILE = "ani.json"

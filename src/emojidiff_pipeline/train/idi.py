@@ -85,12 +85,12 @@ class INSwapperBackend:
     """insightface's INSwapper (``inswapper_128.onnx``, a model file you provide; no download)."""
 
     def __init__(self, model_path: str | os.PathLike):
-        from ..face import _import_insightface
+        from ..face_loading import import_insightface
 
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"`swapper_model`={str(model_path)!r} does not exist (inswapper_128.onnx).")
-        _import_insightface()
+        import_insightface()
         from insightface.model_zoo import get_model
 
         self.model = get_model(str(path))

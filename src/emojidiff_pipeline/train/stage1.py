@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..adapted_unet import AdaptedUNet
 from ..adapter import EmojiDiffAdapter
 from .atomic import write_text_atomic
+from .cache import adapted_prediction
 from .checkpoints import (
     find_checkpoint,
     load_checkpoint,
@@ -33,6 +33,7 @@ from .checkpoints import (
 )
 from .diffusion import BatchSampler, diffusion_target, face_loss_weights, step_generator, training_noise_scheduler
 from .face_losses import FaceLossConfig, face_losses
+from .validation import best_validation, validation_losses, validation_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,133 +62,6 @@ class Stage1Config:
     # the frozen inputs' cache (default <output_dir>/cache); its files are named by a hash of their contents' recipe,
     # so runs over the same triplets at the same settings can share one folder and encode once
     cache_dir: str | None = None
-
-
-def validation_rows(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train rows, held-out rows) of the cache's `n` triplets: a seeded split, the same on every process."""
-    if not 0 <= num_validation < n:
-        raise ValueError(f"`num_validation` must be in [0, {n}) for {n} triplets, got {num_validation}.")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + 1))
-    return perm[num_validation:].sort().values, perm[:num_validation].sort().values
-
-
-def adapted_prediction(
-    adapted: AdaptedUNet,
-    cache: dict,
-    rows: torch.Tensor,
-    noisy,
-    timesteps,
-    text,
-    pooled,
-    keep_id,
-    keep_exp,
-    device,
-    template_rows=None,
-    model=None,
-) -> torch.Tensor:
-    """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
-
-    `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`. `model`: the
-    adapter as wrapped for training (default ``adapted.adapter``)."""
-    adapter = adapted.adapter
-    tpl = cache["template_index"][rows if template_rows is None else template_rows]
-    conditioning = adapted.conditioning(
-        identity_embeds=cache["identity"][rows].to(device),
-        expression_image_embeds=cache["templates"][tpl].to(device) if adapter.uses_image_stream else None,
-        expression_codes=cache["template_codes"][tpl].to(device) if adapter.uses_code_stream else None,
-        identity_keep=keep_id.to(device),
-        expression_keep=keep_exp.to(device),
-        model=model,
-    )
-    return adapted(
-        noisy.to(device),
-        timesteps.to(device),
-        text.to(device),
-        pooled.to(device),
-        cache["add_time_ids"].to(device),
-        conditioning,
-    )
-
-
-@torch.no_grad()
-def validation_losses(
-    adapted: AdaptedUNet,
-    scheduler,
-    cache: dict,
-    rows: torch.Tensor,
-    device,
-    seed: int,
-    batch_size: int,
-    face: dict | None = None,
-    model=None,
-) -> dict[str, float]:
-    """Held-out diffusion loss at fixed noise and evenly spread timesteps, and two probes of the expression branch:
-    the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
-    (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
-
-    `face` (``{"vae", "config", "expression_model", "identity_model"}``) adds the face losses of the right-template
-    prediction (``face_expression`` / ``face_identity``, means over the rows with ``t <= max_timestep``) and
-    ``objective``: ``loss`` plus their weighted sum, what the best adapter is chosen on.
-    """
-    n = len(rows)
-    g = torch.Generator().manual_seed(seed * 31 + 17)
-    noise = torch.randn((n, *cache["latents"].shape[1:]), generator=g)
-    timesteps = torch.linspace(0, scheduler.config.num_train_timesteps - 1, n).round().long()
-    shift = max(1, n // 2)  # a derangement: row i takes the template of row i + n/2
-    swapped = rows[(torch.arange(n) + shift) % n]
-    sums = {"loss": 0.0, "loss_template_swap": 0.0, "loss_no_expression": 0.0}
-    face_sums, face_rows = {}, 0
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        r, t = rows[sl], timesteps[sl]
-        latents = cache["latents"][r]
-        noisy = scheduler.add_noise(latents, noise[sl], t)
-        target = diffusion_target(scheduler, latents, noise[sl], t).to(device).float()
-        text = cache["prompt_embeds"][cache["prompt_index"][r]]
-        pooled = cache["pooled"][cache["prompt_index"][r]]
-        ones = torch.ones(len(r), dtype=torch.bool)
-        preds = {}
-        for key, keep_exp, tpl in (
-            ("loss", ones, None),
-            ("loss_template_swap", ones, swapped[sl]),
-            ("loss_no_expression", ~ones, None),
-        ):
-            preds[key] = adapted_prediction(
-                adapted, cache, r, noisy, t, text, pooled, ones, keep_exp, device, template_rows=tpl, model=model
-            )
-            sums[key] += F.mse_loss(preds[key].float(), target, reduction="sum").item()
-        if face is not None:
-            parts = face_losses(
-                face["vae"],
-                scheduler,
-                noisy,
-                preds["loss"],
-                latents,
-                t,
-                cache["target_kps"][r],
-                face["config"],
-                face["expression_model"],
-                face["identity_model"],
-                prediction_off=preds["loss_no_expression"],
-                reference_embeds=cache["identity"][r][:, 0],
-            )
-            m = int((t <= face["config"].max_timestep).sum())
-            for name, value in parts.items():
-                if name != "total":
-                    face_sums[name] = face_sums.get(name, 0.0) + value.item() * m
-            face_rows += m
-    total = n * cache["latents"][0].numel()
-    out = {k: v / total for k, v in sums.items()}
-    if face is not None:
-        out.update({f"face_{k}": v / max(1, face_rows) for k, v in face_sums.items()})
-        cfg = face["config"]
-        out["objective"] = (
-            out["loss"]
-            + cfg.expression_weight * out.get("face_expression", 0.0)
-            + cfg.identity_weight * out.get("face_identity", 0.0)
-            + cfg.alignment_weight * out.get("face_alignment", 0.0)
-        )
-    return out
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -271,7 +145,7 @@ def train_stage1(
     train_rows, val_rows = validation_rows(cache["latents"].shape[0], config.num_validation, config.seed)
     n = len(train_rows)
     val_log = output_dir / "val_log.jsonl"
-    resumed = _best_validation(val_log, start_step, accelerator.is_main_process) if start_step else None
+    resumed = best_validation(val_log, start_step, accelerator.is_main_process) if start_step else None
     best_loss, stale = (None, 0) if resumed is None else resumed
     if not start_step and accelerator.is_main_process and val_log.exists():
         val_log.unlink()
@@ -448,26 +322,6 @@ def _face_loss_setup(
         "expression_model": expression_model.to(device) if config.expression_weight > 0 else None,
         "identity_model": identity_model.to(device) if config.needs_identity_model else None,
     }
-
-
-def _best_validation(val_log: Path, start_step: int, rewrite: bool) -> tuple[float, int] | None:
-    """(best validation loss, validations since it) from the lines of `val_log` before `start_step` (resume)."""
-    if not val_log.exists():
-        return None
-    lines = []
-    for ln in val_log.read_text().splitlines():
-        try:
-            lines.append(json.loads(ln))
-        except json.JSONDecodeError:  # a torn last line from a crash while appending
-            continue
-    lines = [r for r in lines if r["step"] < start_step]
-    if rewrite:  # drop lines written after the checkpoint, as for loss_log.jsonl
-        write_text_atomic(val_log, "".join(json.dumps(r) + "\n" for r in lines))
-    if not lines:
-        return None
-    losses = [r.get("objective", r["loss"]) for r in lines]
-    i = int(np.argmin(losses))
-    return losses[i], len(losses) - 1 - i
 
 
 def run_stage1(
