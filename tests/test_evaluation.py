@@ -101,3 +101,25 @@ def test_frechet_distance_and_face_sharpness():
     for _ in range(3):  # a box blur
         blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, 1, 1) + np.roll(blurred, (1, 1), (0, 1))) / 4
     assert face_sharpness(blurred.round().astype(np.uint8), ASTRONAUT_KPS) < 0.5 * face_sharpness(image, ASTRONAUT_KPS)
+
+
+def test_vae_round_trip_decodes_each_images_latent_mean_in_any_batching():
+    """The VAE-ceiling reference line: image -> latent mean -> decoded uint8 image, the same in any batching."""
+    import torch
+    from tiny_models import tiny_components
+
+    from emojidiff_pipeline.evaluation import vae_round_trip
+
+    vae = tiny_components()["vae"]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    out = vae_round_trip(vae, images, batch_size=2)
+    assert len(out) == 3 and all(o.shape == (64, 64, 3) and o.dtype == np.uint8 for o in out)
+    with torch.no_grad():
+        x = torch.from_numpy(images[2]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    expected = ((y[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(out[2], expected)
+    rebatched = vae_round_trip(vae, images, batch_size=64)  # float sums differ by batch: at most one grey level
+    assert all(np.abs(a.astype(int) - b).max() <= 1 for a, b in zip(out, rebatched))
+    assert not np.array_equal(out[0], images[0])  # a random tiny VAE does not copy its input

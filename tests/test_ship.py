@@ -81,3 +81,20 @@ def test_ship_refuses_results_scored_on_other_cases_and_one_name_for_two_adapter
 def test_row_specs_reads_both_flag_spellings():
     command = "python training/evaluate.py --row a=runs/x@exp=2 --row=b=base --out d"
     assert ship.row_specs(command) == {"a": "runs/x@exp=2", "b": "base"}
+
+
+def test_ship_compares_the_reference_lines_both_files_have(tmp_path):
+    """A reference line added to the harness later (the VAE ceiling) does not split old and new evaluations; the
+    lines they share must still agree, and files with no line in common are refused."""
+    old = write_results(tmp_path / "old.json", {"pushed": ("runs/pushed", evaluated(0.366, 0.077))})
+    new_path = tmp_path / "new.json"
+    write_results(new_path, {"ica": ("runs/ica", evaluated(0.4, 0.079))})
+    res = json.loads(new_path.read_text())
+    res["reference_lines"]["ref_perfect_through_vae"] = evaluated(0.7, 0.03)
+    new_path.write_text(json.dumps(res))
+    merged, specs, _ = ship.merge_results([old, str(new_path)])
+    assert set(specs) == {"pushed", "ica"}
+    res["reference_lines"] = {"ref_perfect_through_vae": evaluated(0.7, 0.03)}
+    new_path.write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="not scored on the same cases"):
+        ship.merge_results([old, str(new_path)])

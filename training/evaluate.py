@@ -360,6 +360,7 @@ def main(args: argparse.Namespace) -> dict:
         same_person_similarity,
         score_row,
         template_use_probe,
+        vae_round_trip,
         write_report,
     )
     from emojidiff_synthetic.cases import save_grid
@@ -369,10 +370,12 @@ def main(args: argparse.Namespace) -> dict:
         return main_user(args)
     world, pipe, cases, pairs, lines, inst, encoder = synthetic_benchmark(args)
     out = Path(args.out)
-    # reference lines: what ignoring the template scores, and what a perfect output scores
+    # reference lines: what ignoring the template scores, what a perfect output scores, and what the perfect output
+    # scores after the base model's VAE (the ceiling of any adapter on this base: detail the latent cannot hold)
     references = {
         "ref_neutral_face": score_row(lines["neutral"], cases, inst),
         "ref_perfect_output": score_row(lines["perfect"], cases, inst),
+        "ref_perfect_through_vae": score_row(vae_round_trip(pipe.vae, lines["perfect"]), cases, inst),
     }
     rows, probes = {}, {}
     for spec in args.row:

@@ -57,8 +57,8 @@ def same_cases(a: dict, b: dict, tol: float = 1e-4) -> bool:
     return (
         a.get("cases") == b.get("cases")
         and abs(a["same_person_identity_similarity"] - b["same_person_identity_similarity"]) <= tol
-        and refs_a.keys() == refs_b.keys()
-        and all(abs(refs_a[n][k] - refs_b[n][k]) <= tol for n in refs_a for k in keys)
+        and bool(common := refs_a.keys() & refs_b.keys())  # a line added later to the harness is not compared
+        and all(abs(refs_a[n][k] - refs_b[n][k]) <= tol for n in common for k in keys)
     )
 
 

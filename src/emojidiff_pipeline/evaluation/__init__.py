@@ -3,7 +3,7 @@
 - :mod:`.scores`: the cases and instruments, and the scores of one row: identity similarity, expression error
   (overall and per factor, with standard errors over templates), identity and style leakage, emotion agreement,
   face sharpness and the Frechet distance to real images;
-- :mod:`.rows`: row specs on a pipeline and their generated images;
+- :mod:`.rows`: row specs on a pipeline and their generated images, and the VAE round trip of reference images;
 - :mod:`.user_data`: cases from a user's reference and template folders;
 - :mod:`.probes`: the controlled template-use probe and the ridge probe of the expression tokens;
 - :mod:`.report`: results.json, results.md and the bar plot.
@@ -11,7 +11,14 @@
 
 from .probes import ridge_probe, template_use_probe
 from .report import PLOT_METRICS, plot_rows, write_report
-from .rows import GenerationSettings, attach_row, generate_row, parse_row_spec, split_expression_guidance
+from .rows import (
+    GenerationSettings,
+    attach_row,
+    generate_row,
+    parse_row_spec,
+    split_expression_guidance,
+    vae_round_trip,
+)
 from .scores import (
     Case,
     Instruments,
@@ -40,6 +47,7 @@ __all__ = [
     "same_person_similarity",
     "score_row",
     "split_expression_guidance",
+    "vae_round_trip",
     "standard_error_over",
     "template_use_probe",
     "user_cases",

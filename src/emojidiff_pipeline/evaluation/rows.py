@@ -119,3 +119,17 @@ def generate_row(
         if progress is not None:
             progress.update(len(chunk))
     return images
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: list[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """Each uint8 image (H, W, 3) encoded to the VAE's latent mean and decoded again: what a generator that drew
+    exactly the image's latent would output, so its scores are the ceiling any adapter on this VAE can reach."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack(images[start : start + batch_size])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1.0
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+        pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        out.extend(pixels.numpy())
+    return out
