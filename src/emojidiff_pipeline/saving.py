@@ -92,8 +92,8 @@ class EmojiDiffSavingMixin:
     def _write_remote_code(self, save_directory) -> None:
         """Copy the pipeline's code into `save_directory` in diffusers' custom-pipeline layout: `pipeline.py` and the
         modules it imports at the top level (model_index.json `_class_name` ["pipeline", <class>]), and the adapter's
-        module beside its weights (`emoji_adapter/adapter.py` with `layers.py`, `tokens.py` and `weight_checks.py`, component entry
-        ["adapter", "EmojiDiffAdapter"])."""
+        module beside its weights (`emoji_adapter/adapter.py` with `layers.py`, `tokens.py` and `weight_checks.py`,
+        component entry ["adapter", "EmojiDiffAdapter"])."""
         import json
         import shutil
 
