@@ -109,6 +109,39 @@ def test_face_losses_rows_above_max_timestep_do_not_count():
         face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config)
 
 
+def test_targets_read_once_give_the_same_loss_without_decoding_the_targets(monkeypatch):
+    """target_expression_readings (N, C) read once per run stands in for decoding the targets at every step: the same
+    expression loss and gradient, one VAE decode per call (the one-step x0) instead of two."""
+    from emojidiff_pipeline.train.face_losses import target_expression_readings
+
+    pipe = EmojiDiffPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    latents, noise, base = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(3, 5, 2)
+    model = tiny_expression_loss_model()
+    config = FaceLossConfig(expression_weight=1.0, max_timestep=500)
+    t = torch.tensor([100, 900, 300])  # the middle row is above the bound: the readings are indexed like the rows
+    noisy = scheduler.add_noise(latents, noise, t)
+    readings = target_expression_readings(pipe.vae, latents, kps, model, batch_size=2)
+    assert readings.shape == (3, model(torch.zeros(1, 3, 64, 64), kps[:1]).shape[-1])
+    decodes = []
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z: decodes.append(len(z)) or decode(z))
+    results = []
+    for target_expression in (None, readings):
+        prediction = base.clone().requires_grad_(True)
+        decodes.clear()
+        out = face_losses(
+            pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model, target_expression=target_expression
+        )
+        out["total"].backward()
+        results.append((out["expression"].item(), prediction.grad, list(decodes)))
+    (plain, plain_grad, plain_decodes), (read, read_grad, read_decodes) = results
+    assert read == pytest.approx(plain, rel=1e-5) and torch.allclose(read_grad, plain_grad, atol=1e-6)
+    assert plain_decodes == [2, 2] and read_decodes == [2]  # x0 and the targets, then x0 alone
+
+
 def test_expression_factor_weights_mix_the_factors():
     pipe = EmojiDiffPipeline(**tiny_components())
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -164,6 +197,29 @@ def test_stage1_with_face_losses_logs_validates_and_resumes_exactly(world, tmp_p
         args_for(world, tmp_path / "split", "--max_steps", "4", "--resume_from_checkpoint", "latest", *face)
     )
     assert first + resumed == full  # bit-identical
+
+
+def test_gradient_checkpointing_keeps_the_losses_and_sets_the_unet_and_vae(world, tmp_path, monkeypatch):
+    """--gradient_checkpointing recomputes blocks in the backward pass: the same losses (to float noise), on a UNet
+    and a VAE whose checkpointing is on."""
+    face = (*FACTORIES, "--expression_loss_weight", "1.0", *ID_FACTORIES, "--identity_loss_weight", "0.5")
+    plain = train_decoupled.main(args_for(world, tmp_path / "plain", "--max_steps", "3", *face))
+    seen = {}
+    import emojidiff_pipeline.train.stage1 as stage1_module
+
+    train = stage1_module.train_stage1
+
+    def spy(accelerator, pipe, *rest, **kwargs):
+        out = train(accelerator, pipe, *rest, **kwargs)
+        seen["unet"], seen["vae"] = pipe.unet.is_gradient_checkpointing, pipe.vae.is_gradient_checkpointing
+        return out
+
+    monkeypatch.setattr(stage1_module, "train_stage1", spy)
+    checkpointed = train_decoupled.main(
+        args_for(world, tmp_path / "ckpt", "--max_steps", "3", "--gradient_checkpointing", *face)
+    )
+    assert seen == {"unet": True, "vae": True}
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
 
 
 def test_face_loss_flags_are_checked(world, tmp_path):

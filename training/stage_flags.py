@@ -160,6 +160,11 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
         "run's checkpoints, logs and adapter first; without it such a run is refused",
     )
     g.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    g.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute the UNet's and the VAE decoder's blocks in the backward pass (less memory, slower)",
+    )
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -249,6 +254,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int) -> Stage1Config:
         early_stopping_patience=args.early_stopping_patience,
         overwrite_output_dir=args.overwrite_output_dir,
         face_losses=face if face.enabled else None,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
 
 

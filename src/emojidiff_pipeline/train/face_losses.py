@@ -136,6 +136,21 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(z.to(vae.dtype)).sample.float()
 
 
+@torch.no_grad()
+def target_expression_readings(
+    vae, latents: torch.Tensor, kps: torch.Tensor, expression_model, batch_size: int = 64
+) -> torch.Tensor:
+    """The expression model's reading of every decoded target, (N, C) on the CPU, from the cache's latents (N, C', h,
+    w) and target keypoints (N, 5, 2): what the expression loss compares the prediction with. It depends on the row
+    only, so a run reads it once instead of decoding the targets again at every step."""
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, len(latents), batch_size):
+        image = decode_latents(vae, latents[start : start + batch_size].to(device).float())
+        out.append(expression_model(image, kps[start : start + batch_size]).float().cpu())
+    return torch.cat(out)
+
+
 @dataclass
 class FaceLossConfig:
     """Weights of the face losses (0: off) and the largest timestep they apply at.
@@ -198,12 +213,15 @@ def face_losses(
     identity_model: DifferentiableFaceModel | None = None,
     prediction_off: torch.Tensor | None = None,
     reference_embeds: torch.Tensor | None = None,
+    target_expression: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted face losses of a batch, and their parts.
 
     noisy, prediction, latents: (B, C, h, w) (the UNet's input, its output, the clean target latents); timesteps
     (B,); kps (B, 5, 2) the target's keypoints in decoded-image pixels; `prediction_off` (B, C, h, w) the prediction
-    with the expression branch off (alignment); `reference_embeds` (B, D) (``identity_anchor="reference"``).
+    with the expression branch off (alignment); `reference_embeds` (B, D) (``identity_anchor="reference"``);
+    `target_expression` (B, C) the expression model's reading of the decoded targets
+    (:func:`target_expression_readings`; None: decode the targets here).
     Returns ``{"total": scalar}`` plus ``"expression"`` / ``"identity"`` / ``"alignment"`` (unweighted means over
     the rows with ``t <= max_timestep``) for the enabled losses; ``total`` is 0 (with a graph) when no row qualifies.
     """
@@ -225,12 +243,19 @@ def face_losses(
     idx = rows.to(prediction.device)
     x0 = one_step_x0(scheduler, noisy[idx.cpu()].to(prediction.device), prediction[idx], timesteps[rows])
     image = decode_latents(vae, x0)
-    with torch.no_grad():
-        reference = decode_latents(vae, latents[rows.cpu()].to(prediction.device).float())
     k = kps[rows.cpu()]
+    reference = None
+    if (config.expression_weight > 0 and target_expression is None) or (
+        config.identity_weight > 0 and config.identity_anchor == "target"
+    ):
+        with torch.no_grad():
+            reference = decode_latents(vae, latents[rows.cpu()].to(prediction.device).float())
     if config.expression_weight > 0:
         with torch.no_grad():
-            want = expression_model(reference, k)
+            if target_expression is None:
+                want = expression_model(reference, k)
+            else:
+                want = target_expression[rows.cpu()].to(prediction.device)
         error = (expression_model(image, k) - want).abs()  # (rows, C)
         out["expression"] = _weighted_factor_mean(error, config.expression_factor_weights)
         total = total + config.expression_weight * out["expression"]

@@ -32,7 +32,7 @@ from .checkpoints import (
     save_pretrained_atomic,
 )
 from .diffusion import BatchSampler, diffusion_target, face_loss_weights, step_generator, training_noise_scheduler
-from .face_losses import FaceLossConfig, face_losses
+from .face_losses import FaceLossConfig, face_losses, target_expression_readings
 from .validation import best_validation, validation_losses, validation_rows
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class Stage1Config:
     early_stopping_patience: int = 0  # stop after this many validations without a new best loss (0: never)
     face_losses: FaceLossConfig | None = None  # expression / identity read back from the one-step x0 (None: off)
     max_train_timestep: int | None = None  # draw training timesteps in [0, this] (ICA's ANI bound; None: all)
+    # recompute the frozen UNet's blocks and (face losses) the VAE decoder's in the backward pass instead of keeping
+    # their activations: less memory (SDXL at 1024 px, docs/training_benchmark.md) for about one more forward of each
+    gradient_checkpointing: bool = False
     # the frozen inputs' cache (default <output_dir>/cache); its files are named by a hash of their contents' recipe,
     # so runs over the same triplets at the same settings can share one folder and encode once
     cache_dir: str | None = None
@@ -116,6 +119,10 @@ def train_stage1(
     if adapter.uses_image_stream and "templates" not in cache:
         raise ValueError("The adapter's expression branch has an image stream: prepare the cache with image tokens.")
     unet.requires_grad_(False)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if face is not None:
+            pipe.vae.enable_gradient_checkpointing()
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder):
         if module is not None:
             module.requires_grad_(False)
@@ -238,6 +245,7 @@ def train_stage1(
                 face["identity_model"],
                 prediction_off=pred_off,
                 reference_embeds=cache["identity"][rows][:, 0],
+                target_expression=_rows_of(face["target_expression"], rows),
             )
             record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
             record["diffusion_loss"] = loss.item()
@@ -299,6 +307,10 @@ def _face_losses_on(config: Stage1Config) -> bool:
     return config.face_losses is not None and config.face_losses.enabled
 
 
+def _rows_of(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if values is None else values[rows]
+
+
 def _face_loss_setup(
     pipe, config: FaceLossConfig | None, cache: dict, expression_model, identity_model, device
 ) -> dict | None:
@@ -316,11 +328,22 @@ def _face_loss_setup(
             "`identity_weight` / `alignment_weight` > 0 need an `identity_loss_model` (a DifferentiableFaceModel)."
         )
     pipe.vae.to(device)
+    target_expression = None
+    if config.expression_weight > 0:  # the targets' reading depends on the row only: once, not at every step
+        clock = time.monotonic()
+        expression_model = expression_model.to(device)
+        target_expression = target_expression_readings(
+            pipe.vae, cache["latents"], cache["target_kps"], expression_model
+        )
+        logger.info(
+            "Read the expression of %d decoded targets (%.0f s).", len(target_expression), time.monotonic() - clock
+        )
     return {
         "vae": pipe.vae,
         "config": config,
-        "expression_model": expression_model.to(device) if config.expression_weight > 0 else None,
+        "expression_model": expression_model if config.expression_weight > 0 else None,
         "identity_model": identity_model.to(device) if config.needs_identity_model else None,
+        "target_expression": target_expression,  # (N, C) over the cache's rows, or None
     }
 
 

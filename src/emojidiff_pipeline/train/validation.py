@@ -87,6 +87,7 @@ def validation_losses(
                 face["identity_model"],
                 prediction_off=preds["loss_no_expression"],
                 reference_embeds=cache["identity"][r][:, 0],
+                target_expression=None if face.get("target_expression") is None else face["target_expression"][r],
             )
             m = int((t <= face["config"].max_timestep).sum())
             for name, value in parts.items():
