@@ -1,5 +1,6 @@
 """The layer probe (layer_probe.py, training/probe_layers.py): blocks, per-block scale dicts, the probe's table."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def test_probe_table_gains_and_preset(layers):
         probe_blocks([], score)
 
 
+def test_suggest_preset_drops_style_leaks_beyond_the_noise(layers):
+    """Style leakage is a rate over num_cases: a block one case above the all-blocks adapter stays in the preset,
+    one far above (or any excess when the count is unknown) is dropped."""
+    blocks = attention_blocks(layers)[:3]
+    common = {"expression_error": 0.10, "expression_error_se": 0.005, "num_cases": 128}
+    result = {
+        "off": {"expression_error": 0.20},
+        "all": {"expression_error": 0.08, "style_leakage": 7 / 128},
+        "blocks": {
+            blocks[0].name: {"gain_only": 0.10, "only": dict(common, style_leakage=8 / 128)},
+            blocks[1].name: {"gain_only": 0.10, "only": dict(common, style_leakage=20 / 128)},
+            blocks[2].name: {"gain_only": 0.10, "only": {"expression_error_se": 0.005, "style_leakage": 8 / 128}},
+        },
+    }
+    on = {n for n, v in expand_block_dict(layers, suggest_preset(result, blocks)).items() if v == 1.0}
+    assert on == {n for n in layers if n.startswith(blocks[0].name + ".") and layers[n].is_cross_attention}
+
+
 def test_probe_report_files(layers, tmp_path):
     import probe_layers
 
@@ -89,6 +108,17 @@ def test_probe_report_files(layers, tmp_path):
     assert (tmp_path / "probe.png").stat().st_size > 0 and (tmp_path / "probe.json").exists()
     with pytest.raises(SystemExit):
         probe_layers.parse_args(["--adapter", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        probe_layers.parse_args(["--resuggest", "--out", str(tmp_path / "no_probe")])
+
+    # --resuggest: the same blocks from the saved names, the suggestion recomputed, the measuring command kept
+    assert probe_layers.blocks_of(result["blocks"]) == blocks
+    argv = ["--resuggest", "--out", str(tmp_path / "probe"), "--min_gain_se", "1"]
+    again = probe_layers.main(probe_layers.parse_args(argv))
+    assert again["suggested_preset"] == suggest_preset(result, blocks, 1.0)
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["command"] == "cmd" and saved["suggested_by"].endswith("--min_gain_se 1")
+    assert "(recomputed by `python training/probe_layers.py --resuggest" in (tmp_path / "probe.md").read_text()
 
 
 def test_single_block_adapter_keeps_that_blocks_branch_and_every_other_weight(layers):

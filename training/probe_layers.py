@@ -7,7 +7,8 @@ each block: the benchmark generated with the branch on in that block only, and o
 each scored like a results row (emojidiff_pipeline.layer_probe). With `--train_steps N`, also the second way: for each
 block, the adapter cut down to that block's expression branch (layer_probe.single_block_adapter) is trained N more
 steps with the results rows' stage-1 recipe (under --train_work, resumable, one shared input cache) and scored.
-Writes <out>.json, <out>.md (table and preset suggestion) and <out>.png (heatmap). Defaults run the synthetic
+Writes <out>.json, <out>.md (table and preset suggestion) and <out>.png (heatmap); `--resuggest` rewrites them
+from <out>.json's measurements without generating (e.g. with another --min_gain_se). Defaults run the synthetic
 world's expression benchmark with its eval-side instruments; `--pretrained_model` takes another base pipeline of
 the same world.
 """
@@ -35,7 +36,7 @@ TRAINED_METRICS = ("gain_trained", "style_leakage_trained", "identity_similarity
 
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--adapter", required=True, help="adapter folder with the expression branch in the blocks to probe")
+    p.add_argument("--adapter", help="adapter folder with the expression branch in the blocks to probe")
     p.add_argument("--out", default="docs/layer_probe", help="output path without suffix (.json, .md, .png)")
     p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
     p.add_argument("--num_identities", type=int, default=8)
@@ -50,6 +51,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
         type=float,
         default=2.0,
         help="a block joins the preset when its gain exceeds this many standard errors",
+    )
+    p.add_argument(
+        "--resuggest",
+        action="store_true",
+        help="recompute the suggestion from <out>.json's measurements and rewrite the report (no generation)",
     )
     t = p.add_argument_group("(b) short training of single-block adapters")
     t.add_argument("--train_steps", type=int, default=0, help="steps per single-block adapter (0: inference only)")
@@ -66,7 +72,10 @@ def parse_args(input_args=None) -> argparse.Namespace:
     for name in ("num_identities", "num_templates", "steps", "batch_size", "train_batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not (Path(args.adapter) / "config.json").is_file():
+    if args.resuggest:
+        if not Path(args.out).with_suffix(".json").is_file():
+            p.error(f"--resuggest needs the probe's {args.out}.json, which does not exist")
+    elif args.adapter is None or not (Path(args.adapter) / "config.json").is_file():
         p.error(f"--adapter {args.adapter!r} is not an adapter folder (no config.json)")
     args.argv = list(input_args) if input_args is not None else sys.argv[1:]
     return args
@@ -122,12 +131,13 @@ def write_heatmap(rows: dict[str, dict[str, float]], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
+def write_report(result: dict, preset: dict, out: Path, command: str, suggested_by: str | None = None) -> None:
+    """<out>.json, .md and .png; `command` measured the result, `suggested_by` (if another) recomputed the preset."""
     rows, columns = flat_rows(result), metrics(result)
-    write_text_atomic(
-        out.with_suffix(".json"),
-        json.dumps({"command": command, "result": result, "suggested_preset": preset}, indent=1),
-    )
+    saved = {"command": command, "result": result, "suggested_preset": preset}
+    if suggested_by:
+        saved["suggested_by"] = suggested_by
+    write_text_atomic(out.with_suffix(".json"), json.dumps(saved, indent=1))
     fmt = lambda v: f"{v:+.4f}" if np.isfinite(v) else "n/a"  # noqa: E731
     off, full = result["off"], result["all"]
     lines = [
@@ -155,12 +165,38 @@ def write_report(result: dict, preset: dict, out: Path, command: str) -> None:
     ]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt(r[m]) for m in columns) + " |")
-    lines += ["", f"Suggested `expression_layers` preset: `{json.dumps(preset)}`", ""]
+    by = f" (recomputed by `{suggested_by}`)" if suggested_by else ""
+    lines += ["", f"Suggested `expression_layers` preset{by}: `{json.dumps(preset)}`", ""]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines))
     write_heatmap(rows, out.with_suffix(".png"))
 
 
+def blocks_of(names) -> list:
+    """The :class:`~emojidiff_pipeline.layer_probe.Block` list of probed block names (``up_blocks.1.attentions.0``),
+    in UNet order; each block's length is its largest probed index + 1, right for an adapter in every block."""
+    from emojidiff_pipeline.layer_probe import attention_blocks
+    from emojidiff_pipeline.layers import LayerInfo
+
+    layers = {f"{n}.transformer_blocks.0.attn2.processor": LayerInfo(n, 0, 0, 1, True) for n in names}
+    return attention_blocks(layers)
+
+
+def resuggest(args: argparse.Namespace) -> dict:
+    """The suggestion recomputed from <out>.json's measurements; rewrites the report."""
+    from emojidiff_pipeline.layer_probe import suggest_preset
+
+    out = Path(args.out)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    result = saved["result"]
+    preset = suggest_preset(result, blocks_of(result["blocks"]), args.min_gain_se)
+    command = "python training/probe_layers.py " + " ".join(shlex.quote(a) for a in args.argv)
+    write_report(result, preset, out, saved["command"], suggested_by=command)
+    return {"result": result, "suggested_preset": preset}
+
+
 def main(args: argparse.Namespace) -> dict:
+    if args.resuggest:
+        return resuggest(args)
     from emojidiff_pipeline import EmojiDiffAdapter
     from emojidiff_pipeline.evaluation import score_row
     from emojidiff_pipeline.layer_probe import attention_blocks, probe_blocks, suggest_preset

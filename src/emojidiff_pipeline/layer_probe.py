@@ -19,6 +19,7 @@ per-block dict for ``expression_layers``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,13 +109,14 @@ def probe_blocks(blocks: Sequence[Block], score: Callable[[object], dict]) -> di
 def suggest_preset(result: dict, blocks: Sequence[Block], min_gain_se: float = 2.0) -> dict:
     """A per-block dict for ``expression_layers``: the blocks whose "only" configuration lowers the expression error
     by at least `min_gain_se` standard errors, dropping any whose style leakage alone exceeds the all-blocks
-    adapter's (it passes the template's rendering on). Falls back to the single best block."""
+    adapter's by more than `min_gain_se` binomial standard errors (it passes the template's rendering on; style
+    leakage is a rate over the cases' style heads, counted here as ``num_cases`` trials since one case's heads are
+    not independent, so a difference of a case or two is noise). Falls back to the single best block."""
     keep = []
     for b in blocks:
         row = result["blocks"][b.name]
         se = row["only"].get("expression_error_se") or 0.0
-        leaks_style = row["only"].get("style_leakage", 0.0) > result["all"].get("style_leakage", 0.0)
-        if row["gain_only"] > min_gain_se * se and not leaks_style:
+        if row["gain_only"] > min_gain_se * se and not _leaks_more_style(row["only"], result["all"], min_gain_se):
             keep.append(b)
     if not keep:
         keep = [max(blocks, key=lambda b: result["blocks"][b.name]["gain_only"])]
@@ -128,6 +130,14 @@ def suggest_preset(result: dict, blocks: Sequence[Block], min_gain_se: float = 2
             row = spec.setdefault(b.path, {}).setdefault(f"block_{b.block}", [0.0] * b.count)
             row[b.index] = 1.0 if b in keep else 0.0
     return spec
+
+
+def _leaks_more_style(row: dict, reference: dict, num_se: float) -> bool:
+    """Whether `row`'s style leakage rate is above `reference`'s by more than `num_se` binomial standard errors of
+    the reference rate over the row's ``num_cases`` (no ``num_cases``: any excess counts)."""
+    p, n = reference.get("style_leakage", 0.0), row.get("num_cases") or 0
+    margin = num_se * math.sqrt(max(p * (1 - p), 1.0 / n) / n) if n else 0.0
+    return row.get("style_leakage", 0.0) > p + margin
 
 
 def single_block_adapter(adapter, block: Block):

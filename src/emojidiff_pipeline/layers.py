@@ -37,9 +37,11 @@ def expression_sensitive_blocks(layers: Mapping[str, "LayerInfo"]) -> dict:
     the second attention module of the first up block with attention (``up_blocks.0.attentions.1`` in SDXL),
     which InstantStyle found to carry style: the template must not pass its rendering style on. For SDXL:
     ``{"up": {"block_0": [1, 0, 1], "block_1": 1}}``. Measured on the synthetic base: the layer probe
-    (``docs/layer_probe.md``) finds the branch's effect in ``up_blocks.1.attentions.0-1``, and a stage-1 row with
-    only those two layers scores the same as this preset within noise (expression error 0.134 vs 0.135 +- 0.003,
-    style leakage 0.032 vs 0.030; ``docs/results/experiments/probe_preset``), so the prior stays.
+    (``docs/layer_probe.md``) finds the branch's effect in ``up_blocks.1.attentions.0-1`` both at inference and when
+    single-block adapters are trained (then ``up_blocks.0.attentions.2`` and ``up_blocks.1.attentions.2``: all four
+    in this preset; the block it leaves out gains least of the up path), and a stage-1 row with only those two layers
+    scores the same as this preset within noise (expression error 0.134 vs 0.135 +- 0.003, style leakage 0.032 vs
+    0.030; ``docs/results/experiments/probe_preset``), so the prior stays.
     """
     up = _block_attention_counts(layers)["up"]
     if not up:
