@@ -110,36 +110,96 @@ def test_face_losses_rows_above_max_timestep_do_not_count():
 
 
 def test_targets_read_once_give_the_same_loss_without_decoding_the_targets(monkeypatch):
-    """target_expression_readings (N, C) read once per run stands in for decoding the targets at every step: the same
-    expression loss and gradient, one VAE decode per call (the one-step x0) instead of two."""
-    from emojidiff_pipeline.train.face_losses import target_expression_readings
+    """target_face_readings (expression (N, C), identity (N, D)) read once per run stand in for decoding the targets
+    at every step: the same losses and gradient, one VAE decode per call (the one-step x0) instead of two."""
+    from emojidiff_pipeline.train.face_losses import target_face_readings
 
     pipe = EmojiDiffPipeline(**tiny_components())
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     g = torch.Generator().manual_seed(0)
     latents, noise, base = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
     kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(3, 5, 2)
-    model = tiny_expression_loss_model()
-    config = FaceLossConfig(expression_weight=1.0, max_timestep=500)
+    model = tiny_expression_loss_model()  # also the identity model here: any (B, D) reading
+    config = FaceLossConfig(expression_weight=1.0, identity_weight=0.5, max_timestep=500)
     t = torch.tensor([100, 900, 300])  # the middle row is above the bound: the readings are indexed like the rows
     noisy = scheduler.add_noise(latents, noise, t)
-    readings = target_expression_readings(pipe.vae, latents, kps, model, batch_size=2)
-    assert readings.shape == (3, model(torch.zeros(1, 3, 64, 64), kps[:1]).shape[-1])
+    readings = target_face_readings(pipe.vae, latents, kps, config, model, model, batch_size=2)
+    width = model(torch.zeros(1, 3, 64, 64), kps[:1]).shape[-1]
+    assert {k: v.shape for k, v in readings.items()} == {
+        "target_expression": (3, width),
+        "target_identity": (3, width),
+    }
+    assert torch.allclose(readings["target_identity"].norm(dim=-1), torch.ones(3))
+    reference = FaceLossConfig(identity_weight=1.0, identity_anchor="reference")
+    assert target_face_readings(pipe.vae, latents, kps, reference, identity_model=model) == {}
     decodes = []
     decode = pipe.vae.decode
     monkeypatch.setattr(pipe.vae, "decode", lambda z: decodes.append(len(z)) or decode(z))
     results = []
-    for target_expression in (None, readings):
+    for given in ({}, readings):
         prediction = base.clone().requires_grad_(True)
         decodes.clear()
-        out = face_losses(
-            pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model, target_expression=target_expression
-        )
+        out = face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model, model, **given)
         out["total"].backward()
-        results.append((out["expression"].item(), prediction.grad, list(decodes)))
+        results.append(((out["expression"].item(), out["identity"].item()), prediction.grad, list(decodes)))
     (plain, plain_grad, plain_decodes), (read, read_grad, read_decodes) = results
     assert read == pytest.approx(plain, rel=1e-5) and torch.allclose(read_grad, plain_grad, atol=1e-6)
     assert plain_decodes == [2, 2] and read_decodes == [2]  # x0 and the targets, then x0 alone
+
+
+def test_mask_expression_regions_greys_the_eyes_brows_and_mouth_only():
+    from emojidiff_pipeline.train.face_losses import mask_expression_regions
+
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]])
+    image = torch.ones(1, 3, 64, 64, requires_grad=True)
+    masked = mask_expression_regions(image, kps)
+    for x, y in ((20, 24), (44, 24), (20, 15), (32, 44), (24, 44), (40, 44)):  # eyes, a brow above, the mouth
+        assert masked[0, :, y, x].abs().max() == 0, (x, y)
+    for x, y in ((32, 34), (2, 2), (32, 60), (60, 30)):  # the nose, the corners, the chin, the cheek's edge
+        assert torch.equal(masked[0, :, y, x], torch.ones(3)), (x, y)
+    masked.sum().backward()
+    assert torch.equal(image.grad, (masked.detach() != 0).float())  # gradients pass where the pixels are kept
+    changed = image.detach().clone()
+    changed[..., 20:28, 16:24] = -1.0  # redraw the left eye: the masked image does not see it
+    assert torch.equal(mask_expression_regions(changed, kps), masked.detach())
+    with pytest.raises(ValueError, match="kps"):
+        mask_expression_regions(image, kps[:, :4])
+
+
+def test_masked_alignment_compares_the_masked_faces():
+    pipe = EmojiDiffPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    latents, noise, prediction, off = (torch.randn(2, 4, 32, 32, generator=g) for _ in range(4))  # 64 px images
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(2, 5, 2)
+    torch.manual_seed(0)  # F: a random linear read-out of the whole crop, so every pixel moves the embedding
+    model = DifferentiableFaceModel(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, 16)), "F", 112
+    )
+    t = torch.tensor([100, 200])
+    noisy = scheduler.add_noise(latents, noise, t)
+
+    def alignment(mask, prediction_off):
+        config = FaceLossConfig(alignment_weight=1.0, max_timestep=500, alignment_mask=mask)
+        out = face_losses(
+            pipe.vae,
+            scheduler,
+            noisy,
+            prediction,
+            latents,
+            t,
+            kps,
+            config,
+            identity_model=model,
+            prediction_off=prediction_off,
+        )
+        return out["alignment"].item()
+
+    assert alignment(True, prediction) == pytest.approx(0.0, abs=1e-6)  # the same face, masked alike
+    masked, plain = alignment(True, off), alignment(False, off)
+    assert masked > 0 and plain > 0 and masked != pytest.approx(plain, rel=0.05), (masked, plain)
+    with pytest.raises(ValueError, match="`alignment_mask` has no effect"):
+        FaceLossConfig(identity_weight=1.0, alignment_mask=True)
 
 
 def test_expression_factor_weights_mix_the_factors():

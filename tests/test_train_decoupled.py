@@ -67,6 +67,32 @@ def test_train_checkpoints_and_exact_resume(world, tmp_path):
     assert [x["step"] for x in log] == [0, 1, 2, 3] and [x["loss"] for x in log] == full
 
 
+def test_mixed_precision_autocasts_the_frozen_unet_too(world, tmp_path, monkeypatch):
+    """--mixed_precision bf16: the training forward of the frozen UNet runs under autocast, not only the prepared
+    adapter's, and the losses stay finite."""
+    from diffusers import UNet2DConditionModel
+
+    seen, forward = [], UNet2DConditionModel.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # the training step (validation runs without gradients)
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
+    AcceleratorState._reset_state(reset_partial_state=True)  # the state is a per-process singleton: no precision yet
+    try:
+        losses = train_decoupled.main(
+            args_for(world, tmp_path / "bf16", "--max_steps", "2", "--mixed_precision", "bf16")
+        )
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # the other tests' runs take "no" again
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert seen == [torch.bfloat16, torch.bfloat16]
+
+
 def test_bad_manifest_and_args(world, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"template": "x.png", "references": [], "target": "y.png", "prompt": "p"}\n')

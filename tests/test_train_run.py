@@ -86,3 +86,8 @@ def test_stage_flags_map_onto_the_run():
     assert run.expression_loss_model == "m:f" and run.face == FaceFrontEnd(recognizer="r.onnx")
     with pytest.raises(SystemExit):
         train_decoupled.parse_args([*flags.split()[:-2], "--expression_loss_factor_weights", "1,x"])
+    with pytest.raises(SystemExit):  # nothing to mask without the alignment loss
+        train_decoupled.parse_args([*flags.split(), "--alignment_mask"])
+    masked = flags + " --identity_loss_model m:g --alignment_loss_weight 1 --alignment_mask"
+    config = train_decoupled.flags.training_run(train_decoupled.parse_args(masked.split())).config.face_losses
+    assert config.alignment_mask and config.alignment_weight == 1.0

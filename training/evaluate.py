@@ -375,7 +375,9 @@ def main(args: argparse.Namespace) -> dict:
     references = {
         "ref_neutral_face": score_row(lines["neutral"], cases, inst),
         "ref_perfect_output": score_row(lines["perfect"], cases, inst),
-        "ref_perfect_through_vae": score_row(vae_round_trip(pipe.vae, lines["perfect"]), cases, inst),
+        "ref_perfect_through_vae": score_row(
+            vae_round_trip(pipe.vae, lines["perfect"], batch_size=args.batch_size), cases, inst
+        ),
     }
     rows, probes = {}, {}
     for spec in args.row:

@@ -126,6 +126,12 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
         "--identity_loss_model (0: off)",
     )
     g.add_argument(
+        "--alignment_mask",
+        action="store_true",
+        help="compare the two images of the alignment loss with their eyes, brows and mouth greyed out, so it "
+        "pulls the identity without pulling toward the expression-off face",
+    )
+    g.add_argument(
         "--identity_anchor",
         default="target",
         choices=["target", "reference"],
@@ -186,6 +192,8 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{kind}_loss_weight {weight} needs --{kind}_loss_model (module:factory)")
         if model and weight == 0:
             parser.error(f"--{kind}_loss_model is given but --{kind}_loss_weight is 0: it would be ignored")
+    if args.alignment_mask and not args.alignment_loss_weight > 0:
+        parser.error("--alignment_mask masks the alignment loss: it needs --alignment_loss_weight > 0")
     weights = args.expression_loss_factor_weights
     if weights is not None:
         try:
@@ -236,6 +244,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int) -> Stage1Config:
         alignment_weight=args.alignment_loss_weight,
         identity_anchor=args.identity_anchor,
         expression_factor_weights=args.expression_loss_factor_weights,
+        alignment_mask=args.alignment_mask,
     )
     return Stage1Config(
         max_steps=max_steps,

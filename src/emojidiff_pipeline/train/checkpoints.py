@@ -131,7 +131,7 @@ def load_checkpoint(
 
     Raises ``FileNotFoundError`` / ``OSError`` / ``ValueError`` naming the file that is missing, unreadable, or
     does not fit the run's models (another configuration) or optimizer; nothing is restored then."""
-    from ..adapter import check_tensor_shapes
+    from ..weight_checks import check_tensor_shapes
 
     folder = Path(folder)
     missing = missing_files(folder, tuple(models)) + [

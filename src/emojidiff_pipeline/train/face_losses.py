@@ -11,6 +11,7 @@ model sees in the image the UNet predicts in one step (ControlNet++'s cycle cons
     identity loss   = 1 - cos(F(crop), F(crop of the decoded target))  # F: a face recognizer, (B, D)
                       (or 1 - cos(F(crop), reference embedding): ``identity_anchor="reference"``)
     alignment loss  = 1 - cos(F(crop), stopgrad F(crop of x0 with the expression branch off))  # ICA
+                      (``alignment_mask=True``: both images with the eyes, brows and mouth greyed out first)
 
 Only rows whose timestep is at most ``max_timestep`` count (a one-step x0 from a very noisy latent is a blur).
 Both models are frozen and should not be the ones evaluation measures with. A model is a
@@ -55,6 +56,31 @@ def _weighted_factor_mean(error: torch.Tensor, weights: tuple[float, ...] | None
         )
     w = torch.tensor(weights, dtype=error.dtype, device=error.device)
     return (error * w).sum(-1).mean() / w.sum()
+
+
+def mask_expression_regions(
+    images: torch.Tensor, kps, eye_radius: float = 0.45, mouth_radius: float = 0.35
+) -> torch.Tensor:
+    """`images` (B, 3, H, W) in [-1, 1] with the expression's regions set to 0 (mid grey): a disc around each eye
+    point (radius `eye_radius` x the eye distance, which takes in the brow) and a capsule around the segment between
+    the mouth corners (radius `mouth_radius` x the eye distance). `kps` (B, 5, 2): the 5 face points in pixels. What
+    an identity comparison sees when it must leave the expression out; gradients pass through the other pixels."""
+    _check_images(images)
+    k = torch.as_tensor(_check_keypoints(kps, len(images)), dtype=torch.float32, device=images.device)
+    h, w = images.shape[-2:]
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=images.device),
+        torch.arange(w, dtype=torch.float32, device=images.device),
+        indexing="ij",
+    )
+    pixels = torch.stack([xs, ys], dim=-1)[None]  # (1, H, W, 2)
+    eye_distance = (k[:, 1] - k[:, 0]).norm(dim=-1).clamp_min(1.0)[:, None, None]  # (B, 1, 1)
+    eyes = ((pixels[:, None] - k[:, :2, None, None]).norm(dim=-1) <= (eye_radius * eye_distance)[:, None]).any(1)
+    left, right = k[:, 3, None, None], k[:, 4, None, None]  # (B, 1, 1, 2)
+    along = ((pixels - left) * (right - left)).sum(-1) / ((right - left) ** 2).sum(-1).clamp_min(1e-6)
+    nearest = left + along.clamp(0, 1)[..., None] * (right - left)
+    mouth = (pixels - nearest).norm(dim=-1) <= mouth_radius * eye_distance
+    return images.masked_fill((eyes | mouth)[:, None], 0.0)
 
 
 def warp_faces(images: torch.Tensor, kps, template: np.ndarray, size: int) -> torch.Tensor:
@@ -137,18 +163,36 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_expression_readings(
-    vae, latents: torch.Tensor, kps: torch.Tensor, expression_model, batch_size: int = 64
-) -> torch.Tensor:
-    """The expression model's reading of every decoded target, (N, C) on the CPU, from the cache's latents (N, C', h,
-    w) and target keypoints (N, 5, 2): what the expression loss compares the prediction with. It depends on the row
-    only, so a run reads it once instead of decoding the targets again at every step."""
+def target_face_readings(
+    vae,
+    latents: torch.Tensor,
+    kps: torch.Tensor,
+    config: "FaceLossConfig",
+    expression_model=None,
+    identity_model=None,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """What the face losses compare the prediction with, read from every decoded target once: the cache's latents
+    (N, C', h, w) and target keypoints (N, 5, 2) give ``"target_expression"`` (N, C), the expression model's reading,
+    when the expression loss is on, and ``"target_identity"`` (N, D), the identity model's unit embedding, when the
+    identity loss anchors on the target. CPU tensors; they depend on the row only, so a run reads them once instead
+    of decoding the targets again at every step."""
+    want_expression = config.expression_weight > 0
+    want_identity = config.identity_weight > 0 and config.identity_anchor == "target"
+    if want_expression and expression_model is None:
+        raise ValueError("`expression_weight` > 0 needs an `expression_model`.")
+    if want_identity and identity_model is None:
+        raise ValueError("`identity_weight` > 0 with `identity_anchor='target'` needs an `identity_model`.")
     device = next(vae.parameters()).device
-    out = []
-    for start in range(0, len(latents), batch_size):
+    out = {"target_expression": [], "target_identity": []}
+    for start in range(0, len(latents) if want_expression or want_identity else 0, batch_size):
         image = decode_latents(vae, latents[start : start + batch_size].to(device).float())
-        out.append(expression_model(image, kps[start : start + batch_size]).float().cpu())
-    return torch.cat(out)
+        k = kps[start : start + batch_size]
+        if want_expression:
+            out["target_expression"].append(expression_model(image, k).float().cpu())
+        if want_identity:
+            out["target_identity"].append(F.normalize(identity_model(image, k).float(), dim=-1).cpu())
+    return {key: torch.cat(values) for key, values in out.items() if values}
 
 
 @dataclass
@@ -157,7 +201,9 @@ class FaceLossConfig:
 
     `identity_anchor`: ``"target"`` compares F of the prediction with F of the decoded target; ``"reference"`` with
     the triplet's reference embedding (the cache's ``identity``, so F must be the network of the recognizer that
-    encoded it). `alignment_weight` > 0 (ICA) needs the prediction with the expression branch off as well.
+    encoded it). `alignment_weight` > 0 (ICA) needs the prediction with the expression branch off as well;
+    `alignment_mask` compares the two with their eyes, brows and mouth greyed out (:func:`mask_expression_regions`),
+    so the alignment pulls the identity without pulling the face toward the expression-off one.
     `expression_factor_weights` (C,) weighs each factor of the expression model's code in the expression loss
     (None: all 1), e.g. to pull gaze and brows, which a one-step x0 shows faintly; the loss is then
     ``sum_c w_c |E_c - E_c(target)| / sum_c w_c``, so the weights set the mix and `expression_weight` the size."""
@@ -168,6 +214,7 @@ class FaceLossConfig:
     alignment_weight: float = 0.0
     identity_anchor: str = "target"
     expression_factor_weights: tuple[float, ...] | None = None
+    alignment_mask: bool = False
 
     def __post_init__(self):
         if self.expression_factor_weights is not None:
@@ -182,6 +229,10 @@ class FaceLossConfig:
             if self.expression_weight == 0:
                 raise ValueError("`expression_factor_weights` has no effect with `expression_weight` 0.")
             self.expression_factor_weights = tuple(float(v) for v in w)
+        if not isinstance(self.alignment_mask, bool):
+            raise ValueError(f"`alignment_mask` must be True or False, got {self.alignment_mask!r}.")
+        if self.alignment_mask and self.alignment_weight == 0:
+            raise ValueError("`alignment_mask` has no effect with `alignment_weight` 0.")
         if self.identity_anchor not in ("target", "reference"):
             raise ValueError(f"`identity_anchor` must be 'target' or 'reference', got {self.identity_anchor!r}.")
         for name in ("expression_weight", "identity_weight", "alignment_weight"):
@@ -214,14 +265,15 @@ def face_losses(
     prediction_off: torch.Tensor | None = None,
     reference_embeds: torch.Tensor | None = None,
     target_expression: torch.Tensor | None = None,
+    target_identity: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted face losses of a batch, and their parts.
 
     noisy, prediction, latents: (B, C, h, w) (the UNet's input, its output, the clean target latents); timesteps
     (B,); kps (B, 5, 2) the target's keypoints in decoded-image pixels; `prediction_off` (B, C, h, w) the prediction
     with the expression branch off (alignment); `reference_embeds` (B, D) (``identity_anchor="reference"``);
-    `target_expression` (B, C) the expression model's reading of the decoded targets
-    (:func:`target_expression_readings`; None: decode the targets here).
+    `target_expression` (B, C) and `target_identity` (B, D) the face models' readings of the decoded targets
+    (:func:`target_face_readings`; None: decode the targets here).
     Returns ``{"total": scalar}`` plus ``"expression"`` / ``"identity"`` / ``"alignment"`` (unweighted means over
     the rows with ``t <= max_timestep``) for the enabled losses; ``total`` is 0 (with a graph) when no row qualifies.
     """
@@ -246,7 +298,7 @@ def face_losses(
     k = kps[rows.cpu()]
     reference = None
     if (config.expression_weight > 0 and target_expression is None) or (
-        config.identity_weight > 0 and config.identity_anchor == "target"
+        config.identity_weight > 0 and config.identity_anchor == "target" and target_identity is None
     ):
         with torch.no_grad():
             reference = decode_latents(vae, latents[rows.cpu()].to(prediction.device).float())
@@ -270,6 +322,8 @@ def face_losses(
                         "network of the recognizer that encoded the references (or use the 'target' anchor)."
                     )
                 anchor = F.normalize(reference_embeds[rows.cpu()].to(got.device).float(), dim=-1)
+            elif target_identity is not None:
+                anchor = target_identity[rows.cpu()].to(got.device).float()
             else:
                 anchor = F.normalize(identity_model(reference, k).float(), dim=-1)
         out["identity"] = (1 - (got * anchor).sum(-1)).mean()
@@ -279,8 +333,14 @@ def face_losses(
             x0_off = one_step_x0(
                 scheduler, noisy[rows.cpu()].to(prediction.device), prediction_off[idx], timesteps[rows]
             )
-            anchor_off = F.normalize(identity_model(decode_latents(vae, x0_off), k).float(), dim=-1)
-        out["alignment"] = (1 - (got * anchor_off).sum(-1)).mean()
+            image_off = decode_latents(vae, x0_off)
+            if config.alignment_mask:
+                image_off = mask_expression_regions(image_off, k)
+            anchor_off = F.normalize(identity_model(image_off, k).float(), dim=-1)
+        aligned = got
+        if config.alignment_mask:
+            aligned = F.normalize(identity_model(mask_expression_regions(image, k), k).float(), dim=-1)
+        out["alignment"] = (1 - (aligned * anchor_off).sum(-1)).mean()
         total = total + config.alignment_weight * out["alignment"]
     out["total"] = total
     return out

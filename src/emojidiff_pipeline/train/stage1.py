@@ -32,7 +32,7 @@ from .checkpoints import (
     save_pretrained_atomic,
 )
 from .diffusion import BatchSampler, diffusion_target, face_loss_weights, step_generator, training_noise_scheduler
-from .face_losses import FaceLossConfig, face_losses, target_expression_readings
+from .face_losses import FaceLossConfig, face_losses, target_face_readings
 from .validation import best_validation, validation_losses, validation_rows
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Stage1Config:
     face_losses: FaceLossConfig | None = None  # expression / identity read back from the one-step x0 (None: off)
     max_train_timestep: int | None = None  # draw training timesteps in [0, this] (ICA's ANI bound; None: all)
     # recompute the frozen UNet's blocks and (face losses) the VAE decoder's in the backward pass instead of keeping
-    # their activations: less memory (SDXL at 1024 px, docs/training_benchmark.md) for about one more forward of each
+    # their activations: less memory (SDXL at 1024 px, docs/ica_memory.md) for about one more forward of each
     gradient_checkpointing: bool = False
     # the frozen inputs' cache (default <output_dir>/cache); its files are named by a hash of their contents' recipe,
     # so runs over the same triplets at the same settings can share one folder and encode once
@@ -148,6 +148,8 @@ def train_stage1(
         accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(adapter, optimizer)
     unet.to(accelerator.device)
+    if face is not None:
+        _read_targets(face, cache, config.batch_size)
 
     train_rows, val_rows = validation_rows(cache["latents"].shape[0], config.num_validation, config.seed)
     n = len(train_rows)
@@ -202,54 +204,57 @@ def train_stage1(
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
 
         device = accelerator.device
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = adapted_prediction(
-            adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device, model=model
-        )
-        target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
-        if config.face_loss_weight > 0:
-            weights = face_loss_weights(
-                cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
-            ).to(device)
-            loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
-        else:
-            loss = F.mse_loss(pred.float(), target)
-        record = {}
-        if face is not None:
-            pred_off = None
-            if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
-                with torch.no_grad():
-                    pred_off = adapted_prediction(
-                        adapted,
-                        cache,
-                        rows,
-                        noisy,
-                        timesteps,
-                        text,
-                        pooled,
-                        keep_id,
-                        torch.zeros_like(keep_exp),
-                        device,
-                        model=model,
-                    )
-            parts = face_losses(
-                face["vae"],
-                scheduler,
-                noisy,
-                pred,
-                latents,
-                timesteps,
-                cache["target_kps"][rows],
-                face["config"],
-                face["expression_model"],
-                face["identity_model"],
-                prediction_off=pred_off,
-                reference_embeds=cache["identity"][rows][:, 0],
-                target_expression=_rows_of(face["target_expression"], rows),
+        # mixed precision (``--mixed_precision``) covers the frozen UNet and VAE too, not only the prepared adapter
+        with accelerator.autocast():
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            pred = adapted_prediction(
+                adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device, model=model
             )
-            record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
-            record["diffusion_loss"] = loss.item()
-            loss = loss + parts["total"]
+            target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
+            if config.face_loss_weight > 0:
+                weights = face_loss_weights(
+                    cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
+                ).to(device)
+                loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
+            else:
+                loss = F.mse_loss(pred.float(), target)
+            record = {}
+            if face is not None:
+                pred_off = None
+                if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
+                    with torch.no_grad():
+                        pred_off = adapted_prediction(
+                            adapted,
+                            cache,
+                            rows,
+                            noisy,
+                            timesteps,
+                            text,
+                            pooled,
+                            keep_id,
+                            torch.zeros_like(keep_exp),
+                            device,
+                            model=model,
+                        )
+                parts = face_losses(
+                    face["vae"],
+                    scheduler,
+                    noisy,
+                    pred,
+                    latents,
+                    timesteps,
+                    cache["target_kps"][rows],
+                    face["config"],
+                    face["expression_model"],
+                    face["identity_model"],
+                    prediction_off=pred_off,
+                    reference_embeds=cache["identity"][rows][:, 0],
+                    target_expression=_rows_of(face.get("target_expression"), rows),
+                    target_identity=_rows_of(face.get("target_identity"), rows),
+                )
+                record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
+                record["diffusion_loss"] = loss.item()
+                loss = loss + parts["total"]
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -328,23 +333,35 @@ def _face_loss_setup(
             "`identity_weight` / `alignment_weight` > 0 need an `identity_loss_model` (a DifferentiableFaceModel)."
         )
     pipe.vae.to(device)
-    target_expression = None
-    if config.expression_weight > 0:  # the targets' reading depends on the row only: once, not at every step
-        clock = time.monotonic()
-        expression_model = expression_model.to(device)
-        target_expression = target_expression_readings(
-            pipe.vae, cache["latents"], cache["target_kps"], expression_model
-        )
-        logger.info(
-            "Read the expression of %d decoded targets (%.0f s).", len(target_expression), time.monotonic() - clock
-        )
     return {
         "vae": pipe.vae,
         "config": config,
-        "expression_model": expression_model if config.expression_weight > 0 else None,
+        "expression_model": expression_model.to(device) if config.expression_weight > 0 else None,
         "identity_model": identity_model.to(device) if config.needs_identity_model else None,
-        "target_expression": target_expression,  # (N, C) over the cache's rows, or None
     }
+
+
+def _read_targets(face: dict, cache: dict, batch_size: int) -> None:
+    """Adds the face models' readings of every decoded target to `face` (:func:`target_face_readings`): they depend
+    on the row only, so the run reads them once, not at every step."""
+    clock = time.monotonic()
+    readings = target_face_readings(
+        face["vae"],
+        cache["latents"],
+        cache["target_kps"],
+        face["config"],
+        face["expression_model"],
+        face["identity_model"],
+        batch_size=batch_size,
+    )
+    face.update(readings)  # "target_expression" (N, C) / "target_identity" (N, D) over the cache's rows
+    if readings:
+        logger.info(
+            "Read %s of %d decoded targets (%.0f s).",
+            " and ".join(k.removeprefix("target_") for k in readings),
+            len(cache["latents"]),
+            time.monotonic() - clock,
+        )
 
 
 def run_stage1(

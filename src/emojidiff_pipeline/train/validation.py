@@ -42,9 +42,10 @@ def validation_losses(
     the loss with another held-out row's template (``template_swap``) and with the branch's null tokens
     (``no_expression``). A branch that uses its template has ``template_swap`` and ``no_expression`` above ``loss``.
 
-    `face` (``{"vae", "config", "expression_model", "identity_model"}``) adds the face losses of the right-template
-    prediction (``face_expression`` / ``face_identity``, means over the rows with ``t <= max_timestep``) and
-    ``objective``: ``loss`` plus their weighted sum, what the best adapter is chosen on.
+    `face` (``{"vae", "config", "expression_model", "identity_model"}``, with the optional ``"target_expression"``
+    / ``"target_identity"`` readings of :func:`~.face_losses.target_face_readings`) adds the face losses of the
+    right-template prediction (``face_expression`` / ``face_identity``, means over the rows with
+    ``t <= max_timestep``) and ``objective``: ``loss`` plus their weighted sum, what the best adapter is chosen on.
     """
     n = len(rows)
     g = torch.Generator().manual_seed(seed * 31 + 17)
@@ -88,6 +89,7 @@ def validation_losses(
                 prediction_off=preds["loss_no_expression"],
                 reference_embeds=cache["identity"][r][:, 0],
                 target_expression=None if face.get("target_expression") is None else face["target_expression"][r],
+                target_identity=None if face.get("target_identity") is None else face["target_identity"][r],
             )
             m = int((t <= face["config"].max_timestep).sum())
             for name, value in parts.items():
