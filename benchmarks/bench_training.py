@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emojidiff_pipeline.train.atomic import write_text_atomic
@@ -122,6 +123,19 @@ def run_setup(args) -> dict:
     }
 
 
+def summarize(runs: list[dict], reference: list[dict]) -> dict:
+    """One set-up's passes: the median s/step, the max peak memory, and its ratio to the reference set-up's step
+    within each pass (median, min, max)."""
+    ratios = [r["s_per_step"] / ref["s_per_step"] for r, ref in zip(runs, reference)]
+    return {
+        "s_per_step": float(np.median([r["s_per_step"] for r in runs])),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "ratio": float(np.median(ratios)),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
 def main(argv=None) -> None:
     from emojidiff_synthetic.load import BASE_DIR, EMOJIDIFF_DIR
 
@@ -133,45 +147,56 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="passes over all set-ups, interleaved (a busy machine drifts)"
+    )
     parser.add_argument("--output", default="docs/training_benchmark.md")
     parser.add_argument("--setup", choices=list(SETUPS), help=argparse.SUPPRESS)  # a child process: one set-up
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
+        parser.error(
+            f"--warmup, --steps and --repeats must be >= 1 (the clock starts after a warm-up step), got "
+            f"{args.warmup}, {args.steps} and {args.repeats}."
+        )
     if args.setup:
         print(json.dumps(run_setup(args)))
         return
-    results = {}
-    for name in SETUPS:
-        child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--setup", name]
-        done = subprocess.run(child, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"set-up {name!r} failed:\n{done.stderr[-3000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(name, results[name], flush=True)
-    ref = results[REFERENCE]["s_per_step"]
+    runs = {name: [] for name in SETUPS}  # per set-up, one result per pass; passes interleave the set-ups
+    for _ in range(args.repeats):
+        for name in SETUPS:
+            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--setup", name]
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"set-up {name!r} failed:\n{done.stderr[-3000:]}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(name, runs[name][-1], flush=True)
+    results = {name: summarize(r, runs[REFERENCE]) for name, r in runs.items()}
     lines = [
         "# Training step time and peak memory",
         "",
-        f"Written by `python benchmarks/bench_training.py --steps {args.steps} --batch_size {args.batch_size}` "
-        "(do not edit by hand).",
+        f"Written by `python benchmarks/bench_training.py --steps {args.steps} --batch_size {args.batch_size} "
+        f"--repeats {args.repeats}` (do not edit by hand).",
         "",
         f"Model: `{Path(args.model).name}` with the adapter `{Path(args.adapter).name}` at {args.resolution}x"
         f"{args.resolution}, batch {args.batch_size}, face-weighted diffusion loss (6), {platform.machine()} CPU, "
         f"{args.threads} torch threads, torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps "
         "per set-up, each in its own process, timed by the training loop's own per-step clock (peak memory: its "
-        "resident set). Inputs cached (no encoders in the loop).",
+        f"resident set). Inputs cached (no encoders in the loop). {args.repeats} passes over the set-ups in turn: "
+        "s / step is the median over the passes, the ratio to a stage-1 step the median of each pass's own ratio "
+        "(its range in brackets).",
         "",
-        "| set-up | s / step | samples / s | x stage-1 step | peak memory (MiB) |",
+        "| set-up | s / step | samples / s | x stage-1 step [range] | peak memory (MiB) |",
         "| --- | --- | --- | --- | --- |",
         *[
-            f"| {k} | {v['s_per_step']:.3f} | {args.batch_size / v['s_per_step']:.1f} | {v['s_per_step'] / ref:.2f} | "
-            f"{v['peak_rss_mib']:.0f} |"
+            f"| {k} | {v['s_per_step']:.3f} | {args.batch_size / v['s_per_step']:.1f} | {v['ratio']:.2f} "
+            f"[{v['ratio_min']:.2f}-{v['ratio_max']:.2f}] | {v['peak_rss_mib']:.0f} |"
             for k, v in results.items()
         ],
         "",
         "ICA's step runs the UNet twice (expression branch on, and off without gradients, from the same noise), "
-        "decodes the one-step x0 with the VAE and reads it with the face models (the targets' expression is read once "
-        "per run, before the loop); the face losses of stage 1 do the same without the second UNet pass, on the "
-        "rows with t <= their bound only. ICA as "
+        "decodes the one-step x0 with the VAE and reads it with the face models (the targets' expression and "
+        "identity are read once per run, before the loop); the face losses of stage 1 do the same without the "
+        "second UNet pass, on the rows with t <= their bound only. ICA as "
         "shipped (docs/results/experiments/ica_no_alignment) has no alignment term, so it skips the second pass, "
         "but all of its rows have t <= the bound, so every row is decoded and read. Gradient checkpointing (the "
         "UNet's and the VAE decoder's blocks recomputed in the backward pass) is the memory option for SDXL at 1024 "
