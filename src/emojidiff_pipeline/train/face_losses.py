@@ -311,7 +311,12 @@ def face_losses(
         error = (expression_model(image, k) - want).abs()  # (rows, C)
         out["expression"] = _weighted_factor_mean(error, config.expression_factor_weights)
         total = total + config.expression_weight * out["expression"]
-    got = F.normalize(identity_model(image, k).float(), dim=-1) if config.needs_identity_model else None
+
+    def embed(img: torch.Tensor, masked: bool = False) -> torch.Tensor:  # (rows, D) unit identity embeddings
+        return F.normalize(identity_model(mask_expression_regions(img, k) if masked else img, k).float(), dim=-1)
+
+    unmasked_alignment = config.alignment_weight > 0 and not config.alignment_mask
+    got = embed(image) if config.identity_weight > 0 or unmasked_alignment else None
     if config.identity_weight > 0:
         with torch.no_grad():
             if config.identity_anchor == "reference":
@@ -325,7 +330,7 @@ def face_losses(
             elif target_identity is not None:
                 anchor = target_identity[rows.cpu()].to(got.device).float()
             else:
-                anchor = F.normalize(identity_model(reference, k).float(), dim=-1)
+                anchor = embed(reference)
         out["identity"] = (1 - (got * anchor).sum(-1)).mean()
         total = total + config.identity_weight * out["identity"]
     if config.alignment_weight > 0:
@@ -333,13 +338,8 @@ def face_losses(
             x0_off = one_step_x0(
                 scheduler, noisy[rows.cpu()].to(prediction.device), prediction_off[idx], timesteps[rows]
             )
-            image_off = decode_latents(vae, x0_off)
-            if config.alignment_mask:
-                image_off = mask_expression_regions(image_off, k)
-            anchor_off = F.normalize(identity_model(image_off, k).float(), dim=-1)
-        aligned = got
-        if config.alignment_mask:
-            aligned = F.normalize(identity_model(mask_expression_regions(image, k), k).float(), dim=-1)
+            anchor_off = embed(decode_latents(vae, x0_off), config.alignment_mask)
+        aligned = embed(image, masked=True) if config.alignment_mask else got
         out["alignment"] = (1 - (aligned * anchor_off).sum(-1)).mean()
         total = total + config.alignment_weight * out["alignment"]
     out["total"] = total
