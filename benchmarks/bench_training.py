@@ -44,6 +44,11 @@ SETUPS = {
         {"max_train_timestep": 500},
         dict(expression_weight=6.0, identity_weight=1.0, alignment_weight=0.0, max_timestep=500),
     ),
+    "EmojiDiff, ICA as shipped, face losses on 16 rows of each batch": (
+        True,
+        {"max_train_timestep": 500},
+        dict(expression_weight=6.0, identity_weight=1.0, alignment_weight=0.0, max_timestep=500, max_rows=16),
+    ),
     "EmojiDiff, ICA as shipped, gradient checkpointing": (
         True,
         {"max_train_timestep": 500, "gradient_checkpointing": True},
@@ -198,7 +203,9 @@ def main(argv=None) -> None:
         "identity are read once per run, before the loop); the face losses of stage 1 do the same without the "
         "second UNet pass, on the rows with t <= their bound only. ICA as "
         "shipped (docs/results/experiments/ica_no_alignment) has no alignment term, so it skips the second pass, "
-        "but all of its rows have t <= the bound, so every row is decoded and read. Gradient checkpointing (the "
+        "but all of its rows have t <= the bound, so every row is decoded and read, unless `--face_loss_rows` caps "
+        "them (16 rows: half of a batch of 32; its quality: docs/results/experiments/ica_face_rows16). Gradient "
+        "checkpointing (the "
         "UNet's and the VAE decoder's blocks recomputed in the backward pass) is the memory option for SDXL at 1024 "
         "px (docs/ica_memory.md); at 64 px it only costs time. The issue's target for ICA: <= 2.5x a stage-1 step.",
         "",

@@ -17,6 +17,7 @@ from emojidiff_pipeline.face_geometry import align_face, arcface_template
 from emojidiff_pipeline.train.face_losses import (
     DifferentiableFaceModel,
     FaceLossConfig,
+    face_loss_rows,
     face_losses,
     one_step_x0,
     warp_faces,
@@ -107,6 +108,32 @@ def test_face_losses_rows_above_max_timestep_do_not_count():
     assert set(none) == {"total"} and none["total"].item() == 0.0
     with pytest.raises(ValueError, match="needs an `expression_model`"):
         face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config)
+
+
+def test_max_rows_reads_only_the_first_qualifying_rows():
+    pipe = EmojiDiffPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    prediction = torch.randn(3, 4, 8, 8, generator=g, requires_grad=True)
+    kps = torch.tensor([[[20.0, 24.0], [44.0, 24.0], [32.0, 34.0], [24.0, 44.0], [40.0, 44.0]]]).expand(3, 5, 2)
+    t = torch.tensor([900, 100, 200])  # row 0 is above the bound: rows 1 and 2 qualify, max_rows keeps row 1
+    noisy = scheduler.add_noise(latents, noise, t)
+    config = FaceLossConfig(expression_weight=1.0, max_timestep=500, max_rows=1)
+    assert face_loss_rows(t, config).tolist() == [1]
+    assert face_loss_rows(t, FaceLossConfig(expression_weight=1.0, max_timestep=500)).tolist() == [1, 2]
+    model = tiny_expression_loss_model()
+    capped = face_losses(pipe.vae, scheduler, noisy, prediction, latents, t, kps, config, model)
+    alone = face_losses(
+        pipe.vae, scheduler, noisy[1:2], prediction[1:2], latents[1:2], t[1:2], kps[1:2], config, model
+    )
+    assert capped["expression"].item() == pytest.approx(alone["expression"].item(), rel=1e-5)
+    capped["total"].backward()
+    assert prediction.grad[1].abs().sum() > 0
+    assert prediction.grad[0].abs().sum() == 0 and prediction.grad[2].abs().sum() == 0
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="`max_rows` must be None or an int >= 1"):
+            FaceLossConfig(expression_weight=1.0, max_rows=bad)
 
 
 def test_targets_read_once_give_the_same_loss_without_decoding_the_targets(monkeypatch):
@@ -289,6 +316,20 @@ def test_face_loss_flags_are_checked(world, tmp_path):
         args_for(world, tmp_path / "b", "--max_steps", "2", *FACTORIES)
     with pytest.raises(SystemExit):
         args_for(world, tmp_path / "c", "--max_steps", "2", *ID_FACTORIES, "--identity_loss_weight", "-1")
+    with pytest.raises(SystemExit):  # a row cap without any face loss would be ignored
+        args_for(world, tmp_path / "e", "--max_steps", "2", "--face_loss_rows", "4")
+    with pytest.raises(SystemExit):
+        args_for(
+            world,
+            tmp_path / "f",
+            "--max_steps",
+            "2",
+            *FACTORIES,
+            "--expression_loss_weight",
+            "1",
+            "--face_loss_rows",
+            "0",
+        )
     model = ["--expression_loss_model", "face_standins:not_a_face_model", "--expression_loss_weight", "1"]
     bad = args_for(world, tmp_path / "d", "--max_steps", "2", *model)
     with pytest.raises(ValueError, match="must return a DifferentiableFaceModel, got Linear"):

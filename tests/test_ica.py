@@ -168,6 +168,23 @@ def test_train_ica_stores_the_bound_and_resumes_exactly(world, tmp_path):
     assert hand["max_timestep"] == 300 and hand["fixed"] is True and list(hand["identity_by_timestep"]) == ["300"]
 
 
+def test_face_loss_rows_limit_the_expression_off_pass_to_the_rows_read(world, tmp_path, monkeypatch):
+    from emojidiff_pipeline.train import stage1
+
+    calls = []  # (rows in the call, expression branch on for any of them)
+
+    def recording(adapted, cache, rows, *args, **kwargs):
+        calls.append((len(rows), bool(args[5].any())))  # args: noisy, t, text, pooled, keep_id, keep_exp
+        return adapted_prediction(adapted, cache, rows, *args, **kwargs)
+
+    adapted_prediction = stage1.adapted_prediction
+    monkeypatch.setattr(stage1, "adapted_prediction", recording)
+    losses, _ = train_ica.main(args_for(world, tmp_path / "capped", "--max_steps", "2", "--face_loss_rows", "1"))
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    # per step: the training pass on the batch of 2, then the expression-off pass on the one row the losses read
+    assert [n for n, _ in calls] == [2, 1, 2, 1] and not calls[1][1] and not calls[3][1]
+
+
 def test_train_ica_refuses_a_recognizer_stage1_was_not_trained_with(world, tmp_path):
     pipe = EmojiDiffPipeline.from_pretrained(world / "base")
     tiny_adapter(pipe.unet, num_expression_tokens=4, identity_encoder="insightface:glintr100").save_pretrained(

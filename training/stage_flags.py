@@ -145,6 +145,14 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
         help="the face losses apply to rows with timestep <= this (a one-step x0 from more noise is a blur)",
     )
     g.add_argument(
+        "--face_loss_rows",
+        type=int,
+        default=None,
+        help="the face losses read at most this many rows of each process's batch (the first with timestep <= "
+        "--face_loss_max_timestep; batches are drawn at random): decoding and reading the face is most of a "
+        "face-loss step (default: every qualifying row)",
+    )
+    g.add_argument(
         "--strip_prompt_words",
         default=None,
         help="comma-separated phrases removed from training prompts (e.g. expression words)",
@@ -202,6 +210,13 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--expression_loss_factor_weights takes comma-separated numbers, got {weights!r}")
     if args.face_loss_max_timestep < 0:
         parser.error(f"--face_loss_max_timestep must be >= 0, got {args.face_loss_max_timestep}")
+    if args.face_loss_rows is not None and args.face_loss_rows < 1:
+        parser.error(f"--face_loss_rows must be >= 1, got {args.face_loss_rows}")
+    face_weights = (args.expression_loss_weight, args.identity_loss_weight, args.alignment_loss_weight)
+    if args.face_loss_rows is not None and not any(w > 0 for w in face_weights):
+        parser.error(
+            "--face_loss_rows limits the face losses: it needs an expression, identity or alignment weight > 0"
+        )
     for name in ("num_validation", "early_stopping_patience"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
@@ -245,6 +260,7 @@ def stage1_config(args: argparse.Namespace, max_steps: int) -> Stage1Config:
         identity_anchor=args.identity_anchor,
         expression_factor_weights=args.expression_loss_factor_weights,
         alignment_mask=args.alignment_mask,
+        max_rows=args.face_loss_rows,
     )
     return Stage1Config(
         max_steps=max_steps,

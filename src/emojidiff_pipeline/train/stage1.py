@@ -32,7 +32,7 @@ from .checkpoints import (
     save_pretrained_atomic,
 )
 from .diffusion import BatchSampler, diffusion_target, face_loss_weights, step_generator, training_noise_scheduler
-from .face_losses import FaceLossConfig, face_losses, target_face_readings
+from .face_losses import FaceLossConfig, face_loss_rows, face_losses, target_face_readings
 from .validation import best_validation, validation_losses, validation_rows
 
 logger = logging.getLogger(__name__)
@@ -222,20 +222,22 @@ def train_stage1(
             if face is not None:
                 pred_off = None
                 if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
+                    read = face_loss_rows(timesteps, face["config"])  # only the rows the face losses read
+                    pred_off = torch.zeros_like(pred)
                     with torch.no_grad():
-                        pred_off = adapted_prediction(
+                        pred_off[read.to(device)] = adapted_prediction(
                             adapted,
                             cache,
-                            rows,
-                            noisy,
-                            timesteps,
-                            text,
-                            pooled,
-                            keep_id,
-                            torch.zeros_like(keep_exp),
+                            rows[read],
+                            noisy[read],
+                            timesteps[read],
+                            text[read],
+                            pooled[read],
+                            keep_id[read],
+                            torch.zeros_like(keep_exp[read]),
                             device,
                             model=model,
-                        )
+                        ).to(pred_off.dtype)
                 parts = face_losses(
                     face["vae"],
                     scheduler,
