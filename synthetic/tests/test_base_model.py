@@ -3,6 +3,7 @@ the exported pipeline folder, and the shipped base (when present)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -40,6 +41,25 @@ def _attention_prefixes(names):
 # ----------------------------------------------------------------------------------------------------------------
 # builders
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def test_full_resolution_attention_adds_cross_attention_at_the_latent_resolution():
+    config = dataclasses.replace(bm.PRESETS["tiny"], full_resolution_attention=True)
+    unet = bm.build_unet(config)
+    assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 3
+    assert [type(b).__name__ for b in unet.up_blocks] == ["CrossAttnUpBlock2D"] * 3
+    names = list(unet.attn_processors)
+    assert any(n.startswith("down_blocks.0.attentions.") for n in names)
+    assert any(n.startswith("up_blocks.2.attentions.") for n in names)
+    x = torch.randn(1, config.latent_channels, config.latent_size, config.latent_size)
+    text = torch.randn(1, 5, config.cross_attention_dim)
+    extra = {"text_embeds": torch.randn(1, config.text_projection_dim), "time_ids": torch.zeros(1, 6)}
+    assert unet(x, 10, text, added_cond_kwargs=extra).sample.shape == x.shape
+    assert bm.BaseModelConfig.from_dict(config.to_dict()) == config
+    assert not bm.BaseModelConfig.from_dict({}).full_resolution_attention  # the shipped config.json has no key
+    assert bm.PRESETS["attn16"] == dataclasses.replace(bm.PRESETS["default"], full_resolution_attention=True)
+    with pytest.raises(ValueError, match="`full_resolution_attention` must be True or False"):
+        bm.BaseModelConfig(full_resolution_attention=1)
 
 
 @pytest.mark.parametrize("size", ["tiny", "default"])

@@ -23,7 +23,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .config import DOWN_BLOCK_TYPES, MID_BLOCK_TYPE, PRESETS, TIME_IDS_LEN, UP_BLOCK_TYPES, BaseModelConfig
+from .config import MID_BLOCK_TYPE, PRESETS, TIME_IDS_LEN, BaseModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,17 @@ def build_text_encoders(
 
 
 def build_unet(config: BaseModelConfig) -> UNet2DConditionModel:
-    """The SDXL-shaped UNet (random init): SDXL's block types and order, two layers per block, "text_time"."""
+    """The SDXL-shaped UNet (random init): SDXL's block types and order (cross-attention at the first level too with
+    ``config.full_resolution_attention``), two layers per block, "text_time"."""
     return UNet2DConditionModel(
         sample_size=config.latent_size,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         layers_per_block=2,
         block_out_channels=config.unet_block_out_channels,
-        down_block_types=DOWN_BLOCK_TYPES,
+        down_block_types=config.down_block_types,
         mid_block_type=MID_BLOCK_TYPE,
-        up_block_types=UP_BLOCK_TYPES,
+        up_block_types=config.up_block_types,
         attention_head_dim=config.unet_attention_head_dim,
         transformer_layers_per_block=config.unet_transformer_layers_per_block,
         cross_attention_dim=config.cross_attention_dim,

@@ -18,6 +18,9 @@ STAGES: tuple[str, ...] = ("vae", "unet", "image_encoder")
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
 MID_BLOCK_TYPE = "UNetMidBlock2DCrossAttn"
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+# the variant with cross-attention at the latent's own resolution too (``full_resolution_attention``)
+FULL_RESOLUTION_DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D",) * 3
+FULL_RESOLUTION_UP_BLOCK_TYPES = ("CrossAttnUpBlock2D",) * 3
 CONFIG_FILE = "base_config.json"
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 TIME_IDS_LEN = 6  # SDXL's add_time_ids: original size (2), crop top-left (2), target size (2)
@@ -49,6 +52,10 @@ class BaseModelConfig:
         vision_image_size, vision_projection_dim: the CLIP vision image encoder.
         prediction_type: what the UNet predicts, "v_prediction" (Salimans & Ho 2022; keeps the x0 error bounded at
             high noise, which a small UNet needs) or "epsilon" (SDXL's).
+        full_resolution_attention: give the UNet's first level (the latent's own resolution, 16x16 at 64 px)
+            cross-attention too, which SDXL's layout leaves out: at 64 px SDXL's layout attends at 8x8 (8 px a cell,
+            coarser than an iris or a brow), while SDXL itself at 1024 px attends at 64x64 (16 px of 1,024); one
+            attention cell per 4 px puts a cell over a face about where a 128 px world with SDXL's layout would.
     """
 
     resolution: int = 64
@@ -74,12 +81,17 @@ class BaseModelConfig:
     vision_image_size: int = 64
     vision_projection_dim: int = 128
     prediction_type: str = "v_prediction"
+    full_resolution_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
+        if not isinstance(self.full_resolution_attention, bool):
+            raise ValueError(
+                f"`full_resolution_attention` must be True or False, got {self.full_resolution_attention!r}."
+            )
         for f in dataclasses.fields(self):
-            if f.name == "prediction_type":
+            if f.name in ("prediction_type", "full_resolution_attention"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, list):
@@ -131,6 +143,14 @@ class BaseModelConfig:
         return 2 ** (len(self.vae_block_out_channels) - 1)
 
     @property
+    def down_block_types(self) -> tuple[str, ...]:
+        return FULL_RESOLUTION_DOWN_BLOCK_TYPES if self.full_resolution_attention else DOWN_BLOCK_TYPES
+
+    @property
+    def up_block_types(self) -> tuple[str, ...]:
+        return FULL_RESOLUTION_UP_BLOCK_TYPES if self.full_resolution_attention else UP_BLOCK_TYPES
+
+    @property
     def latent_size(self) -> int:
         return self.resolution // self.vae_scale_factor
 
@@ -152,6 +172,8 @@ class BaseModelConfig:
 
 PRESETS: dict[str, BaseModelConfig] = {
     "default": BaseModelConfig(),
+    # the shipped sizes with cross-attention at 16x16 as well (gaze and brows need finer cells: README, issue 9)
+    "attn16": BaseModelConfig(full_resolution_attention=True),
     # toy sizes for tests: same structure, a few seconds per stage
     "tiny": BaseModelConfig(
         vae_block_out_channels=(8, 16, 16),
