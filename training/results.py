@@ -193,17 +193,36 @@ def synthetic_stage1_run(
     )
 
 
-def main(args: argparse.Namespace) -> dict:
+def train(run, out: Path, steps: int, ani=None) -> str:
+    """Train `run` (a TrainingRun) into `out`, stage 1 or, with `ani` (an AniConfig), ICA: resumed from its latest
+    checkpoint, skipped once its adapter exists. Returns the adapter folder."""
+    from emojidiff_pipeline.train.run import train_ica_run, train_stage1_run
+
+    if not (out / "adapter" / "config.json").exists():
+        resume = "latest" if any(out.glob("checkpoint-*[0-9]")) else None
+        run = run.replace(output_dir=str(out), resume_from_checkpoint=resume, config=dict(max_steps=steps))
+        train_ica_run(run, ani) if ani is not None else train_stage1_run(run)
+    return str(out / "adapter")
+
+
+def face_loss_run(
+    stage1_run, adapter: str, learning_rate: float, expression_weight: float, identity_weight: float, **losses
+):
+    """`stage1_run` (a TrainingRun) fine-tuning `adapter` with face losses read back by the train-side instruments
+    (a fresh optimizer and warm-up); `losses` are further FaceLossConfig fields."""
     from emojidiff_pipeline.train.face_losses import FaceLossConfig
-    from emojidiff_pipeline.train.run import (
-        AniConfig,
-        FilterConfig,
-        IDISettings,
-        TrainingRun,
-        run_idi,
-        train_ica_run,
-        train_stage1_run,
+
+    config = FaceLossConfig(expression_weight=expression_weight, identity_weight=identity_weight, **losses)
+    return stage1_run.replace(
+        adapter=dict(path=adapter),
+        config=dict(learning_rate=learning_rate, face_losses=config),
+        expression_loss_model=EXPRESSION_LOSS_MODEL,
+        identity_loss_model=IDENTITY_LOSS_MODEL,
     )
+
+
+def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.train.run import AniConfig, FilterConfig, IDISettings, TrainingRun, run_idi
     from emojidiff_synthetic.load import EMOJIDIFF_DIR
     from emojidiff_synthetic.oracle import build_oracle_triplets
 
@@ -212,14 +231,6 @@ def main(args: argparse.Namespace) -> dict:
     same_identity = synthetic_stage1_run(
         collection, work, args.seed, args.steps, args.batch_size, args.learning_rate, args.lr_warmup_steps
     ).replace(config=dict(face_loss_weight=args.face_loss_weight))
-
-    def train(run: TrainingRun, out: Path, steps: int, ani: AniConfig | None = None) -> str:
-        """Train `run` into `out` (resumed from its latest checkpoint; skipped once its adapter exists)."""
-        if not (out / "adapter" / "config.json").exists():
-            resume = "latest" if any(out.glob("checkpoint-*[0-9]")) else None
-            run = run.replace(output_dir=str(out), resume_from_checkpoint=resume, config=dict(max_steps=steps))
-            train_ica_run(run, ani) if ani is not None else train_stage1_run(run)
-        return str(out / "adapter")
 
     def seeded(run: TrainingRun, seed: int) -> TrainingRun:
         return run.replace(data=dict(seed=seed), adapter=dict(seed=seed), config=dict(seed=seed))
@@ -233,14 +244,8 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     def face_losses(adapter: str, expression_weight: float, identity_weight: float, **losses) -> TrainingRun:
-        """Fine-tune `adapter` with face losses read back by the train-side instruments (a fresh optimizer and
-        warm-up); `losses` are further FaceLossConfig fields."""
-        config = FaceLossConfig(expression_weight=expression_weight, identity_weight=identity_weight, **losses)
-        return same_identity.replace(
-            adapter=dict(path=adapter),
-            config=dict(learning_rate=args.face_loss_learning_rate, face_losses=config),
-            expression_loss_model=EXPRESSION_LOSS_MODEL,
-            identity_loss_model=IDENTITY_LOSS_MODEL,
+        return face_loss_run(
+            same_identity, adapter, args.face_loss_learning_rate, expression_weight, identity_weight, **losses
         )
 
     def face_loss_row(out: Path, steps: int, adapter: str, expression_weight: float, seed: int) -> str:

@@ -1,5 +1,6 @@
 """The shipped training recipes (training/recipes/): each stays a valid command of today's CLIs."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -62,3 +63,63 @@ def test_ica_no_alignment_recipe_starts_from_the_pushed_adapter_in_git_history(t
     expected = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{asset}"], capture_output=True, check=True)
     assert (init / "config.json").read_bytes() == expected.stdout
     assert (init / "diffusion_pytorch_model.safetensors").stat().st_size > 1_000_000
+
+
+def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("base_variant", REPO / "training" / "recipes" / "base_variant.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    trained, evaluated = [], []
+    monkeypatch.setattr(
+        recipe.results, "train", lambda run, out, steps: trained.append((run, out, steps)) or f"{out}/a"
+    )
+    monkeypatch.setattr(recipe.evaluate, "main", lambda args: evaluated.append(args) or {})
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    recipe.main(recipe.parse_args([str(base), str(tmp_path / "work"), str(tmp_path / "out")]))
+    shipped = json.loads((REPO / "training" / "recipes" / "synthetic_results.json").read_text())
+    (stage1, out1, steps1), (face, out2, steps2) = trained
+    assert stage1.pretrained_model == face.pretrained_model == str(base)
+    assert (out1.name, steps1, out2.name, steps2) == (
+        "stage1",
+        shipped["steps"],
+        "face_losses",
+        shipped["face_loss_steps"],
+    )
+    assert stage1.config.face_losses is None and face.adapter.path == f"{out1}/a"
+    assert face.config.face_losses.expression_weight == shipped["expression_loss_weight"]
+    assert face.config.learning_rate == shipped["face_loss_learning_rate"]
+    (args,) = evaluated
+    assert (
+        args.pretrained_model == str(base) and len(args.row) == 2 and args.num_templates == shipped["eval_templates"]
+    )
+    with pytest.raises(SystemExit):  # not a pipeline folder
+        recipe.parse_args([str(tmp_path), "w", "o"])
+
+
+def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
+    sys.path.insert(0, str(REPO / "synthetic" / "scripts"))
+    import train_base
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    done = subprocess.run(
+        ["bash", str(REPO / "synthetic" / "scripts" / "base_attn16.sh"), str(out)],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    train, export, evaluate_base = [json.loads(line) for line in done.stdout.splitlines()]
+    args = train_base.parse_args(train[1:])
+    assert (args.stage, args.size, args.out, args.resume) == ("unet", "attn16", out, True)
+    assert train_base.parse_args(export[1:]).export_dir == out / "pipeline"
+    assert evaluate_base[0].endswith("evaluate_base.py") and str(out / "pipeline") in evaluate_base
+    asset = REPO / "synthetic/src/emojidiff_synthetic/assets/base"
+    for kept, shipped in (("vae/final", "vae"), ("image_encoder/final/image_encoder", "image_encoder")):
+        for f in (asset / shipped).iterdir():
+            assert (out / kept / f.name).read_bytes() == f.read_bytes()
+    assert (out / "image_encoder/final/feature_extractor/preprocessor_config.json").is_file()
