@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: $0 RUN_DIR}
 A=synthetic/src/emojidiff_synthetic/assets/base
 PY=${PYTHON:-.venv/bin/python}
+COLLECTION=${COLLECTION:-data/collection}  # the photo collection (make world)
 export PYTHONPATH=src:synthetic/src
 keep_stage() {  # keep_stage STAGE SOURCE...: the shipped folder(s) under $A copied as the run's finished stage
   local stage=$1 final=$OUT/$1/final
@@ -22,9 +23,9 @@ keep_stage() {  # keep_stage STAGE SOURCE...: the shipped folder(s) under $A cop
 }
 keep_stage vae vae/.  # the VAE stage's final/ is the AutoencoderKL folder itself
 keep_stage image_encoder image_encoder feature_extractor
-"$PY" synthetic/scripts/train_base.py --collection data/collection --out "$OUT" --stage unet --size attn16 --resume \
+"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage unet --size attn16 --resume \
   --num_threads 2
-"$PY" synthetic/scripts/train_base.py --collection data/collection --out "$OUT" --stage export --size attn16 \
+"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage export --size attn16 \
   --export_dir "$OUT/pipeline"
 "$PY" synthetic/scripts/evaluate_base.py --model "$OUT/pipeline" --run_dir "$OUT" --num_threads 2 \
   --out_json "$OUT/base_model.json" --out_md "$OUT/base_model.md" --grid "$OUT/base_samples.png"

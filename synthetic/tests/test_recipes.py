@@ -105,10 +105,12 @@ def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     fake.chmod(0o755)
-    out = tmp_path / "run"
+    out, collection = tmp_path / "run", tmp_path / "collection"
+    collection.mkdir()
+    (collection / "collection.json").write_text("{}")  # what train_base's argument check looks for
     done = subprocess.run(
         ["bash", str(REPO / "synthetic" / "scripts" / "base_attn16.sh"), str(out)],
-        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)},
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "COLLECTION": str(collection)},
         capture_output=True,
         text=True,
         check=True,
