@@ -57,6 +57,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--validation_steps", type=int, default=500, help="UNet sample grids every N steps and at the end (0: none)"
     )
+    p.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        help="UNet stage only: start from a trained base (a pipeline folder, or a UNet stage's final/) whose UNet may "
+        "lack the new layout's extra attention blocks (they start as no-ops)",
+    )
     p.add_argument("--ema_decay", type=float, default=0.999, help="UNet/text-encoder EMA (0 disables)")
     p.add_argument("--caption_dropout", type=float, default=0.1)
     p.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR weighting (0 disables)")
@@ -99,6 +106,10 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
     if args.validation_steps < 0:
         raise ValueError(f"`--validation_steps` must be >= 0, got {args.validation_steps}.")
+    if args.init_from is not None and args.stage != "unet":
+        raise ValueError(f"`--init_from` starts the UNet stage only: use it with `--stage unet`, got {args.stage!r}.")
+    if args.init_from is not None and not (args.init_from / "unet").is_dir():
+        raise FileNotFoundError(f"`--init_from` {str(args.init_from)!r} has no unet folder.")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}.")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -206,7 +217,15 @@ def _run_stage(
             raise FileNotFoundError(f"The UNet stage needs a trained VAE at {vae_dir}: run `--stage vae` first.")
         latents = bm.load_or_encode_latents(vae_dir, data, args.out / "cache")
         losses = bm.train_unet(
-            data, latents, vae_dir, config, cfg, stage_dir, resume=args.resume, step_callback=callback
+            data,
+            latents,
+            vae_dir,
+            config,
+            cfg,
+            stage_dir,
+            resume=args.resume,
+            step_callback=callback,
+            init_from=args.init_from,
         )
     else:
         losses = bm.train_image_encoder(data, config, cfg, stage_dir, resume=args.resume, step_callback=callback)

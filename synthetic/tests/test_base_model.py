@@ -62,6 +62,24 @@ def test_full_resolution_attention_adds_cross_attention_at_the_latent_resolution
         bm.BaseModelConfig(full_resolution_attention=1)
 
 
+def test_warm_start_reproduces_the_smaller_unet_and_trains_its_new_blocks():
+    config = bm.PRESETS["tiny"]
+    torch.manual_seed(0)
+    source = bm.build_unet(config)
+    unet = bm.build_unet(dataclasses.replace(config, full_resolution_attention=True))
+    new = bm.warm_start_unet(unet, source)
+    assert new and all(k.startswith(("down_blocks.0.attentions.", "up_blocks.2.attentions.")) for k in new)
+    x = torch.randn(2, config.latent_channels, config.latent_size, config.latent_size)
+    text = torch.randn(2, 5, config.cross_attention_dim)
+    extra = {"text_embeds": torch.randn(2, config.text_projection_dim), "time_ids": torch.zeros(2, 6)}
+    out = unet(x, 10, text, added_cond_kwargs=extra).sample
+    torch.testing.assert_close(out, source(x, 10, text, added_cond_kwargs=extra).sample, rtol=0, atol=1e-6)
+    out.square().mean().backward()  # the zero proj_out still learns: its input is the block's attention output
+    assert unet.down_blocks[0].attentions[0].proj_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="does not fit the new layout"):
+        bm.warm_start_unet(bm.build_unet(config), unet)
+
+
 @pytest.mark.parametrize("size", ["tiny", "default"])
 def test_unet_has_sdxl_blocks_and_processor_name_pattern(size):
     unet = bm.build_unet(bm.PRESETS[size])
@@ -325,6 +343,30 @@ def test_resume_repeats_the_uninterrupted_run(tiny_collection, tiny_run, tmp_pat
         a, b = load_file(weights), load_file(tmp_path / "b" / stage / "final" / folder.name / weights.name)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_unet_stage_starts_from_a_trained_base(tiny_collection, tiny_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run, _ = tiny_run
+    (tmp_path / "r" / "vae").mkdir(parents=True)
+    shutil.copytree(run / "vae" / "final", tmp_path / "r" / "vae" / "final")
+    source = run / "unet" / "final"
+    extra = ["--stage", "unet", "--max_steps", "1", "--batch_size", "4", "--learning_rate", "1e-12"]
+    train_base.main(train_base.parse_args(_args(tiny_collection, tmp_path / "r", *extra, "--init_from", str(source))))
+    info = json.loads((tmp_path / "r" / "unet" / "run_info.json").read_text())
+    assert info[-1]["init_from"] == str(source)
+    for name in ("unet", "text_encoder_2"):  # one step at a vanishing learning rate: still the source's weights
+        weights = next((source / name).glob("*.safetensors")).name
+        a, b = load_file(source / name / weights), load_file(tmp_path / "r" / "unet" / "final" / name / weights)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="--stage unet"):
+        train_base.parse_args(_args(tiny_collection, tmp_path / "s", "--stage", "vae", "--init_from", str(source)))
+    with pytest.raises(FileNotFoundError, match="no unet folder"):
+        train_base.parse_args(_args(tiny_collection, tmp_path / "s", "--stage", "unet", "--init_from", str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,14 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
     )
     with pytest.raises(SystemExit):  # not a pipeline folder
         recipe.parse_args([str(tmp_path), "w", "o"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args([str(base), "w", "o", "--stage1_steps", "0"])
+
+    trained.clear(), evaluated.clear()  # the matched comparison: row 1 only, at a given step count
+    recipe.main(recipe.parse_args([str(base), str(tmp_path / "w2"), "o2", "--stage1_steps", "7", "--stage1_only"]))
+    ((stage1, out1, steps1),) = trained
+    assert (out1.name, steps1, stage1.config.max_steps) == ("stage1", 7, 7)
+    assert len(evaluated[0].row) == 1
 
 
 def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
@@ -125,3 +133,14 @@ def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
         for f in (asset / shipped).iterdir():
             assert (out / kept / f.name).read_bytes() == f.read_bytes()
     assert (out / "image_encoder/final/feature_extractor/preprocessor_config.json").is_file()
+    assert args.init_from is None and args.unet_steps == 3000
+    warm = {"INIT_FROM": str(asset), "UNET_STEPS": "1000"}  # the warm start from the shipped base
+    done = subprocess.run(
+        ["bash", str(REPO / "synthetic" / "scripts" / "base_attn16.sh"), str(out)],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "COLLECTION": str(collection), **warm},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    args = train_base.parse_args(json.loads(done.stdout.splitlines()[0])[1:])
+    assert (args.init_from, args.unet_steps) == (asset, 1000)

@@ -8,6 +8,11 @@ The base with cross-attention at 16x16 (synthetic/scripts/base_attn16.sh) asks w
 when the expression branch can attend at one cell per 4 px; compare with the same two rows on the shipped base
 (docs/results/results.md: stage 1 0.135, face losses 0.093; gaze 0.10-0.13). The expression branch takes the
 `expression_sensitive` preset, which on that UNet includes the 16x16 up block.
+
+A shorter matched comparison (stage 1 only, the same step count on each base, each evaluated with its own base):
+
+    python training/recipes/base_variant.py synthetic/src/emojidiff_synthetic/assets/base runs/m_shipped \
+        docs/results/experiments/attn16_matched/shipped --stage1_steps 2000 --stage1_only
 """
 
 import argparse
@@ -29,7 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out", help="evaluation folder (results.md, results.json)")
     p.add_argument("--collection", type=Path, default=REPO / "data" / "collection")
     p.add_argument("--recipe", type=Path, default=results.RECIPE, help="the results driver's recipe file")
+    p.add_argument("--stage1_steps", type=int, default=None, help="stage-1 steps (default: the recipe's)")
+    p.add_argument("--stage1_only", action="store_true", help="train and evaluate row 1 only")
     args = p.parse_args(argv)
+    if args.stage1_steps is not None and args.stage1_steps < 1:
+        p.error(f"--stage1_steps must be >= 1, got {args.stage1_steps}")
     if not (Path(args.base) / "model_index.json").is_file():
         p.error(f"base: {args.base!r} is not a pipeline folder (no model_index.json)")
     return args
@@ -38,21 +47,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     r = json.loads(Path(args.recipe).read_text())
+    steps = args.stage1_steps or r["steps"]
     stage1 = results.synthetic_stage1_run(
-        args.collection, args.work, r["seed"], r["steps"], r["batch_size"], r["learning_rate"], r["lr_warmup_steps"]
+        args.collection, args.work, r["seed"], steps, r["batch_size"], r["learning_rate"], r["lr_warmup_steps"]
     ).replace(pretrained_model=str(args.base), config=dict(face_loss_weight=r["face_loss_weight"]))
-    rows = {"stage1_same_identity_code": results.train(stage1, args.work / "stage1", r["steps"])}
-    face = results.face_loss_run(
-        stage1,
-        rows["stage1_same_identity_code"],
-        r["face_loss_learning_rate"],
-        r["expression_loss_weight"],
-        r["identity_loss_weight"],
-        max_timestep=r["face_loss_max_timestep"],
-    )
-    rows["stage1_same_identity_code_face_losses"] = results.train(
-        face, args.work / "face_losses", r["face_loss_steps"]
-    )
+    rows = {"stage1_same_identity_code": results.train(stage1, args.work / "stage1", steps)}
+    if not args.stage1_only:
+        face = results.face_loss_run(
+            stage1,
+            rows["stage1_same_identity_code"],
+            r["face_loss_learning_rate"],
+            r["expression_loss_weight"],
+            r["identity_loss_weight"],
+            max_timestep=r["face_loss_max_timestep"],
+        )
+        rows["stage1_same_identity_code_face_losses"] = results.train(
+            face, args.work / "face_losses", r["face_loss_steps"]
+        )
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
     eval_args = [*row_flags, "--pretrained_model", str(args.base), "--out", args.out, *sizes]

@@ -40,6 +40,7 @@ from .components import (
     build_text_encoders,
     build_unet,
     build_vae,
+    warm_start_unet,
 )
 from .config import (
     ASSET_DIR,
@@ -93,4 +94,5 @@ __all__ = [
     "train_image_encoder",
     "train_unet",
     "train_vae",
+    "warm_start_unet",
 ]

@@ -101,6 +101,34 @@ def build_unet(config: BaseModelConfig) -> UNet2DConditionModel:
     )
 
 
+def warm_start_unet(unet: UNet2DConditionModel, source: UNet2DConditionModel) -> list[str]:
+    """Copy a trained UNet into a larger layout that adds cross-attention blocks to it (the shipped UNet into the
+    ``full_resolution_attention`` one): every `source` weight goes to the same name and shape in `unet`; the blocks
+    only `unet` has get a zero ``proj_out``, so each is a residual no-op and `unet` starts as `source` exactly.
+
+    Raises ValueError when a `source` weight has no same-name, same-shape place in `unet`, or when `unet` has new
+    weights outside ``attentions`` blocks. Returns the names of the new (trainable from scratch) weights."""
+    target, given = unet.state_dict(), source.state_dict()
+    misfits = [k for k, v in given.items() if k not in target or target[k].shape != v.shape]
+    if misfits:
+        raise ValueError(
+            f"The source UNet does not fit the new layout: {len(misfits)} weights have no same-name, same-shape "
+            f"place in it (first: {misfits[0]!r})."
+        )
+    new = [k for k in target if k not in given]
+    stray = [k for k in new if ".attentions." not in k]
+    if stray:
+        raise ValueError(f"The new layout adds weights outside attention blocks (first: {stray[0]!r}).")
+    unet.load_state_dict(given, strict=False)
+    blocks = {k.split(".attentions.")[0] + ".attentions." + k.split(".attentions.")[1].split(".")[0] for k in new}
+    with torch.no_grad():
+        for name in sorted(blocks):
+            proj_out = unet.get_submodule(name).proj_out
+            proj_out.weight.zero_()
+            proj_out.bias.zero_()
+    return new
+
+
 def build_image_encoder(config: BaseModelConfig) -> CLIPVisionModelWithProjection:
     """The CLIP vision image encoder of the expression branch (random init)."""
     return CLIPVisionModelWithProjection(

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    CLIPTokenizer,
 )
 
 from emojidiff_pipeline.train.diffusion import BatchSampler, diffusion_target, min_snr_weights, step_generator
 
 from .checkpoints import EMA
-from .components import build_noise_scheduler, build_text_encoders, build_unet, count_parameters
+from .components import build_noise_scheduler, build_text_encoders, build_unet, count_parameters, warm_start_unet
 from .config import BaseModelConfig
 from .data import CollectionData
 from .loop import (
@@ -64,10 +66,15 @@ def train_unet(
     stage_dir: Path,
     resume: bool = False,
     step_callback: Callable[[int], None] | None = None,
+    init_from: Path | None = None,
 ) -> list[float]:
     """Train the two text encoders and the UNet jointly with the diffusion loss of `config.prediction_type` on cached
     latents (caption dropout to the zero prompt for classifier-free guidance, optional Min-SNR weighting and EMA);
-    writes checkpoints and ``final/`` (tokenizer, text_encoder, text_encoder_2, unet; EMA weights when enabled)."""
+    writes checkpoints and ``final/`` (tokenizer, text_encoder, text_encoder_2, unet; EMA weights when enabled).
+
+    `init_from` (a folder with ``tokenizer``, ``text_encoder``, ``text_encoder_2`` and ``unet``: an exported base
+    pipeline or a UNet stage's ``final/``) starts from trained weights instead of random ones; its UNet may be a
+    sub-layout of `config`'s (see :func:`~.components.warm_start_unet`): the start then reproduces it exactly."""
     stage_dir = Path(stage_dir)
     if latents["mean"].shape[0] != len(data):
         raise ValueError(f"{latents['mean'].shape[0]} cached latents for {len(data)} images.")
@@ -81,6 +88,8 @@ def train_unet(
     text_encoder, text_encoder_2 = build_text_encoders(config, tokenizer)
     unet = build_unet(config)
     modules = {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "unet": unet}
+    if init_from is not None:
+        _load_initial_weights(Path(init_from), tokenizer, modules)
     for m in modules.values():
         m.train()
     params = [p for m in modules.values() for p in m.parameters()]
@@ -106,6 +115,7 @@ def train_unet(
             "config": dataclasses.asdict(cfg),
             "params": {k: count_parameters(m) for k, m in modules.items()},
             "threads": torch.get_num_threads(),
+            "init_from": None if init_from is None else str(init_from),
         },
     )
 
@@ -154,3 +164,20 @@ def train_unet(
     if cfg.validation_steps:
         sample_grid(stage_dir / "samples" / "final.png", vae_dir, tokenizer, modules, None, config, final_dir=final)
     return losses
+
+
+def _load_initial_weights(folder: Path, tokenizer: CLIPTokenizer, modules: dict[str, torch.nn.Module]) -> None:
+    """`modules` (text_encoder, text_encoder_2, unet) loaded from `folder`'s trained ones; the vocabulary must be
+    the one `tokenizer` learnt from this collection's captions."""
+    missing = [n for n in ("tokenizer", *modules) if not (folder / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"`init_from` {str(folder)!r} has no {', '.join(missing)} folder(s).")
+    if CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"`init_from` {str(folder)!r} was trained with another vocabulary than this collection's captions give."
+        )
+    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        modules[name].load_state_dict(cls.from_pretrained(folder / name, dtype=torch.float32).state_dict())
+    source = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    new = warm_start_unet(modules["unet"], source)
+    logger.info("UNet initialised from %s (%d new weights start as no-op blocks).", folder, len(new))
