@@ -8,6 +8,9 @@
 # The cheaper warm start (~30 min instead of ~90 on 2 cores): the shipped text encoders and UNet, the new 16x16
 # blocks starting as no-ops (train_base.py --init_from), fine-tuned UNET_STEPS steps:
 #   INIT_FROM=synthetic/src/emojidiff_synthetic/assets/base UNET_STEPS=1000 synthetic/scripts/base_attn16.sh runs/a16w
+# and its control, the shipped layout fine-tuned the same way (SIZE=default: the same extra steps, no 16x16 blocks):
+#   SIZE=default INIT_FROM=synthetic/src/emojidiff_synthetic/assets/base UNET_STEPS=1000 \
+#     synthetic/scripts/base_attn16.sh runs/a8w
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: $0 RUN_DIR}
@@ -15,6 +18,7 @@ A=synthetic/src/emojidiff_synthetic/assets/base
 PY=${PYTHON:-.venv/bin/python}
 COLLECTION=${COLLECTION:-data/collection}  # the photo collection (make world)
 UNET_STEPS=${UNET_STEPS:-3000}
+SIZE=${SIZE:-attn16}  # the model size preset (train_base.py --size)
 INIT=()
 if [ -n "${INIT_FROM:-}" ]; then INIT=(--init_from "$INIT_FROM"); fi
 export PYTHONPATH=src:synthetic/src
@@ -29,9 +33,9 @@ keep_stage() {  # keep_stage STAGE SOURCE...: the shipped folder(s) under $A cop
 }
 keep_stage vae vae/.  # the VAE stage's final/ is the AutoencoderKL folder itself
 keep_stage image_encoder image_encoder feature_extractor
-"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage unet --size attn16 --resume \
+"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage unet --size "$SIZE" --resume \
   --num_threads 2 --unet_steps "$UNET_STEPS" ${INIT[@]+"${INIT[@]}"}
-"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage export --size attn16 \
+"$PY" synthetic/scripts/train_base.py --collection "$COLLECTION" --out "$OUT" --stage export --size "$SIZE" \
   --export_dir "$OUT/pipeline"
 "$PY" synthetic/scripts/evaluate_base.py --model "$OUT/pipeline" --run_dir "$OUT" --num_threads 2 \
   --out_json "$OUT/base_model.json" --out_md "$OUT/base_model.md" --grid "$OUT/base_samples.png"

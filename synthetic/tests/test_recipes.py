@@ -134,7 +134,7 @@ def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
             assert (out / kept / f.name).read_bytes() == f.read_bytes()
     assert (out / "image_encoder/final/feature_extractor/preprocessor_config.json").is_file()
     assert args.init_from is None and args.unet_steps == 3000
-    warm = {"INIT_FROM": str(asset), "UNET_STEPS": "1000"}  # the warm start from the shipped base
+    warm = {"INIT_FROM": str(asset), "UNET_STEPS": "1000", "SIZE": "default"}  # the control's warm start
     done = subprocess.run(
         ["bash", str(REPO / "synthetic" / "scripts" / "base_attn16.sh"), str(out)],
         env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "COLLECTION": str(collection), **warm},
@@ -143,4 +143,4 @@ def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
         check=True,
     )
     args = train_base.parse_args(json.loads(done.stdout.splitlines()[0])[1:])
-    assert (args.init_from, args.unet_steps) == (asset, 1000)
+    assert (args.init_from, args.unet_steps, args.size) == (asset, 1000, "default")
