@@ -100,10 +100,16 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
         recipe.parse_args([str(base), "w", "o", "--stage1_steps", "0"])
 
     trained.clear(), evaluated.clear()  # the matched comparison: row 1 only, at a given step count
-    recipe.main(recipe.parse_args([str(base), str(tmp_path / "w2"), "o2", "--stage1_steps", "7", "--stage1_only"]))
+    recipe.main(
+        recipe.parse_args(
+            [str(base), str(tmp_path / "w2"), str(tmp_path / "o2"), "--stage1_steps", "7", "--stage1_only"]
+        )
+    )
     ((stage1, out1, steps1),) = trained
     assert (out1.name, steps1, stage1.config.max_steps) == ("stage1", 7, 7)
     assert len(evaluated[0].row) == 1
+    summary = (tmp_path / "o2" / "training.md").read_text()
+    assert "--stage1_only" in summary and "| stage1_same_identity_code |" in summary
 
 
 def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):

@@ -18,6 +18,7 @@ A shorter matched comparison (stage 1 only, the same step count on each base, ea
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage1_steps", type=int, default=None, help="stage-1 steps (default: the recipe's)")
     p.add_argument("--stage1_only", action="store_true", help="train and evaluate row 1 only")
     args = p.parse_args(argv)
+    args.command = "python training/recipes/base_variant.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.stage1_steps is not None and args.stage1_steps < 1:
         p.error(f"--stage1_steps must be >= 1, got {args.stage1_steps}")
     if not (Path(args.base) / "model_index.json").is_file():
@@ -67,7 +69,10 @@ def main(args: argparse.Namespace) -> dict:
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
     eval_args = [*row_flags, "--pretrained_model", str(args.base), "--out", args.out, *sizes]
-    return evaluate.main(evaluate.parse_args([*eval_args, "--steps", str(r["inference_steps"])]))
+    scores = evaluate.main(evaluate.parse_args([*eval_args, "--steps", str(r["inference_steps"])]))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results.write_training_summary(rows, Path(args.out), args.command)  # training.md: steps, time, best held-out
+    return scores
 
 
 if __name__ == "__main__":
