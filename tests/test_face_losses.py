@@ -170,7 +170,9 @@ def test_targets_read_once_give_the_same_loss_without_decoding_the_targets(monke
         out["total"].backward()
         results.append(((out["expression"].item(), out["identity"].item()), prediction.grad, list(decodes)))
     (plain, plain_grad, plain_decodes), (read, read_grad, read_decodes) = results
-    assert read == pytest.approx(plain, rel=1e-5) and torch.allclose(read_grad, plain_grad, atol=1e-6)
+    # the identity loss is 1 - cos of near-identical float32 embeddings (~1e-5 here): it cannot be resolved better
+    # than a few ulps of 1 (1.2e-7 each), so the tolerance is absolute there (a CI run saw 9e-8 between the two)
+    assert read == pytest.approx(plain, rel=1e-5, abs=5e-7) and torch.allclose(read_grad, plain_grad, atol=1e-6)
     assert plain_decodes == [2, 2] and read_decodes == [2]  # x0 and the targets, then x0 alone
 
 
