@@ -132,7 +132,7 @@ def start_stage(
         log_path.unlink(missing_ok=True)
         return 0
     if not found:
-        logger.info("No checkpoint in %s: starting this stage from scratch.", stage_dir)
+        logger.info("No checkpoint in %s: starting this stage at step 0 (from its initial weights).", stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         return 0
