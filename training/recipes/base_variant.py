@@ -9,10 +9,11 @@ when the expression branch can attend at one cell per 4 px; compare with the sam
 (docs/results/results.md: stage 1 0.135, face losses 0.093; gaze 0.10-0.13). The expression branch takes the
 `expression_sensitive` preset, which on that UNet includes the 16x16 up block.
 
-A shorter matched comparison (stage 1 only, the same step count on each base, each evaluated with its own base):
+A shorter matched comparison (stage 1 only, the same step count on each base, each evaluated with its own base;
+docs/results/experiments/attn16_matched, bases from synthetic/scripts/base_attn16.sh's warm start and its control):
 
-    python training/recipes/base_variant.py synthetic/src/emojidiff_synthetic/assets/base runs/m_shipped \
-        docs/results/experiments/attn16_matched/shipped --stage1_steps 2000 --stage1_only
+    python training/recipes/base_variant.py runs/a16w/pipeline runs/m_a16 \
+        docs/results/experiments/attn16_matched/attn16 --stage1_steps 3000 --stage1_only
 """
 
 import argparse

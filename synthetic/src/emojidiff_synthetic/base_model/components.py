@@ -4,6 +4,7 @@ and the assembled :class:`~diffusers.StableDiffusionXLPipeline`."""
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 from diffusers import (
@@ -120,7 +121,7 @@ def warm_start_unet(unet: UNet2DConditionModel, source: UNet2DConditionModel) ->
     if stray:
         raise ValueError(f"The new layout adds weights outside attention blocks (first: {stray[0]!r}).")
     unet.load_state_dict(given, strict=False)
-    blocks = {k.split(".attentions.")[0] + ".attentions." + k.split(".attentions.")[1].split(".")[0] for k in new}
+    blocks = {re.match(r"(.*\.attentions\.\d+)\.", k).group(1) for k in new}  # e.g. down_blocks.0.attentions.1
     with torch.no_grad():
         for name in sorted(blocks):
             proj_out = unet.get_submodule(name).proj_out
