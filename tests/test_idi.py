@@ -56,6 +56,32 @@ def test_plan_pairs_cross_identity(world):
         plan_pairs(records[:2], 3)
 
 
+def test_plan_pairs_strip_expression_words_from_prompts(world):
+    records = [json.loads(x) for x in (world / "collection" / "train.jsonl").read_text().splitlines()]
+    records = [dict(r, caption=r["caption"] + ", smiling, Winking ") for r in records]
+    pairs = plan_pairs(records, 5, seed=1, strip_words=["smiling", "winking"])
+    assert {p.prompt for p in pairs} == {"flat emoji portrait"}
+    assert plan_pairs(records, 1, seed=1)[0].prompt.endswith("smiling, Winking")
+
+
+def test_batched_generation_matches_one_pair_per_call(world, tmp_path):
+    rounds = "--rounds 1 --pairs_per_round 5 --steps_per_round 0".split()
+    outs = {}
+    for size in (1, 3):
+        out = tmp_path / f"batch{size}"
+        idi.main(idi.parse_args(idi_args(world, out, *rounds, *ACCEPT_ALL, "--generation_batch_size", str(size))))
+        outs[size] = [json.loads(x) for x in (out / "round-0" / "data" / "triplets.jsonl").read_text().splitlines()]
+    one, batched = outs[1], outs[3]
+    assert [t["pair"] for t in one] == [t["pair"] for t in batched] == [0, 1, 2, 3, 4]
+    for a, b in zip(one, batched, strict=True):  # each pair is seeded by its index, not its place in a batch
+        assert abs(a["identity_similarity"] - b["identity_similarity"]) < 1e-3
+        image_a = np.asarray(PIL.Image.open(tmp_path / "batch1" / "round-0" / "data" / a["target"]), int)
+        image_b = np.asarray(PIL.Image.open(tmp_path / "batch3" / "round-0" / "data" / b["target"]), int)
+        assert np.abs(image_a - image_b).max() <= 2
+    with pytest.raises(SystemExit):
+        idi.parse_args(idi_args(world, tmp_path / "bad", "--generation_batch_size", "0"))
+
+
 def test_round_generates_filters_and_retrains(world, tmp_path):
     rounds = "--rounds 2 --pairs_per_round 4 --steps_per_round 2".split()
     summaries = idi.main(idi.parse_args(idi_args(world, tmp_path, *rounds, *ACCEPT_ALL)))
@@ -115,7 +141,7 @@ def test_inswapper_backend_routes_and_swaps(world, tmp_path):
     swapper = INSwapperBackend(path)
     image = np.asarray(PIL.Image.open(world / "collection" / "images" / "id0" / "0.png"))
     embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32)
-    out = swapper(image, CENTRED_KPS, embedding / np.linalg.norm(embedding), seed=0)
+    [out] = swapper([image], [CENTRED_KPS], [embedding / np.linalg.norm(embedding)], seeds=[0])
     assert out.shape == image.shape and out.dtype == np.uint8 and np.abs(out.astype(int) - image).max() > 0
     with pytest.raises(ValueError, match="is not an INSwapper model"):
         INSwapperBackend(world / "arcface.onnx")
@@ -129,9 +155,14 @@ def test_diffusion_reid_changes_only_the_face(world):
     reid = DiffusionReIDBackend(pipe, strength=0.6, num_inference_steps=3)
     image = np.asarray(PIL.Image.open(world / "collection" / "images" / "id1" / "0.png"))
     embedding = np.ones(512, np.float32) / np.sqrt(512)
-    out = reid(image, CENTRED_KPS, embedding, seed=0)
+    [out] = reid([image], [CENTRED_KPS], [embedding], seeds=[0])
     assert out.shape == image.shape
     assert np.abs(out[30:40, 28:36].astype(int) - image[30:40, 28:36]).mean() > 1  # the face region changed
     np.testing.assert_array_equal(out[:4, :4], image[:4, :4])  # far outside the face mask: untouched
+    # a batch: each image as if alone (its own seed and embedding), whatever else is in the batch
+    other = np.asarray(PIL.Image.open(world / "collection" / "images" / "id2" / "1.png"))
+    batch = reid([other, image], [CENTRED_KPS, CENTRED_KPS], [-embedding, embedding], seeds=[5, 0])
+    assert np.abs(batch[1].astype(int) - out).max() <= 1
+    assert reid([], [], [], []) == []
     with pytest.raises(ValueError, match="`reid_strength` must be in"):
         DiffusionReIDBackend(pipe, strength=0.0)

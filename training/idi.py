@@ -30,6 +30,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pairs_per_round", type=int, default=1000)
     p.add_argument("--shard_size", type=int, default=64)
+    p.add_argument("--generation_batch_size", type=int, default=8, help="pairs per pipeline and swapper call")
     p.add_argument("--num_references", type=int, default=2)
     p.add_argument("--steps_per_round", type=int, default=2000, help="stage-1 steps after each round (0: data only)")
     p.add_argument("--num_inference_steps", type=int, default=25)
@@ -48,7 +49,14 @@ def parse_args(input_args=None) -> argparse.Namespace:
     flags.check_stage1_args(p, args)
     if args.swapper == "inswapper" and not args.swapper_model:
         p.error("--swapper inswapper needs --swapper_model (the inswapper_128.onnx file you provide)")
-    for name in ("rounds", "pairs_per_round", "shard_size", "num_references", "num_inference_steps"):
+    for name in (
+        "rounds",
+        "pairs_per_round",
+        "shard_size",
+        "generation_batch_size",
+        "num_references",
+        "num_inference_steps",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.steps_per_round < 0:
@@ -81,6 +89,7 @@ def idi_run(args: argparse.Namespace):
         rounds=args.rounds,
         pairs_per_round=args.pairs_per_round,
         shard_size=args.shard_size,
+        generation_batch_size=args.generation_batch_size,
         steps_per_round=args.steps_per_round,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,

@@ -221,8 +221,41 @@ def face_loss_run(
     )
 
 
+def idi_settings(rounds: int, pairs_per_round: int, steps: int, inference_steps: int, filters: tuple, **more):
+    """IDISettings as the results rows run them: the train-side expression scorer, the diffusion re-identification
+    swapper, `filters` = (max expression error, min identity similarity, max template similarity); `more`: further
+    IDISettings fields (e.g. generation_batch_size)."""
+    from emojidiff_pipeline.train.run import FilterConfig, IDISettings
+
+    return IDISettings(
+        expression_estimator=SCORER,
+        rounds=rounds,
+        pairs_per_round=pairs_per_round,
+        steps_per_round=steps,
+        num_inference_steps=inference_steps,
+        filters=FilterConfig(*filters),
+        **more,
+    )
+
+
+def idi_rows(same_identity_run, adapter: str, out: Path, settings) -> dict[str, str]:
+    """IDI rounds (`settings`, an IDISettings) under `out`, generating first with `adapter` and retraining with
+    `same_identity_run`'s recipe (the synthetic detector finds the generated faces). Resumable (see run_idi).
+    Returns {"stage1_idi_round_<r>": adapter folder}."""
+    from emojidiff_pipeline.train.run import run_idi
+
+    run = same_identity_run.replace(
+        output_dir=str(out),
+        face=dict(detector=DETECTOR),
+        adapter=dict(path=adapter),
+        config=dict(max_steps=settings.steps_per_round),
+    )
+    run_idi(run, settings)
+    return {f"stage1_idi_round_{r}": str(out / f"round-{r}" / "stage1" / "adapter") for r in range(settings.rounds)}
+
+
 def main(args: argparse.Namespace) -> dict:
-    from emojidiff_pipeline.train.run import AniConfig, FilterConfig, IDISettings, TrainingRun, run_idi
+    from emojidiff_pipeline.train.run import AniConfig, TrainingRun
     from emojidiff_synthetic.load import EMOJIDIFF_DIR
     from emojidiff_synthetic.oracle import build_oracle_triplets
 
@@ -308,26 +341,9 @@ def main(args: argparse.Namespace) -> dict:
         )
         rows[f"stage1_same_identity_{stream}"] = train(streams, work / f"same_identity_{stream}", args.steps)
     if args.idi_rounds:
-        idi_settings = IDISettings(
-            expression_estimator=SCORER,
-            rounds=args.idi_rounds,
-            pairs_per_round=args.pairs_per_round,
-            steps_per_round=args.idi_steps,
-            num_inference_steps=args.inference_steps,
-            filters=FilterConfig(
-                args.max_expression_error, args.min_identity_similarity, args.max_template_similarity
-            ),
-        )
-        idi_run = same_identity.replace(
-            output_dir=str(work / "idi"),
-            face=dict(detector=DETECTOR),
-            adapter=dict(path=rows["stage1_same_identity_code"]),
-            config=dict(max_steps=args.idi_steps),
-        )
-        run_idi(idi_run, idi_settings)
-        for r in range(args.idi_rounds):
-            rows[f"stage1_idi_round_{r}"] = str(work / "idi" / f"round-{r}" / "stage1" / "adapter")
-
+        filters = (args.max_expression_error, args.min_identity_similarity, args.max_template_similarity)
+        idi = idi_settings(args.idi_rounds, args.pairs_per_round, args.idi_steps, args.inference_steps, filters)
+        rows.update(idi_rows(same_identity, rows["stage1_same_identity_code"], work / "idi", idi))
     row_flags = [a for name, spec in rows.items() for a in ("--row", f"{name}={spec}")]
     eval_sizes = f"--num_identities {args.eval_identities} --num_templates {args.eval_templates}"
     eval_sizes += f" --steps {args.inference_steps}"

@@ -28,7 +28,15 @@ import PIL.Image
 import torch
 
 from .atomic import atomic_path, write_text_atomic
-from .triplets import Triplet, group_by_identity, open_rgb, read_triplets, unique_records, write_triplets
+from .triplets import (
+    Triplet,
+    group_by_identity,
+    open_rgb,
+    read_triplets,
+    strip_phrases,
+    unique_records,
+    write_triplets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +62,13 @@ class Pair:
     prompt: str
 
 
-def plan_pairs(records: Sequence[dict], num_pairs: int, num_references: int = 2, seed: int = 0) -> list[Pair]:
+def plan_pairs(
+    records: Sequence[dict], num_pairs: int, num_references: int = 2, seed: int = 0, strip_words: Sequence[str] = ()
+) -> list[Pair]:
     """Deterministic cross-identity pairs from a photo collection (records: path, identity, caption[, kps]).
 
-    The prompt is the first reference's caption (B's appearance and style; A's caption would describe A).
+    The prompt is the first reference's caption (B's appearance and style; A's caption would describe A) without
+    the phrases in `strip_words`: B's expression words would pull the generated face away from A's expression.
     """
     by_identity = group_by_identity(records)
     identities = sorted(by_identity)
@@ -70,15 +81,22 @@ def plan_pairs(records: Sequence[dict], num_pairs: int, num_references: int = 2,
         photos_a, photos_b = by_identity[identities[a]], by_identity[identities[b]]
         template = photos_a[rng.integers(len(photos_a))]
         refs = [photos_b[i] for i in rng.permutation(len(photos_b))[:num_references]]
-        pairs.append(Pair(index, template, tuple(refs), refs[0]["caption"]))
+        pairs.append(Pair(index, template, tuple(refs), strip_phrases(refs[0]["caption"], strip_words)))
     return pairs
 
 
 # --------------------------------------------------------------------------------------------- swappers
 class Swapper(Protocol):
-    def __call__(self, image: np.ndarray, kps: np.ndarray, identity_embedding: np.ndarray, seed: int) -> np.ndarray:
-        """Alter the face in `image` (uint8 HxWx3, its face at `kps` (5, 2)) toward the identity of the normed
-        embedding (512,); return uint8 HxWx3 with the expression kept."""
+    def __call__(
+        self,
+        images: Sequence[np.ndarray],
+        kps: Sequence[np.ndarray],
+        identity_embeddings: Sequence[np.ndarray],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        """Alter the face in each of `images` (uint8 HxWx3, its face at `kps[i]` (5, 2)) toward the identity of the
+        normed embedding `identity_embeddings[i]` (512,); return one uint8 HxWx3 each, with the expression kept.
+        A batch, so a diffusion swapper denoises all of them in one call."""
 
 
 class INSwapperBackend:
@@ -100,7 +118,10 @@ class INSwapperBackend:
                 f"{type(self.model).__name__})."
             )
 
-    def __call__(self, image, kps, identity_embedding, seed):
+    def __call__(self, images, kps, identity_embeddings, seeds):
+        return [self._swap(image, k, e) for image, k, e in zip(images, kps, identity_embeddings, strict=True)]
+
+    def _swap(self, image, kps, identity_embedding):
         from insightface.app.common import Face
 
         target = Face(kps=np.asarray(kps, np.float32), bbox=np.r_[np.min(kps, 0), np.max(kps, 0)].astype(np.float32))
@@ -136,33 +157,38 @@ class DiffusionReIDBackend:
         )
         self.prompt = ""
 
-    def __call__(self, image, kps, identity_embedding, seed):
+    def __call__(self, images, kps, identity_embeddings, seeds):
         import cv2
 
         from ..attention import CONDITIONING_KWARG
         from ..face_geometry import arcface_template, face_mask
 
-        do_cfg = self.guidance > 1
-        embeds = torch.as_tensor(np.asarray(identity_embedding, np.float32))[None, None]
+        if not images:
+            return []
+        do_cfg, n = self.guidance > 1, len(images)
+        embeds = torch.as_tensor(np.stack([np.asarray(e, np.float32) for e in identity_embeddings]))[:, None]
         conditioning = self.pipe.prepare_conditioning(
-            1, 1, do_cfg, embeds, None, 1.0, 0.0, None, self.pipe._execution_device
+            n, 1, do_cfg, embeds, None, 1.0, 0.0, None, self.pipe._execution_device
         )
         out = self.img2img(
-            self.prompt,
-            image=PIL.Image.fromarray(image),
+            [self.prompt] * n,
+            image=[PIL.Image.fromarray(image) for image in images],
             strength=self.strength,
             num_inference_steps=self.steps,
             guidance_scale=self.guidance,
-            generator=torch.Generator().manual_seed(seed),
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
             output_type="np",
             cross_attention_kwargs={CONDITIONING_KWARG: conditioning},
-        ).images[0]
-        generated = (out * 255).round().clip(0, 255).astype(np.uint8)
-        # face mask in image coordinates: the aligned-space mask warped back through the 5-point similarity
-        matrix, _ = cv2.estimateAffinePartial2D(arcface_template(self.mask_size), np.asarray(kps, np.float32))
-        h, w = image.shape[:2]
-        mask = cv2.warpAffine(face_mask(self.mask_size), matrix, (w, h))[..., None]
-        return (mask * generated + (1 - mask) * image).round().clip(0, 255).astype(np.uint8)
+        ).images
+        results = []
+        for image, face_kps, generated in zip(images, kps, out, strict=True):
+            generated = (generated * 255).round().clip(0, 255).astype(np.uint8)
+            # face mask in image coordinates: the aligned-space mask warped back through the 5-point similarity
+            matrix, _ = cv2.estimateAffinePartial2D(arcface_template(self.mask_size), np.asarray(face_kps, np.float32))
+            h, w = image.shape[:2]
+            mask = cv2.warpAffine(face_mask(self.mask_size), matrix, (w, h))[..., None]
+            results.append((mask * generated + (1 - mask) * image).round().clip(0, 255).astype(np.uint8))
+        return results
 
 
 # --------------------------------------------------------------------------------------------- filters
@@ -201,6 +227,13 @@ class RoundConfig:
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
     resolution: int | None = None
+    generation_batch_size: int = 8  # pairs per pipeline (and swapper) call
+    strip_prompt_words: tuple[str, ...] = ()  # dropped from the generation prompts (e.g. expression words)
+
+    def __post_init__(self):
+        for name in ("num_pairs", "shard_size", "num_references", "num_inference_steps", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
 
 
 class IDIRound:
@@ -229,38 +262,66 @@ class IDIRound:
     def _image(self, record) -> np.ndarray:
         return np.asarray(open_rgb(self.root / record["path"], "collection image"))
 
-    def _process_pair(self, pair: Pair, images_dir: Path) -> tuple[Triplet | None, dict]:
-        seed = self.config.seed * 1_000_003 + pair.index
-        template = self._image(pair.template)
-        refs = [self._image(r) for r in pair.references]
-        ref_embed = self.face.reference_embedding(
-            refs, f"references of pair {pair.index}", [r.get("kps") for r in pair.references]
-        )
-        template_embed = self.face.identity_embedding(
-            template, f"template of pair {pair.index}", kps=pair.template.get("kps")
-        )
+    def _process_batch(self, pairs: Sequence[Pair], images_dir: Path) -> list[tuple[Triplet | None, dict]]:
+        """Generate, swap, score and filter a batch of pairs (one pipeline call, one swapper call); per pair, its
+        triplet (None when rejected) and its stats. Image i is seeded by its pair index alone, so a batch's
+        members do not depend on each other's seeds."""
+        seeds = [self.config.seed * 1_000_003 + pair.index for pair in pairs]
+        templates = [self._image(pair.template) for pair in pairs]
+        ref_embeds, template_embeds = [], []
+        for pair, template in zip(pairs, templates, strict=True):
+            refs = [self._image(r) for r in pair.references]
+            ref_embeds.append(
+                self.face.reference_embedding(
+                    refs, f"references of pair {pair.index}", [r.get("kps") for r in pair.references]
+                )
+            )
+            template_embeds.append(
+                self.face.identity_embedding(template, f"template of pair {pair.index}", kps=pair.template.get("kps"))
+            )
         size = self.config.resolution
         generated = self.pipe(
-            pair.prompt,
-            identity_embeds=torch.as_tensor(ref_embed)[None, None],
-            **self._template_inputs(template, pair.template.get("kps")),
+            [pair.prompt for pair in pairs],
+            identity_embeds=torch.as_tensor(np.stack(ref_embeds))[:, None],
+            **self._template_inputs(templates, [pair.template.get("kps") for pair in pairs]),
             num_inference_steps=self.config.num_inference_steps,
             guidance_scale=self.config.guidance_scale,
             height=size,
             width=size,
-            generator=torch.Generator().manual_seed(seed),
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
             output_type="np",
-        ).images[0]
-        generated = (generated * 255).round().clip(0, 255).astype(np.uint8)
-        faces = self.face.detect(generated, f"generated image of pair {pair.index}")
-        if not faces:
+        ).images
+        generated = [(g * 255).round().clip(0, 255).astype(np.uint8) for g in generated]
+        outcomes: list = [None] * len(pairs)
+        found = []  # (batch position, keypoints) of the generated images with a face
+        for i, (pair, image) in enumerate(zip(pairs, generated, strict=True)):
+            kps = self._face_kps(image, f"generated image of pair {pair.index}")
+            if kps is None:
+                outcomes[i] = (None, {"index": pair.index, "rejected": ["no_face"]})
+            else:
+                found.append((i, kps))
+        swapped = self.swapper(
+            [generated[i] for i, _ in found],
+            [kps for _, kps in found],
+            [ref_embeds[i] for i, _ in found],
+            [seeds[i] for i, _ in found],
+        )
+        for (i, _), result in zip(found, swapped, strict=True):
+            outcomes[i] = self._score(pairs[i], templates[i], result, ref_embeds[i], template_embeds[i], images_dir)
+        return outcomes
+
+    def _face_kps(self, image: np.ndarray, input_name: str):
+        """The selected face's keypoints (5, 2) in `image`, or None when no face is found."""
+        faces = self.face.detect(image, input_name)
+        return self.face.select(faces, input_name).kps if faces else None
+
+    def _score(
+        self, pair: Pair, template: np.ndarray, result: np.ndarray, ref_embed, template_embed, images_dir: Path
+    ) -> tuple[Triplet | None, dict]:
+        """Filter a swapped result against its pair; an accepted one is written and returned as a triplet."""
+        kps = self._face_kps(result, f"swapped image of pair {pair.index}")
+        if kps is None:
             return None, {"index": pair.index, "rejected": ["no_face"]}
-        kps = self.face.select(faces, f"generated image of pair {pair.index}").kps
-        result = self.swapper(generated, kps, ref_embed, seed)
-        faces = self.face.detect(result, f"swapped image of pair {pair.index}")
-        if not faces:
-            return None, {"index": pair.index, "rejected": ["no_face"]}
-        kps = self.face.select(faces, f"swapped image of pair {pair.index}").kps
         result_embed = self.face.identity_embedding(result, "result", kps=kps)
         exp_result, exp_template = self.expression(
             [result, template], [kps, np.asarray(pair.template["kps"]) if "kps" in pair.template else None]
@@ -294,21 +355,25 @@ class IDIRound:
         )
         return triplet, stats
 
-    def _template_inputs(self, template: np.ndarray, kps) -> dict[str, torch.Tensor]:
-        """The adapter's expression inputs for a template with known keypoints, through the pipeline's own encoding
-        paths: image-encoder tokens (1, P, E) of the aligned, masked crop and/or expression codes (1, K)."""
+    def _template_inputs(self, templates: Sequence[np.ndarray], kps: Sequence) -> dict[str, torch.Tensor]:
+        """The adapter's expression inputs for templates with known keypoints (None: detected), through the
+        pipeline's own encoding paths: image-encoder tokens (N, P, E) of the aligned, masked crops and/or
+        expression codes (N, K)."""
         from ..face_geometry import masked_template
 
         adapter, out = self.pipe.emoji_adapter, {}
         if adapter.uses_image_stream:
-            crop, mask = self.face.expression_crop(
-                template, "template", kps=kps, geometry=adapter.config.template_crop
-            )
-            out["expression_embeds"] = self.pipe.encode_template_crops([masked_template(crop, mask)])
+            crops = []
+            for template, k in zip(templates, kps, strict=True):
+                crop, mask = self.face.expression_crop(
+                    template, "template", kps=k, geometry=adapter.config.template_crop
+                )
+                crops.append(masked_template(crop, mask))
+            out["expression_embeds"] = self.pipe.encode_template_crops(crops)
         if adapter.uses_code_stream:
             if self.pipe.expression_encoder is None:
                 raise ValueError("The adapter has a code stream: set the pipeline's expression encoder for IDI.")
-            codes = self.pipe.expression_encoder([template], [None if kps is None else np.asarray(kps)])
+            codes = self.pipe.expression_encoder(list(templates), [None if k is None else np.asarray(k) for k in kps])
             out["expression_codes"] = torch.as_tensor(codes, dtype=torch.float32)
         return out
 
@@ -318,7 +383,8 @@ class IDIRound:
         """Process this process's unfinished shards; returns the shard ids it finished now."""
         out_dir = Path(out_dir)
         records = unique_records(records, self.root)  # a photo listed twice would be drawn twice as a reference
-        pairs = plan_pairs(records, self.config.num_pairs, self.config.num_references, self.config.seed)
+        config = self.config
+        pairs = plan_pairs(records, config.num_pairs, config.num_references, config.seed, config.strip_prompt_words)
         shards = [pairs[i : i + self.config.shard_size] for i in range(0, len(pairs), self.config.shard_size)]
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
         done_now = []
@@ -328,13 +394,15 @@ class IDIRound:
             images_dir = out_dir / "images" / f"{shard_id:05d}"
             images_dir.mkdir(parents=True, exist_ok=True)
             triplets, stats = [], []
-            for pair in shard:
+            step = self.config.generation_batch_size
+            for batch in (shard[i : i + step] for i in range(0, len(shard), step)):
                 start = time.perf_counter()
-                triplet, pair_stats = self._process_pair(pair, images_dir)
-                pair_stats["seconds"] = round(time.perf_counter() - start, 4)  # for the throughput log only
-                stats.append(pair_stats)
-                if triplet is not None:
-                    triplets.append(triplet)
+                outcomes = self._process_batch(batch, images_dir)
+                seconds = (time.perf_counter() - start) / len(batch)  # the batch's share, for the throughput log
+                for triplet, pair_stats in outcomes:
+                    stats.append({**pair_stats, "seconds": round(seconds, 4)})
+                    if triplet is not None:
+                        triplets.append(triplet)
             write_text_atomic(out_dir / "shards" / f"{shard_id:05d}.stats.json", json.dumps(stats))
             write_triplets(triplets, out_dir / "shards" / f"{shard_id:05d}.jsonl")  # atomic; marks the shard done
             logger.info("IDI shard %d: kept %d of %d pairs.", shard_id, len(triplets), len(shard))

@@ -310,6 +310,7 @@ class IDISettings:
     rounds: int = 2
     pairs_per_round: int = 1000
     shard_size: int = 64
+    generation_batch_size: int = 8  # pairs per pipeline (and swapper) call
     steps_per_round: int = 2000  # 0: data only
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
@@ -364,6 +365,8 @@ def run_idi(run: TrainingRun, idi: IDISettings) -> list[dict]:
             num_inference_steps=idi.num_inference_steps,
             guidance_scale=idi.guidance_scale,
             resolution=run.resolution,
+            generation_batch_size=idi.generation_batch_size,
+            strip_prompt_words=tuple(run.data.strip_prompt_words),
         )
         idi_round = IDIRound(pipe, face, scorer, swapper, idi.filters, config, Path(collection).parent)
         if not (round_dir / "data" / "round_stats.json").exists():

@@ -269,17 +269,26 @@ def same_identity_triplets(
     return triplets
 
 
+def strip_phrases(prompt: str, phrases: Iterable[str]) -> str:
+    """`prompt` without its comma-separated parts that are one of `phrases` (case and spaces ignored)."""
+    drop = {p.strip().lower() for p in phrases if p.strip()}
+    return ",".join(part for part in prompt.split(",") if part.strip().lower() not in drop).strip()
+
+
 def strip_prompt_phrases(triplets: Sequence[Triplet], phrases: Iterable[str]) -> list[Triplet]:
     """Drop the comma-separated parts of each prompt that are one of `phrases` (e.g. expression words, so training
     prompts match word-free inference prompts and the text cannot stand in for the expression branch)."""
-    drop = {p.strip().lower() for p in phrases if p.strip()}
-
-    def strip(prompt: str) -> str:
-        return ",".join(part for part in prompt.split(",") if part.strip().lower() not in drop).strip()
-
+    phrases = list(phrases)
     return [
         Triplet(
-            t.template, t.references, t.target, strip(t.prompt), t.template_kps, t.reference_kps, t.extra, t.target_kps
+            t.template,
+            t.references,
+            t.target,
+            strip_phrases(t.prompt, phrases),
+            t.template_kps,
+            t.reference_kps,
+            t.extra,
+            t.target_kps,
         )
         for t in triplets
     ]
