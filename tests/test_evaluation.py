@@ -51,6 +51,8 @@ def test_copying_the_template_leaks_identity_and_matches_expression(setup):
     reference = score_row([c.reference for c in cases], cases, inst)
     assert copied["expression_error"] == pytest.approx(0.0, abs=1e-6)
     assert copied["identity_leakage"] > reference["identity_leakage"] + 0.1
+    # its standard error over template persons, so a leakage difference between rows can be weighed
+    assert 0 < copied["identity_leakage_se"] < copied["identity_leakage"]
     # the teal template's style shows up where the prompt asked for yellow: 1 of 3 cases leaks
     assert copied["style_leakage"] == pytest.approx(1 / 3)
 

@@ -104,7 +104,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     tpl_emb = {c.template_person: _embed(inst.face, c.template, c.template_kps) for c in cases}
     people = {**ref_emb, **tpl_emb}
     id_sim, leak, exp_err, style_leak, style_follow, failures = [], [], [], [], [], 0
-    id_groups, exp_abs = [], np.zeros((0, 0))
+    id_groups, leak_groups, exp_abs = [], [], np.zeros((0, 0))
     gen_kps, sharp, features = [], [], []
     for g, c in zip(generated, cases):
         faces = inst.face.detect(g, "generated")
@@ -125,6 +125,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         ]
         if tpl_emb[c.template_person] is not None and strangers:
             leak.append(float(e @ tpl_emb[c.template_person]) - float(np.mean([e @ s for s in strangers])))
+            leak_groups.append(c.template_person)
     ok = [i for i, k in enumerate(gen_kps) if k is not None]
     expression_failures = 0
     if ok:
@@ -165,6 +166,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         else float("nan"),
         "expression_error_per_factor": per_factor,
         "identity_leakage": mean(leak),
+        "identity_leakage_se": standard_error_over(leak, leak_groups),
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
         "face_sharpness": mean(sharp),
