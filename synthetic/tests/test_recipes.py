@@ -150,3 +150,83 @@ def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):
     )
     args = train_base.parse_args(json.loads(done.stdout.splitlines()[0])[1:])
     assert (args.init_from, args.unet_steps, args.size) == (asset, 1000, "default")
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "training" / "recipes" / f"{name}.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_idi_rounds_recipe_runs_a_matched_control_and_reports_the_filters(tmp_path, monkeypatch):
+    recipe = load_recipe("idi_rounds")
+    trained, idi_calls, evaluated = [], [], []
+    monkeypatch.setattr(
+        recipe.results, "train", lambda run, out, steps: trained.append((run, out, steps)) or f"{out}/adapter"
+    )
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def fake_idi_rows(run, adapter, folder, settings):  # one round whose shard stats hold four scored pairs
+        idi_calls.append((run, adapter, settings))
+        data = folder / "round-0" / "data"
+        (data / "shards").mkdir(parents=True)
+        scores = [(0.03, []), (0.07, []), (0.09, ["expression"]), (0.05, ["identity_to_reference"])]
+        stats = [
+            {"index": i, "rejected": why, "expression_error": e, "identity_similarity": 0.5, "template_similarity": 0}
+            for i, (e, why) in enumerate(scores)
+        ] + [{"index": 4, "rejected": ["no_face"]}]
+        (data / "shards" / "00000.stats.json").write_text(json.dumps(stats))
+        (data / "round_stats.json").write_text(
+            json.dumps(
+                {"pairs": 5, "accepted": 2, "yield": 0.4, "rejected_by": {}, "accepted_per_compute_minute": 9.0}
+            )
+        )
+        return {"stage1_idi_round_0": str(data.parent / "stage1" / "adapter")}
+
+    monkeypatch.setattr(recipe.results, "idi_rows", fake_idi_rows)
+
+    def scores(leakage, leakage_se, expression):
+        return dict(identity_leakage=leakage, identity_leakage_se=leakage_se, expression_error=expression,
+                    identity_similarity=0.4)  # fmt: skip
+
+    rows = {
+        "generator": scores(0.010, 0.002, 0.080),
+        "same_identity_finetune": scores(0.008, 0.003, 0.090),
+        "stage1_idi_round_0": scores(0.004, 0.004, 0.095),
+    }
+    monkeypatch.setattr(recipe.evaluate, "main", lambda args: evaluated.append(args) or {"rows": rows})
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / "config.json").write_text("{}")
+    argv = [str(work), str(out), "--generator", str(generator), "--rounds", "1", "--steps", "9"]
+    recipe.main(recipe.parse_args(argv))
+
+    ((control, control_out, steps),) = trained
+    ((idi_run, idi_adapter, settings),) = idi_calls
+    assert control.adapter.path == idi_adapter == str(generator) and control_out == work / "control" and steps == 9
+    assert settings.steps_per_round == 9 and settings.rounds == 1 and settings.filters.max_expression_error == 0.08
+    assert control.config.learning_rate == idi_run.config.learning_rate == 3e-4
+    assert idi_run.config.num_validation == 64 and control.config.cache_dir == idi_run.config.cache_dir
+    (args,) = evaluated
+    assert [r.split("=")[0] for r in args.row] == ["generator", "same_identity_finetune", "stage1_idi_round_0"]
+    report = json.loads((out / "idi_rounds.json").read_text())
+    scores = report["rounds"][0]["scores"]
+    assert scores["pairs"] == 5 and scores["scored"] == 4 and scores["quartiles"]["expression_error"][1] == 0.06
+    # had the threshold been 0.08: pairs 0 and 1 pass (3 fails expression, 4 had no face, the 0.05 one identity)
+    assert scores["yield_at_expression_threshold"]["0.08"] == 0.4
+    assert scores["yield_at_expression_threshold"]["0.1"] == 0.6
+    assert "| generator |" not in (out / "training.md").read_text()
+    control_cmp, generator_cmp = report["comparisons"]
+    assert control_cmp["against"] == "same_identity_finetune" and control_cmp["target_met"]  # ratio 1.056
+    assert (
+        control_cmp["identity_leakage_difference"] == -0.004 and control_cmp["identity_leakage_difference_se"] == 0.005
+    )
+    assert generator_cmp["against"] == "generator" and not generator_cmp["target_met"]  # ratio 1.19
+    assert (
+        "| stage1_idi_round_0 | same_identity_finetune | -0.0040 +- 0.0050 | 1.056 |"
+        in (out / "idi_rounds.md").read_text()
+    )
+    for bad in (["--rounds", "0"], ["--generator", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args([str(work), str(out), *bad])
