@@ -227,6 +227,11 @@ def test_idi_rounds_recipe_runs_a_matched_control_and_reports_the_filters(tmp_pa
         "| stage1_idi_round_0 | same_identity_finetune | -0.0040 +- 0.0050 | 1.056 |"
         in (out / "idi_rounds.md").read_text()
     )
-    for bad in (["--rounds", "0"], ["--generator", str(tmp_path)]):
+    trained.clear(), idi_calls.clear(), evaluated.clear()  # data only: the generator's pre-filter scores, nothing else
+    data_only = [str(tmp_path / "w2"), str(tmp_path / "o2"), "--generator", str(generator), "--data_only"]
+    report = recipe.main(recipe.parse_args([*data_only, "--rounds", "1"]))
+    assert not trained and not evaluated and idi_calls[0][2].steps_per_round == 0
+    assert report["rounds"][0]["scores"]["scored"] == 4 and (tmp_path / "o2" / "idi_rounds.md").is_file()
+    for bad in (["--rounds", "0"], ["--generator", str(tmp_path)], ["--data_only", "--rounds", "2"]):
         with pytest.raises(SystemExit):
             recipe.parse_args([str(work), str(out), *bad])

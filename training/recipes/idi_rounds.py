@@ -5,6 +5,12 @@ shards, rounds and rows are skipped, an interrupted fine-tuning continues from i
 
     python training/recipes/idi_rounds.py runs/idi docs/results/experiments/idi_rounds
 
+`--data_only` runs one round's generation and filtering alone (no control, no fine-tuning, no evaluation): the
+scores every pair got before filtering, to set the thresholds from (a generator's yield at each one):
+
+    python training/recipes/idi_rounds.py runs/idi_row1 docs/results/experiments/idi_rounds/row1_generator \
+        --generator runs/idi/same_identity_code/adapter --data_only --pairs_per_round 256
+
 The generator defaults to the embedded model (the best non-oracle row, trained on same-identity pairs only): the
 plain stage-1 row (docs/results/results.md, 0.135 expression error) makes too few acceptable pairs to retrain on
 (see the experiments notes). Each round generates `--pairs_per_round` cross-identity pairs with the current
@@ -49,11 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min_identity_similarity", type=float, default=0.4)
     p.add_argument("--max_template_similarity", type=float, default=0.3)
     p.add_argument("--num_validation", type=int, default=64, help="kept IDI pairs held out per round's fine-tuning")
+    p.add_argument("--data_only", action="store_true", help="one round's generation and filtering, nothing else")
     args = p.parse_args(argv)
     args.command = "python training/recipes/idi_rounds.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     for name in ("rounds", "pairs_per_round", "generation_batch_size", "steps", "num_validation"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.data_only and args.rounds != 1:
+        p.error(
+            "--data_only runs one round (round r > 0 generates with round r-1's fine-tuned adapter), got "
+            f"--rounds {args.rounds}"
+        )
     if args.generator is None:
         from emojidiff_synthetic.load import EMOJIDIFF_DIR
 
@@ -157,13 +169,14 @@ def main(args: argparse.Namespace) -> dict:
         args.collection, args.work, r["seed"], args.steps, r["batch_size"], args.learning_rate, r["lr_warmup_steps"]
     ).replace(config=dict(face_loss_weight=r["face_loss_weight"], cache_dir=str(args.work / "cache")))
     rows = {"generator": args.generator}
-    control = same_identity.replace(adapter=dict(path=args.generator))
-    rows["same_identity_finetune"] = results.train(control, args.work / "control", args.steps)
+    if not args.data_only:
+        control = same_identity.replace(adapter=dict(path=args.generator))
+        rows["same_identity_finetune"] = results.train(control, args.work / "control", args.steps)
     filters = (args.max_expression_error, args.min_identity_similarity, args.max_template_similarity)
     settings = results.idi_settings(
         args.rounds,
         args.pairs_per_round,
-        args.steps,
+        0 if args.data_only else args.steps,
         r["inference_steps"],
         filters,
         generation_batch_size=args.generation_batch_size,
@@ -181,6 +194,8 @@ def main(args: argparse.Namespace) -> dict:
         "rounds": rounds,
     }
     write_report(summary, args.out)  # the rounds now; the comparisons once the rows are evaluated
+    if args.data_only:
+        return summary
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
     eval_args = [*row_flags, "--out", str(args.out), *sizes, "--steps", str(r["inference_steps"])]
