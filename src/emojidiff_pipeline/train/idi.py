@@ -7,8 +7,10 @@ resemble A; write (T, R, result, prompt) triplets. Filters use train-side instru
 
 Output is sharded: shard k holds pairs [k*S, (k+1)*S); its images are written first, then its manifest lines and
 stats atomically (temp file + rename). A restarted round skips finished shards and redoes unfinished ones, so a
-SIGKILL loses no finished pair and duplicates none. Generation is a pure function of (seed, pair index), so a redone
-shard writes the same bytes. Shards are split across accelerate processes (shard k -> process k % N).
+SIGKILL loses no finished pair and duplicates none. Pairs go through the pipeline and the swapper in batches of
+`generation_batch_size`; each image is seeded by (seed, pair index) alone, so a redone shard writes the same bytes
+(another batch size the same images up to float rounding). Shards are split across accelerate processes (shard k ->
+process k % N).
 """
 
 from __future__ import annotations
