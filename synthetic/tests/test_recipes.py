@@ -229,7 +229,7 @@ def test_idi_rounds_recipe_runs_a_matched_control_and_reports_the_filters(tmp_pa
     )
     trained.clear(), idi_calls.clear(), evaluated.clear()  # data only: the generator's pre-filter scores, nothing else
     data_only = [str(tmp_path / "w2"), str(tmp_path / "o2"), "--generator", str(generator), "--data_only"]
-    report = recipe.main(recipe.parse_args([*data_only, "--rounds", "1"]))
+    report = recipe.main(recipe.parse_args(data_only))  # one round by default
     assert not trained and not evaluated and idi_calls[0][2].steps_per_round == 0
     assert report["rounds"][0]["scores"]["scored"] == 4 and (tmp_path / "o2" / "idi_rounds.md").is_file()
     for bad in (["--rounds", "0"], ["--generator", str(tmp_path)], ["--data_only", "--rounds", "2"]):

@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--generator", default=None, help="the adapter round 0 generates with (default: embedded model)")
     p.add_argument("--collection", type=Path, default=REPO / "data" / "collection")
     p.add_argument("--recipe", type=Path, default=results.RECIPE, help="the results driver's recipe file")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=None, help="IDI rounds (default 2; 1 with --data_only)")
     p.add_argument("--pairs_per_round", type=int, default=1600)
     p.add_argument("--generation_batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=1000, help="most fine-tuning steps per round, and of the control")
@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_only", action="store_true", help="one round's generation and filtering, nothing else")
     args = p.parse_args(argv)
     args.command = "python training/recipes/idi_rounds.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.data_only else 2
     for name in ("rounds", "pairs_per_round", "generation_batch_size", "steps", "num_validation"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -126,7 +128,7 @@ def write_report(summary: dict, out: Path) -> None:
     write_text_atomic(out / "idi_rounds.json", json.dumps(summary, indent=1))
     f = summary["filters"]
     lines = [
-        "# IDI rounds against a matched control",
+        "# IDI rounds" + (" against a matched control" if summary.get("comparisons") else ": generation and filters"),
         "",
         f"Written by `{summary['command']}` (do not edit by hand). Filters (train-side instruments): expression error "
         f"<= {f['max_expression_error']}, identity similarity to the reference >= {f['min_identity_similarity']}, "
@@ -147,13 +149,15 @@ def write_report(summary: dict, out: Path) -> None:
             + ", ".join(f"{v:.3f}" for v in yields.values())
             + " |"
         )
-    lines += [
-        "",
-        "| row | against | identity leakage difference | expression error ratio | identity similarity difference "
-        "| IDI target met |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for c in summary.get("comparisons", []):
+    comparisons = summary.get("comparisons", [])
+    if comparisons:
+        lines += [
+            "",
+            "| row | against | identity leakage difference | expression error ratio | identity similarity "
+            "difference | IDI target met |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+    for c in comparisons:
         lines.append(
             f"| {c['row']} | {c['against']} | {c['identity_leakage_difference']:+.4f} +- "
             f"{c['identity_leakage_difference_se']:.4f} | {c['expression_error_ratio']:.3f} | "
