@@ -53,8 +53,22 @@ def test_copying_the_template_leaks_identity_and_matches_expression(setup):
     assert copied["identity_leakage"] > reference["identity_leakage"] + 0.1
     # its standard error over template persons, so a leakage difference between rows can be weighed
     assert 0 < copied["identity_leakage_se"] < copied["identity_leakage"]
+    per_template = copied["identity_leakage_per_template"]
+    assert set(per_template) == {c.template_person for c in cases}
+    assert np.mean(list(per_template.values())) == pytest.approx(copied["identity_leakage"])  # one case each here
     # the teal template's style shows up where the prompt asked for yellow: 1 of 3 cases leaks
     assert copied["style_leakage"] == pytest.approx(1 / 3)
+
+
+def test_paired_difference_removes_the_groups_own_spread():
+    from emojidiff_pipeline.evaluation import paired_difference
+
+    a = {"t0": 0.0, "t1": 1.0, "t2": 2.0, "t3": 3.0}  # templates differ a lot ...
+    b = {"t0": 0.1, "t1": 1.1, "t2": 2.0, "t3": 3.2, "only_b": 9.0}  # ... the rows little
+    mean, se, n = paired_difference(a, b)
+    assert n == 4 and mean == pytest.approx(-0.1) and se == pytest.approx(np.std([-0.1, -0.1, 0, -0.2], ddof=1) / 2)
+    with pytest.raises(ValueError, match=">= 2 shared groups"):
+        paired_difference({"t0": 1.0}, {"t0": 2.0, "t1": 0.0})
 
 
 def test_no_face_is_counted_and_report_is_written(setup, tmp_path):

@@ -223,6 +223,16 @@ def test_idi_rounds_recipe_runs_a_matched_control_and_reports_the_filters(tmp_pa
         control_cmp["identity_leakage_difference"] == -0.004 and control_cmp["identity_leakage_difference_se"] == 0.005
     )
     assert generator_cmp["against"] == "generator" and not generator_cmp["target_met"]  # ratio 1.19
+    assert not control_cmp["leakage_se_paired"]  # these rows hold no per-template leakage
+    paired_rows = {
+        "a": {**rows["stage1_idi_round_0"], "identity_leakage_per_template": {"t0": 0.0, "t1": 0.01, "t2": 0.02}},
+        "b": {
+            **rows["same_identity_finetune"],
+            "identity_leakage_per_template": {"t0": 0.004, "t1": 0.014, "t2": 0.024},
+        },
+    }
+    paired = recipe.compare_rows(paired_rows, "a", "b")
+    assert paired["leakage_se_paired"] and paired["identity_leakage_difference_se"] == 0.0  # the same -0.004 each
     assert (
         "| stage1_idi_round_0 | same_identity_finetune | -0.0040 +- 0.0050 | 1.056 |"
         in (out / "idi_rounds.md").read_text()

@@ -104,18 +104,26 @@ def filter_statistics(round_dir: Path, thresholds=EXPRESSION_THRESHOLDS) -> dict
 
 
 def compare_rows(rows: dict[str, dict], row: str, against: str) -> dict:
-    """`row` against the row `against` (evaluated rows' scores): identity leakage difference with the standard
-    error of a difference of two independent means, expression error ratio, and the IDI target (leakage lower, at
-    no more than +10 % expression error)."""
+    """`row` against the row `against` (evaluated rows' scores on the same cases): identity leakage difference with
+    its standard error (paired over templates when both rows hold per-template leakage, else that of two
+    independent means), expression error ratio, and the IDI target (leakage lower, at no more than +10 %
+    expression error)."""
+    from emojidiff_pipeline.evaluation import paired_difference
+
     a, b = rows[row], rows[against]
     difference = a["identity_leakage"] - b["identity_leakage"]
-    se = float(np.hypot(a.get("identity_leakage_se", np.nan), b.get("identity_leakage_se", np.nan)))
+    paired = "identity_leakage_per_template" in a and "identity_leakage_per_template" in b
+    if paired:
+        _, se, _ = paired_difference(a["identity_leakage_per_template"], b["identity_leakage_per_template"])
+    else:
+        se = float(np.hypot(a.get("identity_leakage_se", np.nan), b.get("identity_leakage_se", np.nan)))
     ratio = a["expression_error"] / b["expression_error"]
     return {
         "row": row,
         "against": against,
         "identity_leakage_difference": round(difference, 4),
         "identity_leakage_difference_se": round(se, 4),
+        "leakage_se_paired": paired,
         "expression_error_ratio": round(ratio, 4),
         "identity_similarity_difference": round(a["identity_similarity"] - b["identity_similarity"], 4),
         "target_met": bool(difference < 0 and ratio <= 1.1),
@@ -160,7 +168,8 @@ def write_report(summary: dict, out: Path) -> None:
     for c in comparisons:
         lines.append(
             f"| {c['row']} | {c['against']} | {c['identity_leakage_difference']:+.4f} +- "
-            f"{c['identity_leakage_difference_se']:.4f} | {c['expression_error_ratio']:.3f} | "
+            f"{c['identity_leakage_difference_se']:.4f}{' (paired)' if c['leakage_se_paired'] else ''} | "
+            f"{c['expression_error_ratio']:.3f} | "
             f"{c['identity_similarity_difference']:+.4f} | {'yes' if c['target_met'] else 'no'} |"
         )
     write_text_atomic(out / "idi_rounds.md", "\n".join(lines) + "\n")

@@ -82,13 +82,28 @@ def face_sharpness(image: np.ndarray, kps: Any, size: int = 112) -> float:
     return float(lap.var())
 
 
-def standard_error_over(values: Sequence[float], groups: Sequence[str]) -> float:
-    """Standard error of the mean of `values` over `groups` (e.g. templates): group means, then std / sqrt(G)."""
+def group_means(values: Sequence[float], groups: Sequence[str]) -> dict[str, float]:
+    """{group: mean of its `values`}, groups in first-seen order."""
     by: dict[str, list[float]] = {}
     for v, g in zip(values, groups):
         by.setdefault(g, []).append(v)
-    means = np.array([np.mean(v) for v in by.values()])
+    return {g: float(np.mean(v)) for g, v in by.items()}
+
+
+def standard_error_over(values: Sequence[float], groups: Sequence[str]) -> float:
+    """Standard error of the mean of `values` over `groups` (e.g. templates): group means, then std / sqrt(G)."""
+    means = np.array(list(group_means(values, groups).values()))
     return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int]:
+    """Mean of a[g] - b[g] over the groups both rows scored (e.g. two rows' per-template means on the same cases),
+    its standard error and the number of groups: the difference's noise without the groups' own spread."""
+    shared = [g for g in a if g in b]
+    if len(shared) < 2:
+        raise ValueError(f"A paired difference needs >= 2 shared groups, got {len(shared)}.")
+    d = np.array([a[g] - b[g] for g in shared])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d)
 
 
 def _embed(face, image, kps=None) -> np.ndarray | None:
@@ -167,6 +182,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         "expression_error_per_factor": per_factor,
         "identity_leakage": mean(leak),
         "identity_leakage_se": standard_error_over(leak, leak_groups),
+        "identity_leakage_per_template": group_means(leak, leak_groups),  # for paired comparisons of rows
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
         "face_sharpness": mean(sharp),
