@@ -21,6 +21,7 @@ expression error.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -203,7 +204,7 @@ def main(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
         "command": args.command,
-        "filters": dict(zip(("max_expression_error", "min_identity_similarity", "max_template_similarity"), filters)),
+        "filters": dataclasses.asdict(settings.filters),
         "rounds": rounds,
     }
     write_report(summary, args.out)  # the rounds now; the comparisons once the rows are evaluated
