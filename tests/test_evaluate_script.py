@@ -201,10 +201,53 @@ def test_row_specs_give_folder_and_expression_scale():
     assert evaluate.parse_row_spec("runs/x/adapter@id_only") == ("runs/x/adapter", 0.0)
     assert evaluate.parse_row_spec("runs/x/adapter@exp=2.5") == ("runs/x/adapter", 2.5)
     assert evaluate.parse_row_spec("runs/x/adapter@exp=2.5@eg=9") == ("runs/x/adapter", 2.5)
-    assert evaluate.split_expression_guidance("runs/x/adapter@eg=9") == ("runs/x/adapter", 9.0)
-    assert evaluate.split_expression_guidance("runs/x/adapter@exp=2") == ("runs/x/adapter@exp=2", None)
-    for bad in ("a@eg=-2", "a@eg=x", "base@eg=3", "a@id_only@eg=3"):
+    RowSpec = evaluate.RowSpec
+    assert RowSpec.parse("runs/x/adapter@eg=9") == RowSpec("runs/x/adapter", expression_guidance=9.0)
+    assert RowSpec.parse("runs/x/adapter@exp=2") == RowSpec("runs/x/adapter", expression_scale=2.0)
+    # options in any order, a folder with '@' in it kept whole
+    both = RowSpec("runs/a@b/adapter", identity_scale=1.5, expression_scale=1.2, expression_guidance=3.0)
+    assert RowSpec.parse("runs/a@b/adapter@id=1.5@exp=1.2@eg=3") == both
+    assert RowSpec.parse("runs/a@b/adapter@eg=3@exp=1.2@id=1.5") == both
+    assert RowSpec.parse("runs/x/adapter@id_only@id=2") == RowSpec("runs/x/adapter", 2.0, 0.0)
+    assert RowSpec.parse("runs/x/adapter").default_scales and not both.default_scales
+    assert not RowSpec.parse("runs/x/adapter@id=1.5").default_scales and RowSpec.parse("base").is_base
+    for bad in ("a@eg=-2", "a@eg=x", "a@id_only@eg=3", "a@exp=0@eg=3"):
         with pytest.raises(ValueError, match="'@eg='"):
             evaluate.parse_row_spec(bad)
+    for bad, match in [
+        ("a@id=-1", "'@id='"),
+        ("a@id=x", "'@id='"),
+        ("a@exp=1@exp=2", "second time"),
+        ("a@id_only@exp=2", "second time"),
+        ("base@eg=3", "'base' has no adapter"),
+        ("base@id=2", "'base' has no adapter"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            RowSpec.parse(bad)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--row", "r=runs/x/adapter@exp=big"])
+
+
+def test_generate_row_passes_the_specs_scales_to_the_pipeline(monkeypatch):
+    """'@id=' / '@exp=' / '@eg=' reach the pipeline call (not silently dropped); 'base' gets no adapter inputs."""
+    from types import SimpleNamespace
+
+    from emojidiff_pipeline.evaluation import GenerationSettings, generate_row, rows
+
+    calls = []
+
+    def pipe(prompts, **kwargs):
+        calls.append(kwargs)
+        return SimpleNamespace(images=np.zeros((len(prompts), 4, 4, 3), np.float32))
+
+    monkeypatch.setattr(rows, "attach_row", lambda *a, **k: None)
+    cases = [SimpleNamespace(reference=np.zeros((4, 4, 3), np.uint8), template=None, prompt="p")] * 3
+    settings = GenerationSettings(batch_size=2, steps=1)
+    images = generate_row(pipe, "runs/x@id=1.5@exp=0.5@eg=2", cases, face=None, settings=settings)
+    assert len(images) == 3 and len(calls) == 2
+    assert {(c["identity_scale"], c["expression_scale"], c["expression_guidance_scale"]) for c in calls} == {
+        (1.5, 0.5, 2.0)
+    }
+    calls.clear()
+    generate_row(pipe, "base", cases, face=None, settings=settings)
+    assert all("identity_scale" not in c and "identity_image" not in c for c in calls)

@@ -43,7 +43,8 @@ docs/real_photos/).
   ``--device`` (default cuda when available, fp16 there).
 
 Row specs: ``base`` (no adapter), ``<adapter folder>`` (both branches), ``<adapter folder>@id_only``
-(expression scale 0), ``<adapter folder>@exp=<scale>`` (another expression scale).
+(expression scale 0), ``<adapter folder>@exp=<scale>`` / ``@id=<scale>`` (another expression / identity scale),
+``@eg=<scale>`` (the expression branch's own guidance scale); options combine, e.g. ``<adapter>@id=1.5@exp=1.2``.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ import torch
 
 from emojidiff_pipeline.evaluation import (
     GenerationSettings,
+    RowSpec,
     generate_row,
     parse_row_spec,
-    split_expression_guidance,
     user_cases,
 )
 from emojidiff_pipeline.train.run import FaceFrontEnd
@@ -82,7 +83,9 @@ EMOTION_COLUMNS = ("emotion_agreement", "emotion_top1_agreement")
 
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--row", action="append", required=True, help="NAME=base | NAME=<adapter>[@id_only | @exp=<scale>]")
+    p.add_argument(
+        "--row", action="append", required=True, help="NAME=base | NAME=<adapter>[@id_only | @exp=S][@id=S][@eg=S]"
+    )
     p.add_argument("--out", default="docs/results")
     p.add_argument("--title", default="EmojiDiff in the synthetic world: held-out identities and templates")
     p.add_argument("--pretrained_model", default=None, help="base pipeline (default: the shipped synthetic base)")
@@ -396,9 +399,8 @@ def main(args: argparse.Namespace) -> dict:
         )
         rows[name] = score_row(images, cases, inst)
         save_grid(images, cases, out / f"grid_{name}.png", args.grid)
-        folder, scale = parse_row_spec(row_spec)
-        guided = split_expression_guidance(row_spec)[1] is not None  # the same weights as its unguided row
-        if folder != "base" and scale == 1.0 and not guided and not args.no_probe:
+        row = RowSpec.parse(row_spec)  # the probe measures the adapter as trained, so only at its default scales
+        if not row.is_base and row.default_scales and not args.no_probe:
             probes[name] = template_use_probe(pipe, cases, lines["perfect"], lines["probe_template"], seed=args.seed)
         write_row_cache(out, name, key, rows[name], probes.get(name))
         logger.info("row %s: %s %s", name, rows[name], probes.get(name, ""))

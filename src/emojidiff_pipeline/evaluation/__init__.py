@@ -13,10 +13,10 @@ from .probes import ridge_probe, template_use_probe
 from .report import PLOT_METRICS, plot_rows, write_report
 from .rows import (
     GenerationSettings,
+    RowSpec,
     attach_row,
     generate_row,
     parse_row_spec,
-    split_expression_guidance,
     vae_round_trip,
 )
 from .scores import (
@@ -45,12 +45,12 @@ __all__ = [
     "paired_difference",
     "generate_row",
     "load_image",
+    "RowSpec",
     "parse_row_spec",
     "plot_rows",
     "ridge_probe",
     "same_person_similarity",
     "score_row",
-    "split_expression_guidance",
     "vae_round_trip",
     "standard_error_over",
     "template_use_probe",

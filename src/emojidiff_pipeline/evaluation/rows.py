@@ -1,5 +1,5 @@
-"""Evaluation rows: a row spec (``base``, an adapter folder, ``@id_only``, ``@exp=<scale>``, ``@eg=<scale>``) on a
-pipeline, and its generated images for a list of cases."""
+"""Evaluation rows: a row spec (``base``, an adapter folder, ``@id_only``, ``@exp=<scale>``, ``@id=<scale>``,
+``@eg=<scale>``) on a pipeline, and its generated images for a list of cases."""
 
 from __future__ import annotations
 
@@ -7,6 +7,52 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+_SCALE_OPTIONS = {"id=": "identity_scale", "exp=": "expression_scale", "eg=": "expression_guidance"}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A parsed ``--row`` spec: ``base`` (no adapter) or an adapter folder, followed by any of ``@id_only``
+    (expression scale 0), ``@exp=<scale>``, ``@id=<scale>`` (the branches' scales, default 1) and ``@eg=<scale>``
+    (the expression branch's own classifier-free guidance, emojidiff_pipeline.guidance; default off), each at most
+    once, in any order. A folder may itself contain ``@``: only recognised options are split off the end."""
+
+    folder: str
+    identity_scale: float = 1.0
+    expression_scale: float = 1.0
+    expression_guidance: float | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.folder == "base"
+
+    @property
+    def default_scales(self) -> bool:
+        """True when the row runs the adapter as trained (both scales 1, no expression guidance)."""
+        return self.identity_scale == 1.0 and self.expression_scale == 1.0 and self.expression_guidance is None
+
+    @classmethod
+    def parse(cls, spec: str) -> RowSpec:
+        """Errors are ValueErrors naming the spec and the option."""
+        values: dict = {}
+        folder = spec
+        while True:
+            rest, at, option = folder.rpartition("@")
+            prefixes = ["id_only"] if option == "id_only" else [k for k in _SCALE_OPTIONS if option.startswith(k)]
+            prefix = prefixes[0] if prefixes else None
+            if not (at and rest and prefix):
+                break
+            name = "expression_scale" if prefix == "id_only" else _SCALE_OPTIONS[prefix]
+            if name in values:
+                raise ValueError(f"--row spec {spec!r}: '@{prefix}' sets {name} a second time.")
+            values[name] = 0.0 if prefix == "id_only" else _option_scale(spec, option, prefix)
+            folder = rest
+        if folder == "base" and values:
+            raise ValueError(f"--row spec {spec!r}: 'base' has no adapter, so its options would be ignored.")
+        if values.get("expression_scale") == 0.0 and "expression_guidance" in values:
+            raise ValueError(f"--row spec {spec!r}: '@eg=' guides the expression branch; this row has it off.")
+        return cls(folder, **values)
 
 
 def _option_scale(spec: str, option: str, prefix: str) -> float:
@@ -20,28 +66,10 @@ def _option_scale(spec: str, option: str, prefix: str) -> float:
     return scale
 
 
-def split_expression_guidance(spec: str) -> tuple[str, float | None]:
-    """``<spec>@eg=<scale>`` -> (spec, expression guidance scale); other specs -> (spec, None). See
-    emojidiff_pipeline.guidance: the expression branch gets its own classifier-free guidance scale."""
-    rest, _, option = spec.rpartition("@")
-    if not (rest and option.startswith("eg=")):
-        return spec, None
-    scale = _option_scale(spec, option, "eg=")
-    if rest == "base" or rest.endswith("@id_only"):
-        raise ValueError(f"--row spec {spec!r}: '@eg=' guides the expression branch; this row has none.")
-    return rest, scale
-
-
 def parse_row_spec(spec: str) -> tuple[str, float]:
-    """``base`` | ``<adapter>`` | ``<adapter>@id_only`` | ``<adapter>@exp=<scale>``, each optionally followed by
-    ``@eg=<expression guidance scale>`` -> (folder, expression scale)."""
-    spec, _ = split_expression_guidance(spec)
-    folder, _, option = spec.rpartition("@")
-    if option == "id_only":
-        return folder, 0.0
-    if folder and option.startswith("exp="):
-        return folder, _option_scale(spec, option, "exp=")
-    return spec, 1.0
+    """A row spec -> (adapter folder or ``base``, expression scale); see RowSpec for the whole spec."""
+    row = RowSpec.parse(spec)
+    return row.folder, row.expression_scale
 
 
 def attach_row(pipe, folder: str, face, expression_encoder=None) -> None:
@@ -90,21 +118,21 @@ def generate_row(
     """One generated uint8 image per case for a row spec (at `resolution`, default the pipeline's default);
     `expression_scale` (a number or per-block dict) replaces the spec's ``@exp=`` scale; `progress` (a tqdm bar)
     advances by one per image."""
-    folder, spec_scale = parse_row_spec(spec)
-    _, expression_guidance = split_expression_guidance(spec)
-    expression_scale = spec_scale if expression_scale is None else expression_scale
-    attach_row(pipe, folder, face, expression_encoder)
+    row = RowSpec.parse(spec)
+    expression_scale = row.expression_scale if expression_scale is None else expression_scale
+    attach_row(pipe, row.folder, face, expression_encoder)
     size = {} if resolution is None else {"height": resolution, "width": resolution}
     images = []
     for start in range(0, len(cases), settings.batch_size):
         chunk = cases[start : start + settings.batch_size]
         kwargs = dict(size)
-        if folder != "base":
+        if not row.is_base:
             kwargs.update(
                 identity_image=[[c.reference] for c in chunk],
                 expression_image=[c.template for c in chunk],
+                identity_scale=row.identity_scale,
                 expression_scale=expression_scale,
-                expression_guidance_scale=expression_guidance,
+                expression_guidance_scale=row.expression_guidance,
             )
         gens = [torch.Generator().manual_seed(settings.seed * 100_000 + start + k) for k in range(len(chunk))]
         out = pipe(
