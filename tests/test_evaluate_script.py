@@ -251,3 +251,26 @@ def test_generate_row_passes_the_specs_scales_to_the_pipeline(monkeypatch):
     calls.clear()
     generate_row(pipe, "base", cases, face=None, settings=settings)
     assert all("identity_scale" not in c and "identity_image" not in c for c in calls)
+
+
+def test_row_cache_key_follows_weights_settings_and_scoring_code(tmp_path, monkeypatch):
+    """A cached row is reused only for the same weights, settings and scoring code (a row scored before a metric
+    existed is scored again, not reused without it)."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    args = evaluate.parse_args(["--row", f"a={adapter}"])
+    key = evaluate.row_key(str(adapter), args)
+    assert evaluate.row_key(str(adapter), args) == key
+    assert evaluate.row_key(f"{adapter}@id=1.5", args) != key
+    args.steps += 1
+    assert evaluate.row_key(str(adapter), args) != key
+    args.steps -= 1
+    (adapter / "diffusion_pytorch_model.safetensors").write_bytes(b"xy")  # retrained weights
+    key = evaluate.row_key(str(adapter), args)
+    monkeypatch.setattr(evaluate, "scoring_fingerprint", lambda: "other scoring code")
+    assert evaluate.row_key(str(adapter), args) != key
+    evaluate.write_row_cache(tmp_path, "a", key, {"expression_error": 0.1}, None)
+    (tmp_path / "grid_a.png").write_bytes(b"")
+    assert evaluate.read_row_cache(tmp_path, "a", key)["scores"] == {"expression_error": 0.1}
+    assert evaluate.read_row_cache(tmp_path, "a", evaluate.row_key(str(adapter), args)) is None

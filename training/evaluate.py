@@ -430,8 +430,19 @@ def identity_features(images, face) -> np.ndarray:
     return np.stack(out)
 
 
+def scoring_fingerprint() -> str:
+    """A digest of the code that scores a row (emojidiff_pipeline.evaluation's scores and probes): a row cached by
+    other scoring code is scored again rather than reused without the metrics added since."""
+    import hashlib
+
+    from emojidiff_pipeline.evaluation import probes, scores
+
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (scores, probes))).hexdigest()[:16]
+
+
 def row_key(row_spec: str, args: argparse.Namespace) -> str:
-    """What a row's scores depend on: its spec, the adapter's weight file (size and mtime) and the case settings."""
+    """What a row's scores depend on: its spec, the adapter's weight file (size and mtime), the case settings and
+    the scoring code."""
     import hashlib
 
     folder, _ = parse_row_spec(row_spec)
@@ -449,6 +460,7 @@ def row_key(row_spec: str, args: argparse.Namespace) -> str:
         args.seed,
         args.no_probe,
         args.expression_encoder,
+        scoring_fingerprint(),
     ]
     return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
