@@ -245,3 +245,16 @@ def test_idi_rounds_recipe_runs_a_matched_control_and_reports_the_filters(tmp_pa
     for bad in (["--rounds", "0"], ["--generator", str(tmp_path)], ["--data_only", "--rounds", "2"]):
         with pytest.raises(SystemExit):
             recipe.parse_args([str(work), str(out), *bad])
+
+
+def test_idi_rounds_default_generator_is_the_embedded_model_relative_to_the_working_folder(tmp_path, monkeypatch):
+    """The reports print the generator's path in their commands: relative to where the recipe runs, not absolute."""
+    from emojidiff_synthetic.load import EMOJIDIFF_DIR
+
+    idi_rounds = load_recipe("idi_rounds")
+    monkeypatch.chdir(REPO)
+    args = idi_rounds.parse_args([str(tmp_path / "w"), str(tmp_path / "o")])
+    assert not Path(args.generator).is_absolute()
+    assert (REPO / args.generator).resolve() == (EMOJIDIFF_DIR / "emoji_adapter").resolve()
+    monkeypatch.chdir(tmp_path)  # outside the repository: absolute
+    assert Path(idi_rounds.parse_args([str(tmp_path / "w"), str(tmp_path / "o")]).generator).is_absolute()

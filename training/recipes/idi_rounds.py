@@ -72,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.generator is None:
         from emojidiff_synthetic.load import EMOJIDIFF_DIR
 
-        args.generator = str(EMOJIDIFF_DIR / "emoji_adapter")
+        embedded, here = (EMOJIDIFF_DIR / "emoji_adapter").resolve(), Path.cwd().resolve()
+        # relative where it can be: the reports print this path in their commands
+        args.generator = str(embedded.relative_to(here) if embedded.is_relative_to(here) else embedded)
     if not (Path(args.generator) / "config.json").is_file():
         p.error(f"--generator: {args.generator!r} is not an adapter folder (no config.json)")
     return args
