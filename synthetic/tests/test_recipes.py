@@ -110,6 +110,12 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
     assert len(evaluated[0].row) == 1
     summary = (tmp_path / "o2" / "training.md").read_text()
     assert "--stage1_only" in summary and "| stage1_same_identity_code |" in summary
+    trained.clear()  # the matched face-loss rows: a given face-loss step count on each base
+    recipe.main(recipe.parse_args([str(base), str(tmp_path / "w3"), str(tmp_path / "o3"), "--face_loss_steps", "5"]))
+    assert [(out.name, steps) for _, out, steps in trained] == [("stage1", shipped["steps"]), ("face_losses", 5)]
+    for bad in (["--face_loss_steps", "0"], ["--face_loss_steps", "5", "--stage1_only"]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args([str(base), "w", "o", *bad])
 
 
 def test_base_attn16_script_keeps_the_shipped_vae_and_image_encoder(tmp_path):

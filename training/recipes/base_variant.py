@@ -14,6 +14,12 @@ docs/results/experiments/attn16_matched, bases from synthetic/scripts/base_attn1
 
     python training/recipes/base_variant.py runs/a16w/pipeline runs/m_a16 \
         docs/results/experiments/attn16_matched/attn16 --stage1_steps 3000 --stage1_only
+
+and its face-loss rows from those stage-1 adapters (docs/results/experiments/attn16_face_losses), the same
+face-loss steps on each base:
+
+    python training/recipes/base_variant.py runs/a16w/pipeline runs/m_a16 \
+        docs/results/experiments/attn16_face_losses/attn16 --stage1_steps 3000 --face_loss_steps 2000
 """
 
 import argparse
@@ -37,11 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--collection", type=Path, default=REPO / "data" / "collection")
     p.add_argument("--recipe", type=Path, default=results.RECIPE, help="the results driver's recipe file")
     p.add_argument("--stage1_steps", type=int, default=None, help="stage-1 steps (default: the recipe's)")
+    p.add_argument("--face_loss_steps", type=int, default=None, help="face-loss steps (default: the recipe's)")
     p.add_argument("--stage1_only", action="store_true", help="train and evaluate row 1 only")
     args = p.parse_args(argv)
     args.command = "python training/recipes/base_variant.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.stage1_steps is not None and args.stage1_steps < 1:
-        p.error(f"--stage1_steps must be >= 1, got {args.stage1_steps}")
+    for name in ("stage1_steps", "face_loss_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.stage1_only and args.face_loss_steps is not None:
+        p.error("--face_loss_steps: --stage1_only trains no face-loss row")
     if not (Path(args.base) / "model_index.json").is_file():
         p.error(f"base: {args.base!r} is not a pipeline folder (no model_index.json)")
     return args
@@ -65,7 +75,7 @@ def main(args: argparse.Namespace) -> dict:
             max_timestep=r["face_loss_max_timestep"],
         )
         rows["stage1_same_identity_code_face_losses"] = results.train(
-            face, args.work / "face_losses", r["face_loss_steps"]
+            face, args.work / "face_losses", args.face_loss_steps or r["face_loss_steps"]
         )
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
