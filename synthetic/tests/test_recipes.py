@@ -264,3 +264,45 @@ def test_idi_rounds_default_generator_is_the_embedded_model_relative_to_the_work
     assert (REPO / args.generator).resolve() == (EMOJIDIFF_DIR / "emoji_adapter").resolve()
     monkeypatch.chdir(tmp_path)  # outside the repository: absolute
     assert Path(idi_rounds.parse_args([str(tmp_path / "w"), str(tmp_path / "o")]).generator).is_absolute()
+
+
+def test_identity_push_recipe_trains_ica_at_identity_weight_3_once_then_evaluates(tmp_path):
+    """identity_push.sh: row 2e's ICA step with --identity_loss_weight 3 (skipped once trained), the harness on the
+    embedded adapter at identity scales 1 / 1.5 / 2 and the new row, then training.md."""
+    import evaluate
+
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "python"  # records each call's argv; runs '-c' code (the recipe's expression-word list)
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        "if sys.argv[1] == '-c':\n    exec(sys.argv[2])\n    sys.exit()\n"
+        "if sys.argv[1] == '-':\n    sys.stdin.read()\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def run() -> list[list[str]]:
+        log.unlink(missing_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "INIT": str(tmp_path / "init")}
+        recipe = REPO / "training" / "recipes" / "identity_push.sh"
+        subprocess.run(["bash", str(recipe), str(work), str(out)], env=env, check=True, capture_output=True)
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    (ica,) = [c for c in run() if c[0] == "training/train_ica.py"]
+    args = train_ica.parse_args(ica[1:])
+    assert args.identity_loss_weight == 3 and args.alignment_loss_weight == 0 and args.expression_loss_weight == 6
+    assert args.output_dir == str(work / "ica_id3") and args.adapter == str(tmp_path / "init")
+    (work / "ica_id3" / "adapter").mkdir(parents=True)
+    (work / "ica_id3" / "adapter" / "config.json").write_text("{}")
+    calls = run()  # trained: only the evaluation and the summary
+    assert [c[0] for c in calls] == ["training/evaluate.py", "-"]
+    rows = dict(r.split("=", 1) for r in evaluate.parse_args(calls[0][1:]).row)
+    asset = "synthetic/src/emojidiff_synthetic/assets/emojidiff/emoji_adapter"
+    assert rows == {
+        "shipped": asset,
+        "shipped_identity_scale_1.5": f"{asset}@id=1.5",
+        "shipped_identity_scale_2": f"{asset}@id=2",
+        "ica_identity_weight_3": f"{work}/ica_id3/adapter",
+    }
+    assert evaluate.RowSpec.parse(rows["shipped_identity_scale_2"]).identity_scale == 2.0
