@@ -13,7 +13,7 @@ from diffusers import StableDiffusionXLPipeline
 from face_standins import make_arcface_standin
 from idi_standins import CENTRED_KPS, colour_scorer, fixed_detector
 from safetensors.torch import load_file
-from tiny_models import random_identity, tiny_adapter, tiny_components, write_tiny_collection
+from tiny_models import random_identity, tiny_adapter, tiny_components, write_stage1_world
 
 from emojidiff_pipeline import EmojiDiffAdapter, EmojiDiffPipeline
 from emojidiff_pipeline.evaluation import (
@@ -383,11 +383,7 @@ import train_decoupled  # noqa: E402
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_torch_thread):
-    root = tmp_path_factory.mktemp("code_stage1")
-    EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
-    make_arcface_standin(root / "arcface.onnx", seed=1)
-    write_tiny_collection(root, num_identities=3, photos_per_identity=3)  # 9 triplets
-    return root
+    return write_stage1_world(tmp_path_factory.mktemp("code_stage1"))  # 9 triplets
 
 
 def stage1_args(world, out, *extra):

@@ -261,3 +261,16 @@ def write_tiny_ip_adapter(
     Path(folder).mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(Path(folder) / name))
     return Path(folder) / name
+
+
+def write_stage1_world(root):
+    """A tiny stage-1 world under `root`: the tiny pipeline (base/), an ArcFace stand-in (arcface.onnx) and a
+    collection of 3 identities x 3 photos (train.jsonl: 9 same-identity triplets). Returns `root`."""
+    from face_standins import make_arcface_standin
+
+    from emojidiff_pipeline import EmojiDiffPipeline
+
+    EmojiDiffPipeline(**tiny_components()).save_pretrained(root / "base")
+    make_arcface_standin(root / "arcface.onnx", seed=1)
+    write_tiny_collection(root, num_identities=3, photos_per_identity=3)
+    return root

@@ -72,6 +72,22 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
         "the code stream",
     )
     g.add_argument("--num_expression_code_tokens", type=int, default=4)
+    g.add_argument(
+        "--resampler_queries",
+        default="learned",
+        choices=["learned", "grid"],
+        help="how a new image stream's resampler queries start: learned latents (a near mean-pool at init) or "
+        "each the mean of its own region of the patch grid (position-preserving)",
+    )
+    g.add_argument(
+        "--resampler_bottleneck", type=int, default=None, help="width a new image stream's tokens pass through"
+    )
+    g.add_argument(
+        "--expression_code_head",
+        action="store_true",
+        help="a new image stream gets a head reading --expression_encoder's code back from its tokens (trained by "
+        "--expression_code_loss_weight)",
+    )
 
 
 def add_stage1_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +99,19 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--identity_drop", type=float, default=0.05)
     g.add_argument("--expression_drop", type=float, default=0.05)
     g.add_argument("--text_drop", type=float, default=0.05)
+    g.add_argument(
+        "--expression_code_loss_weight",
+        type=float,
+        default=0.0,
+        help="auxiliary loss keeping the image stream predictive of the expression code (needs an adapter with "
+        "--expression_code_head)",
+    )
+    g.add_argument(
+        "--expression_code_pretrain_steps",
+        type=int,
+        default=0,
+        help="first steps that train the auxiliary code loss alone, before the diffusion loss",
+    )
     g.add_argument(
         "--face_loss_weight",
         type=float,
@@ -188,6 +217,16 @@ def check_stage1_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.face_loss_weight < 0:
         parser.error(f"--face_loss_weight must be >= 0, got {args.face_loss_weight}")
+    if not 0 <= args.expression_code_loss_weight < float("inf"):
+        parser.error(
+            f"--expression_code_loss_weight must be a finite number >= 0, got {args.expression_code_loss_weight}"
+        )
+    if args.expression_code_pretrain_steps < 0:
+        parser.error(f"--expression_code_pretrain_steps must be >= 0, got {args.expression_code_pretrain_steps}")
+    if args.expression_code_pretrain_steps and not args.expression_code_loss_weight > 0:
+        parser.error(
+            "--expression_code_pretrain_steps trains the code loss alone: it needs --expression_code_loss_weight > 0"
+        )
     if not 0 <= args.alignment_loss_weight < float("inf"):
         parser.error(f"--alignment_loss_weight must be a finite number >= 0, got {args.alignment_loss_weight}")
     for kind in ("expression", "identity"):
@@ -247,6 +286,9 @@ def adapter_spec(args: argparse.Namespace, path: str | None = None) -> AdapterSp
         expression_streams=args.expression_streams,
         expression_encoder=args.expression_encoder,
         num_expression_code_tokens=args.num_expression_code_tokens,
+        resampler_queries=args.resampler_queries,
+        resampler_bottleneck=args.resampler_bottleneck,
+        expression_code_head=args.expression_code_head,
         seed=args.seed,
     )
 
@@ -280,6 +322,8 @@ def stage1_config(args: argparse.Namespace, max_steps: int) -> Stage1Config:
         overwrite_output_dir=args.overwrite_output_dir,
         face_losses=face if face.enabled else None,
         gradient_checkpointing=args.gradient_checkpointing,
+        expression_code_loss_weight=args.expression_code_loss_weight,
+        expression_code_pretrain_steps=args.expression_code_pretrain_steps,
     )
 
 

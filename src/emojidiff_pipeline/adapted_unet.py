@@ -9,12 +9,15 @@ the UNet's prediction, with SDXL's added conditioning (pooled text and time ids)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .attention import CONDITIONING_KWARG, EmojiDiffConditioning, install_processors
 from .layers import expand_layer_values, unet_layers
+
+if TYPE_CHECKING:
+    from .adapter import AdapterOutput
 
 
 def adapted_unet_forward(
@@ -63,9 +66,11 @@ class AdaptedUNet:
         identity_keep: torch.Tensor | None = None,
         expression_keep: torch.Tensor | None = None,
         model=None,
-    ) -> EmojiDiffConditioning:
+        return_adapter_output: bool = False,
+    ) -> EmojiDiffConditioning | tuple[EmojiDiffConditioning, AdapterOutput]:
         """Per-layer key/values for a batch: identity (B, n_ref, D), template tokens (B, P, E) and/or codes (B, K),
-        keep masks (B,) bool (False: that row's branch gets its null tokens)."""
+        keep masks (B,) bool (False: that row's branch gets its null tokens). With `return_adapter_output`, also the
+        adapter's :class:`~.adapter.AdapterOutput` (tokens, the code head's prediction)."""
         out = (model or self.adapter)(
             identity_embeds=identity_embeds,
             expression_image_embeds=expression_image_embeds,
@@ -73,7 +78,8 @@ class AdaptedUNet:
             identity_keep=identity_keep,
             expression_keep=expression_keep,
         )
-        return EmojiDiffConditioning.build(out, self.layers, self.identity_scale, self.expression_scale)
+        conditioning = EmojiDiffConditioning.build(out, self.layers, self.identity_scale, self.expression_scale)
+        return (conditioning, out) if return_adapter_output else conditioning
 
     def __call__(self, noisy, timesteps, text, pooled, time_ids, conditioning: EmojiDiffConditioning) -> torch.Tensor:
         """See :func:`adapted_unet_forward`."""

@@ -13,7 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader looks it up in this module)
 
 from .layers import LayerSpec, select_layers, unet_layers
-from .tokens import ExpressionCodeProjection, ExpressionResampler, IdentityProjection
+from .tokens import RESAMPLER_QUERIES, ExpressionCodeProjection, ExpressionResampler, IdentityProjection
 from .weight_checks import HUB_KWARGS, check_tensor_shapes, refuse_missing_local_folder, safetensors_shapes
 
 
@@ -33,6 +33,9 @@ class AdapterOutput:
     expression_tokens: torch.Tensor | None
     identity_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
     expression_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    # (B, expression_code_dim): the code head's reading of the image stream's tokens (before branch dropout), when
+    # the adapter has `expression_code_head` and was given image tokens; else None
+    expression_code_prediction: torch.Tensor | None = None
 
 
 class EmojiDiffAdapter(ModelMixin, ConfigMixin):
@@ -62,6 +65,15 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         zero_init_gates (`bool`, defaults to `False`): give every adapted layer a learned per-branch gate on its
             values, zero at init (ReZero), so an untrained adapter reproduces the base exactly and training never
             has to un-learn a random perturbation. `from_unet` turns it on.
+        resampler_queries (`str`, defaults to `"learned"`): how the resampler's latent queries start,
+            `"learned"` (random, IP-Adapter-Plus: a near mean-pool at init) or `"grid"` (each the mean of its own
+            region of the patch grid: position-preserving tokens); see :class:`~.tokens.ExpressionResampler`.
+        resampler_bottleneck (`int`, *optional*): the width the image stream's tokens pass through before their
+            output projection (None: none).
+        expression_code_head (`bool`, defaults to `False`): a linear head reading the expression code of
+            `expression_encoder` (width `expression_code_dim`) back from the image stream's tokens, trained by an
+            auxiliary loss (`Stage1Config.expression_code_loss_weight`) that keeps the stream predictive of the
+            expression. Training only: inference never needs the encoder for an image-stream adapter.
         template_crop (`str`, defaults to `"arcface"`): geometry of the template crop the image stream sees, one of
             `emojidiff_pipeline.face.EXPRESSION_CROPS`; `from_unet` uses `"eyes_nose"` (aligned on expression-invariant
             points, brows and chin kept). The pipeline and training crop templates with the adapter's geometry.
@@ -92,6 +104,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         zero_init_gates: bool = False,
         template_crop: str = "arcface",
         identity_encoder: str | None = None,
+        resampler_queries: str = "learned",
+        resampler_bottleneck: int | None = None,
+        expression_code_head: bool = False,
     ):
         super().__init__()
         for arg, value in (
@@ -109,15 +124,30 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
                 raise ValueError(f"`{arg}` must be a positive int, got {value!r}.")
         if expression_streams not in EXPRESSION_STREAMS:
             raise ValueError(f"`expression_streams` must be one of {EXPRESSION_STREAMS}, got {expression_streams!r}.")
-        if expression_streams != "image":
+        if expression_code_head and expression_streams == "code":
+            raise ValueError(
+                "`expression_code_head` reads the code back from the image stream's tokens; "
+                f"`expression_streams`={expression_streams!r} has no image stream."
+            )
+        if resampler_queries not in RESAMPLER_QUERIES:
+            raise ValueError(f"`resampler_queries` must be one of {RESAMPLER_QUERIES}, got {resampler_queries!r}.")
+        if resampler_bottleneck is not None and (
+            isinstance(resampler_bottleneck, bool)
+            or not isinstance(resampler_bottleneck, int)
+            or resampler_bottleneck <= 0
+        ):
+            raise ValueError(f"`resampler_bottleneck` must be a positive int or None, got {resampler_bottleneck!r}.")
+        if expression_streams != "image" or expression_code_head:
             if (
                 isinstance(expression_code_dim, bool)
                 or not isinstance(expression_code_dim, int)
                 or expression_code_dim <= 0
             ):
+                needs = f"`expression_streams`={expression_streams!r}"
+                needs = "`expression_code_head`" if expression_streams == "image" else needs
                 raise ValueError(
-                    f"`expression_streams`={expression_streams!r} needs `expression_code_dim` (a positive int, the "
-                    f"expression encoder's code width), got {expression_code_dim!r}."
+                    f"{needs} needs `expression_code_dim` (a positive int, the expression encoder's code width), got "
+                    f"{expression_code_dim!r}."
                 )
         if template_crop not in ("arcface", "eyes_nose"):
             raise ValueError(f"`template_crop` must be 'arcface' or 'eyes_nose', got {template_crop!r}.")
@@ -144,8 +174,12 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
                 resampler_dim,
                 resampler_depth,
                 resampler_heads,
+                queries=resampler_queries,
+                bottleneck=resampler_bottleneck,
             )
             num_exp_tokens += num_expression_tokens
+            if expression_code_head:
+                self.expression_code_readout = nn.Linear(num_expression_tokens * cross_attention_dim, expression_code_dim)
         if expression_streams in ("code", "both"):
             self.expression_code_proj = ExpressionCodeProjection(
                 expression_code_dim, cross_attention_dim, num_expression_code_tokens, identity_embed_dim * 2
@@ -365,6 +399,11 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         """Whether the expression branch takes expression codes (`expression_codes`) from an expression encoder."""
         return self.config.expression_streams in ("code", "both")
 
+    @property
+    def trains_on_expression_codes(self) -> bool:
+        """Whether training needs the expression encoder's codes of the templates (code stream or code head)."""
+        return self.uses_code_stream or self.config.expression_code_head
+
     def _key_values(self, tokens: torch.Tensor, kv: nn.ModuleDict, gates: nn.ParameterDict | None) -> dict:
         """Tokens (B, N, C) -> {processor name: (key, value)} (B, N, hidden); values times the layer's gate."""
         out = {}
@@ -384,6 +423,12 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             expression_image_embeds: (B, P, image_embed_dim) patch tokens (image stream).
             expression_codes: (B, expression_code_dim) codes (code stream).
         """
+        return torch.cat(self._stream_tokens(expression_image_embeds, expression_codes), dim=1)
+
+    def _stream_tokens(
+        self, expression_image_embeds: torch.Tensor | None, expression_codes: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """Each used stream's tokens [(B, N_s, C)], image stream first (see :meth:`encode_expression`)."""
         streams = self.config.expression_streams
         for name, value, used in (
             ("expression_image_embeds", expression_image_embeds, self.uses_image_stream),
@@ -417,7 +462,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
                 f"`expression_image_embeds` has batch {tokens[0].shape[0]} but `expression_codes` has batch "
                 f"{tokens[1].shape[0]}."
             )
-        return torch.cat(tokens, dim=1)
+        return tokens
 
     def forward(
         self,
@@ -440,7 +485,7 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
         Returns:
             AdapterOutput with tokens (B, N, C) and key/values (B, N, hidden_size) for each configured layer.
         """
-        identity_tokens = expression_tokens = None
+        identity_tokens = expression_tokens = code_prediction = None
         identity_kv, expression_kv = {}, {}
         if identity_embeds is not None:
             identity_tokens = self._branch_tokens(
@@ -448,12 +493,13 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             )
             identity_kv = self._key_values(identity_tokens, self.identity_kv, getattr(self, "identity_gates", None))
         if expression_image_embeds is not None or expression_codes is not None:
+            streams = self._stream_tokens(expression_image_embeds, expression_codes)
+            if self.config.expression_code_head:
+                code_prediction = self.expression_code_readout(streams[0].flatten(1))  # the image stream's tokens
             expression_tokens = self._branch_tokens(
-                self.encode_expression(expression_image_embeds, expression_codes),
-                self.expression_null_tokens,
-                expression_keep,
+                torch.cat(streams, dim=1), self.expression_null_tokens, expression_keep
             )
             expression_kv = self._key_values(
                 expression_tokens, self.expression_kv, getattr(self, "expression_gates", None)
             )
-        return AdapterOutput(identity_tokens, expression_tokens, identity_kv, expression_kv)
+        return AdapterOutput(identity_tokens, expression_tokens, identity_kv, expression_kv, code_prediction)

@@ -1,8 +1,8 @@
 """The adapter's token makers: (B, D) vectors or (B, L, D) image tokens -> (B, N, C) cross-attention tokens.
 
 The identity projection (an ArcFace embedding -> tokens, IP-Adapter-FaceID's MLP), the expression resampler (image
-patch tokens -> learned latent queries, IP-Adapter-Plus's perceiver) and the expression code projection (an
-expression encoder's code -> tokens).
+patch tokens -> latent queries, IP-Adapter-Plus's perceiver, with learned or grid-pooled queries) and the expression
+code projection (an expression encoder's code -> tokens).
 """
 
 from __future__ import annotations
@@ -67,14 +67,61 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, d))
 
 
+RESAMPLER_QUERIES = ("learned", "grid")
+
+
+def _grid_shape(num_tokens: int) -> tuple[int, int]:
+    """The most nearly square (rows, cols) with rows * cols == num_tokens (16 -> (4, 4), 8 -> (2, 4))."""
+    rows = max(r for r in range(1, math.isqrt(num_tokens) + 1) if num_tokens % r == 0)
+    return rows, num_tokens // rows
+
+
+def grid_pool(media: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Patch tokens (B, P, D) of a square patch grid (P = g*g, or 1 + g*g with a leading class token, which is
+    left out) -> the mean of each of `num_tokens` regions of that grid, in reading order: (B, num_tokens, D)."""
+    b, p, d = media.shape
+    g = math.isqrt(p)
+    if g * g != p:
+        g = math.isqrt(p - 1)
+        if g * g != p - 1:
+            raise ValueError(
+                f"Grid queries need a square patch grid (P = g*g, or 1 + g*g with a class token); got P={p} patch "
+                "tokens. Use `resampler_queries='learned'` for this image encoder."
+            )
+        media = media[:, 1:]
+    grid = media.transpose(1, 2).reshape(b, d, g, g)
+    pooled = F.adaptive_avg_pool2d(grid, _grid_shape(num_tokens))  # (B, D, rows, cols)
+    return pooled.flatten(2).transpose(1, 2)
+
+
 class ExpressionResampler(nn.Module):
-    """Image-encoder patch tokens -> expression tokens: (B, P, E) -> (B, N, C). A perceiver resampler."""
+    """Image-encoder patch tokens -> expression tokens: (B, P, E) -> (B, N, C). A perceiver resampler.
+
+    `queries`: how the N latent queries start. ``"learned"`` (IP-Adapter-Plus): random learned latents, which at
+    initialisation attend nearly uniformly, i.e. start as a mean-pool of the image, the constant the expression
+    branch collapses to. ``"grid"``: each query is the mean of its own region of the patch grid plus a learned
+    offset (zero at init), so the tokens start position-preserving (the mouth's region and the eyes' region are
+    different tokens) and attention refines them. `bottleneck`: the width the tokens pass through before the
+    output projection (None: none), so that little besides the expression fits.
+    """
 
     def __init__(
-        self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int, dim: int, depth: int, heads: int
+        self,
+        image_embed_dim: int,
+        cross_attention_dim: int,
+        num_tokens: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        queries: str = "learned",
+        bottleneck: int | None = None,
     ):
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(1, num_tokens, dim) / math.sqrt(dim))
+        if queries not in RESAMPLER_QUERIES:
+            raise ValueError(f"`queries` must be one of {RESAMPLER_QUERIES}, got {queries!r}.")
+        self.queries, self.num_tokens = queries, num_tokens
+        scale = 0.0 if queries == "grid" else 1 / math.sqrt(dim)
+        self.latents = nn.Parameter(torch.randn(1, num_tokens, dim) * scale)
         self.proj_in = nn.Linear(image_embed_dim, dim)
         self.layers = nn.ModuleList(
             nn.ModuleList(
@@ -90,15 +137,20 @@ class ExpressionResampler(nn.Module):
             )
             for _ in range(depth)
         )
-        self.proj_out = nn.Linear(dim, cross_attention_dim)
+        self.bottleneck = nn.Linear(dim, bottleneck) if bottleneck else None
+        self.proj_out = nn.Linear(bottleneck or dim, cross_attention_dim)
         self.norm_out = nn.LayerNorm(cross_attention_dim)
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         media = self.proj_in(image_embeds)  # (B, P, dim)
         latents = self.latents.expand(media.shape[0], -1, -1)  # (B, N, dim)
+        if self.queries == "grid":
+            latents = latents + grid_pool(media, self.num_tokens)
         for attn, ff in self.layers:
             latents = latents + attn(media, latents)
             latents = latents + ff(latents)
+        if self.bottleneck is not None:
+            latents = self.bottleneck(latents)  # (B, N, bottleneck)
         return self.norm_out(self.proj_out(latents))  # (B, N, C)
 
 

@@ -306,3 +306,39 @@ def test_identity_push_recipe_trains_ica_at_identity_weight_3_once_then_evaluate
         "ica_identity_weight_3": f"{work}/ica_id3/adapter",
     }
     assert evaluate.RowSpec.parse(rows["shipped_identity_scale_2"]).identity_scale == 2.0
+
+
+def test_stream_rows_recipe_trains_each_stream_with_the_row_1_recipe(tmp_path, monkeypatch):
+    recipe = load_recipe("stream_rows")
+    trained, evaluated = [], []
+    monkeypatch.setattr(
+        recipe.results, "train", lambda run, out, steps: trained.append((run, out, steps)) or f"{out}/adapter"
+    )
+    monkeypatch.setattr(recipe.evaluate, "main", lambda args: evaluated.append(args) or {})
+    code = tmp_path / "code_adapter"
+    code.mkdir()
+    (code / "config.json").write_text("{}")
+    argv = [str(tmp_path / "w"), str(tmp_path / "o"), "--streams", "image,image_aux", "--steps", "9"]
+    recipe.main(recipe.parse_args([*argv, "--code_adapter", str(code)]))
+    (image, out1, steps1), (aux, out2, steps2) = trained  # the given code row is not trained again
+    assert (out1.name, out2.name, steps1, steps2) == ("image", "image_aux", 9, 9)
+    assert image.adapter.expression_streams == "image" and image.adapter.expression_encoder is None
+    assert image.config.expression_code_loss_weight == 0 and image.adapter.resampler_queries == "learned"
+    assert aux.adapter.expression_code_head and aux.adapter.resampler_queries == "grid"
+    assert aux.adapter.expression_encoder == recipe.results.ENCODER  # the code the head reads back
+    assert aux.config.expression_code_loss_weight > 0 and aux.config.expression_code_pretrain_steps > 0
+    for run in (image, aux):  # otherwise row 1's recipe
+        assert run.data.same_identity_from.endswith("train.jsonl") and run.config.early_stopping_patience == 6
+    (args,) = evaluated
+    assert [r.split("=")[0] for r in args.row] == [
+        "stage1_same_identity_code",
+        "stage1_same_identity_image",
+        "stage1_same_identity_image_aux",
+    ]
+    assert args.row[0] == f"stage1_same_identity_code={code}"
+    trained.clear()
+    recipe.main(recipe.parse_args([str(tmp_path / "w2"), str(tmp_path / "o2"), "--streams", "both"]))
+    assert [out.name for _, out, _ in trained] == ["code", "both"]  # no code row given: trained here
+    for bad in (["--streams", "imag"], ["--streams", ""], ["--steps", "0"], ["--code_adapter", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args(["w", "o", *bad])

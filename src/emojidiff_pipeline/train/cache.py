@@ -269,13 +269,13 @@ def prepare_stage1_cache(
 ) -> dict:
     """Check the run folder and the expression encoder, then load (or encode once) the cache the loop of
     :func:`~.stage1.train_stage1` trains on (`config`: its :class:`~.stage1.Stage1Config`)."""
-    if adapter.uses_code_stream:
+    if adapter.trains_on_expression_codes:
         from ..expression import check_adapter_encoder
 
         if expression_encoder is None:
+            what = "a code stream" if adapter.uses_code_stream else "an expression code head"
             raise ValueError(
-                f"The adapter has a code stream: pass its `expression_encoder` "
-                f"({adapter.config.expression_encoder!r})."
+                f"The adapter has {what}: pass its `expression_encoder` ({adapter.config.expression_encoder!r})."
             )
         check_adapter_encoder(adapter.config, expression_encoder)
     # refuse before the cache is written into a used folder
@@ -292,7 +292,7 @@ def prepare_stage1_cache(
         resolution,
         Path(config.cache_dir) if config.cache_dir else Path(output_dir) / "cache",
         with_target_kps=config.face_loss_weight > 0 or (config.face_losses is not None and config.face_losses.enabled),
-        expression_encoder=expression_encoder if adapter.uses_code_stream else None,
+        expression_encoder=expression_encoder if adapter.trains_on_expression_codes else None,
         with_image_tokens=adapter.uses_image_stream,
         template_crop=adapter.config.template_crop,
     )
@@ -312,11 +312,13 @@ def adapted_prediction(
     device,
     template_rows=None,
     model=None,
-) -> torch.Tensor:
+    return_adapter_output: bool = False,
+):
     """The UNet's prediction (B, 4, h, w) for cached triplets `rows` (B,) with the adapter's conditioning.
 
     `template_rows` (B,) takes the templates of other rows (the template-swap probe); default `rows`. `model`: the
-    adapter as wrapped for training (default ``adapted.adapter``)."""
+    adapter as wrapped for training (default ``adapted.adapter``). With `return_adapter_output`: (prediction, the
+    adapter's :class:`~..adapter.AdapterOutput`)."""
     adapter = adapted.adapter
     tpl = cache["template_index"][rows if template_rows is None else template_rows]
     conditioning = adapted.conditioning(
@@ -326,8 +328,10 @@ def adapted_prediction(
         identity_keep=keep_id.to(device),
         expression_keep=keep_exp.to(device),
         model=model,
+        return_adapter_output=return_adapter_output,
     )
-    return adapted(
+    conditioning, out = conditioning if return_adapter_output else (conditioning, None)
+    pred = adapted(
         noisy.to(device),
         timesteps.to(device),
         text.to(device),
@@ -335,3 +339,4 @@ def adapted_prediction(
         cache["add_time_ids"].to(device),
         conditioning,
     )
+    return (pred, out) if return_adapter_output else pred

@@ -64,7 +64,8 @@ class FaceFrontEnd:
 @dataclass
 class AdapterSpec:
     """The adapter a run trains: the folder at ``path``, or a new one from the UNet with these settings (seeded by
-    ``seed``). ``expression_encoder`` (``module:factory``) feeds the code stream."""
+    ``seed``). ``expression_encoder`` (``module:factory``) feeds the code stream, and with ``expression_code_head``
+    gives the codes the image stream's auxiliary head learns to read back."""
 
     path: str | None = None
     identity_layers: str = "all"
@@ -77,6 +78,9 @@ class AdapterSpec:
     expression_streams: str = "image"  # "image", "code" or "both"
     expression_encoder: str | None = None
     num_expression_code_tokens: int = 4
+    resampler_queries: str = "learned"  # "learned" or "grid" (position-preserving), see ExpressionResampler
+    resampler_bottleneck: int | None = None
+    expression_code_head: bool = False  # image stream: a head reading the code back (Stage1Config's auxiliary loss)
     seed: int = 0
 
     def build_expression_encoder(self):
@@ -98,9 +102,11 @@ class AdapterSpec:
                 check_adapter_recognizer(adapter.config, recognizer, embed_dim, "recognizer / face_pack")
             return adapter
         streams = self.expression_streams
-        encoder = self.build_expression_encoder() if streams != "image" else None
-        if streams != "image" and encoder is None:
-            raise ValueError(f"`expression_streams={streams!r}` needs an `expression_encoder` (module:factory).")
+        needs_codes = streams != "image" or self.expression_code_head
+        encoder = self.build_expression_encoder() if needs_codes else None
+        if needs_codes and encoder is None:
+            what = f"`expression_streams={streams!r}`" if streams != "image" else "`expression_code_head`"
+            raise ValueError(f"{what} needs an `expression_encoder` (module:factory).")
         if streams != "code" and pipe.image_encoder is None:
             raise ValueError("The pipeline has no `image_encoder`; the expression branch's image stream needs one.")
         torch.manual_seed(self.seed)
@@ -120,6 +126,9 @@ class AdapterSpec:
             expression_code_dim=None if encoder is None else encoder.code_dim,
             expression_encoder=None if encoder is None else encoder.name,
             num_expression_code_tokens=self.num_expression_code_tokens,
+            resampler_queries=self.resampler_queries,
+            resampler_bottleneck=self.resampler_bottleneck,
+            expression_code_head=self.expression_code_head,
             **({} if embed_dim is None else {"identity_embed_dim": embed_dim}),
             identity_encoder=recognizer,
         )
@@ -248,7 +257,7 @@ def _prepare(run: TrainingRun):
     pipe = EmojiDiffPipeline.from_pretrained(run.pretrained_model).to(accelerator.device)
     face = run.face.build()
     adapter = run.adapter.build(pipe, face=face)  # records (or checks) the recognizer's name and width
-    encoder = run.adapter.build_expression_encoder() if adapter.uses_code_stream else None
+    encoder = run.adapter.build_expression_encoder() if adapter.trains_on_expression_codes else None
     models = build_face_loss_models(run.expression_loss_model, run.identity_loss_model)
     return accelerator, triplets, pipe, face, adapter, encoder, models
 
@@ -350,8 +359,8 @@ def run_idi(run: TrainingRun, idi: IDISettings) -> list[dict]:
         adapter_spec = dataclasses.replace(run.adapter, path=generation_adapter)
         pipe = EmojiDiffPipeline.from_pretrained(run.pretrained_model).to(accelerator.device)
         pipe.set_emoji_adapter(adapter_spec.build(pipe, face=face))
-        encoder = adapter_spec.build_expression_encoder() if pipe.emoji_adapter.uses_code_stream else None
-        pipe.set_expression_encoder(encoder)
+        encoder = adapter_spec.build_expression_encoder() if pipe.emoji_adapter.trains_on_expression_codes else None
+        pipe.set_expression_encoder(encoder if pipe.emoji_adapter.uses_code_stream else None)
         swapper = (
             INSwapperBackend(idi.swapper_model)
             if idi.swapper == "inswapper"

@@ -62,9 +62,66 @@ class Stage1Config:
     # recompute the frozen UNet's blocks and (face losses) the VAE decoder's in the backward pass instead of keeping
     # their activations: less memory (SDXL at 1024 px, docs/ica_memory.md) for about one more forward of each
     gradient_checkpointing: bool = False
+    # an image stream with `expression_code_head`: the weight of its auxiliary loss (mean squared error of the head's
+    # code against the expression encoder's code of the template, keeping the stream predictive of the expression),
+    # and the first steps that train that loss alone (the UNet is not run: the stream learns the expression before
+    # the diffusion loss can make it collapse)
+    expression_code_loss_weight: float = 0.0
+    expression_code_pretrain_steps: int = 0
     # the frozen inputs' cache (default <output_dir>/cache); its files are named by a hash of their contents' recipe,
     # so runs over the same triplets at the same settings can share one folder and encode once
     cache_dir: str | None = None
+
+
+def _check_code_loss(adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, num_processes: int) -> float:
+    """The code loss's weight, after checking that the adapter and cache can train it."""
+    weight, pretrain = config.expression_code_loss_weight, config.expression_code_pretrain_steps
+    if weight < 0 or pretrain < 0:
+        raise ValueError(
+            "`expression_code_loss_weight` and `expression_code_pretrain_steps` must be >= 0, got "
+            f"{weight} and {pretrain}."
+        )
+    if pretrain and not weight:
+        raise ValueError(
+            f"`expression_code_pretrain_steps`={pretrain} trains the code loss alone, but "
+            "`expression_code_loss_weight` is 0."
+        )
+    if weight and not adapter.config.expression_code_head:
+        raise ValueError(
+            f"`expression_code_loss_weight`={weight} needs an adapter with `expression_code_head` (an image stream "
+            f"with a head reading the code back); this one has streams {adapter.config.expression_streams!r} "
+            "and no head."
+        )
+    if weight and "template_codes" not in cache:
+        raise ValueError("The code loss needs the templates' expression codes: prepare the cache with the encoder.")
+    if pretrain and num_processes > 1:
+        raise ValueError(
+            f"`expression_code_pretrain_steps` runs only the expression branch, which distributed training "
+            f"({num_processes} processes) cannot all-reduce without the identity branch's gradients; pretrain on "
+            "one process and resume from its checkpoint."
+        )
+    return weight
+
+
+def _templates(cache: dict, rows: torch.Tensor, device) -> torch.Tensor:
+    """The cached image tokens (B, P, E) of the templates of triplet `rows` (B,)."""
+    return cache["templates"][cache["template_index"][rows]].to(device)
+
+
+def _code_loss(adapter_out, cache: dict, rows: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the code head's prediction (B, K) against the encoder's codes of the rows' templates."""
+    pred = adapter_out.expression_code_prediction.float()
+    return F.mse_loss(pred, cache["template_codes"][cache["template_index"][rows]].to(pred.device).float())
+
+
+@torch.no_grad()
+def _held_out_code_loss(model, cache: dict, rows: torch.Tensor, device, batch_size: int) -> float:
+    """The code loss over held-out triplet `rows`, in batches (mean over rows)."""
+    total = 0.0
+    for start in range(0, len(rows), batch_size):
+        r = rows[start : start + batch_size]
+        total += _code_loss(model(expression_image_embeds=_templates(cache, r, device)), cache, r).item() * len(r)
+    return total / max(1, len(rows))
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -118,6 +175,7 @@ def train_stage1(
         )
     if adapter.uses_image_stream and "templates" not in cache:
         raise ValueError("The adapter's expression branch has an image stream: prepare the cache with image tokens.")
+    code_weight = _check_code_loss(adapter, cache, config, accelerator.num_processes)
     unet.requires_grad_(False)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -204,59 +262,80 @@ def train_stage1(
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
 
         device = accelerator.device
+        pretraining = step < config.expression_code_pretrain_steps
         # mixed precision (``--mixed_precision``) covers the frozen UNet and VAE too, not only the prepared adapter
         with accelerator.autocast():
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            pred = adapted_prediction(
-                adapted, cache, rows, noisy, timesteps, text, pooled, keep_id, keep_exp, device, model=model
-            )
-            target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
-            if config.face_loss_weight > 0:
-                weights = face_loss_weights(
-                    cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
-                ).to(device)
-                loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
+            if pretraining:  # the image stream's code loss alone, no UNet
+                code_loss = _code_loss(model(expression_image_embeds=_templates(cache, rows, device)), cache, rows)
+                loss, record = code_weight * code_loss, {"expression_code_loss": code_loss.item()}
             else:
-                loss = F.mse_loss(pred.float(), target)
-            record = {}
-            if face is not None:
-                pred_off = None
-                if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
-                    read = face_loss_rows(timesteps, face["config"])  # only the rows the face losses read
-                    pred_off = torch.zeros_like(pred)
-                    with torch.no_grad():
-                        pred_off[read.to(device)] = adapted_prediction(
-                            adapted,
-                            cache,
-                            rows[read],
-                            noisy[read],
-                            timesteps[read],
-                            text[read],
-                            pooled[read],
-                            keep_id[read],
-                            torch.zeros_like(keep_exp[read]),
-                            device,
-                            model=model,
-                        ).to(pred_off.dtype)
-                parts = face_losses(
-                    face["vae"],
-                    scheduler,
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                pred, adapter_out = adapted_prediction(
+                    adapted,
+                    cache,
+                    rows,
                     noisy,
-                    pred,
-                    latents,
                     timesteps,
-                    cache["target_kps"][rows],
-                    face["config"],
-                    face["expression_model"],
-                    face["identity_model"],
-                    prediction_off=pred_off,
-                    reference_embeds=cache["identity"][rows][:, 0],
-                    target_expression=_rows_of(face.get("target_expression"), rows),
-                    target_identity=_rows_of(face.get("target_identity"), rows),
+                    text,
+                    pooled,
+                    keep_id,
+                    keep_exp,
+                    device,
+                    model=model,
+                    return_adapter_output=True,
                 )
-                record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
-                record["diffusion_loss"] = loss.item()
-                loss = loss + parts["total"]
+                target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
+                if config.face_loss_weight > 0:
+                    weights = face_loss_weights(
+                        cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
+                    ).to(device)
+                    loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
+                else:
+                    loss = F.mse_loss(pred.float(), target)
+                record = {}
+                if face is not None:
+                    pred_off = None
+                    if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
+                        read = face_loss_rows(timesteps, face["config"])  # only the rows the face losses read
+                        pred_off = torch.zeros_like(pred)
+                        with torch.no_grad():
+                            pred_off[read.to(device)] = adapted_prediction(
+                                adapted,
+                                cache,
+                                rows[read],
+                                noisy[read],
+                                timesteps[read],
+                                text[read],
+                                pooled[read],
+                                keep_id[read],
+                                torch.zeros_like(keep_exp[read]),
+                                device,
+                                model=model,
+                            ).to(pred_off.dtype)
+                    parts = face_losses(
+                        face["vae"],
+                        scheduler,
+                        noisy,
+                        pred,
+                        latents,
+                        timesteps,
+                        cache["target_kps"][rows],
+                        face["config"],
+                        face["expression_model"],
+                        face["identity_model"],
+                        prediction_off=pred_off,
+                        reference_embeds=cache["identity"][rows][:, 0],
+                        target_expression=_rows_of(face.get("target_expression"), rows),
+                        target_identity=_rows_of(face.get("target_identity"), rows),
+                    )
+                    record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
+                    record["diffusion_loss"] = loss.item()
+                    loss = loss + parts["total"]
+                if config.expression_code_loss_weight > 0:  # the image stream kept predictive of the code
+                    code_loss = _code_loss(adapter_out, cache, rows)
+                    record.setdefault("diffusion_loss", loss.item())
+                    record["expression_code_loss"] = code_loss.item()
+                    loss = loss + code_weight * code_loss
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -268,11 +347,15 @@ def train_stage1(
         progress.set_postfix(loss=f"{mean_loss:.4f}")
         done = step + 1
         stop = False
-        if config.num_validation and (done % config.validation_steps == 0 or done == config.max_steps):
+        validate = done % config.validation_steps == 0 or done == config.max_steps
+        # not while the code loss trains alone: the diffusion loss cannot move then (the branch's gates are closed)
+        if config.num_validation and validate and done > config.expression_code_pretrain_steps:
             # every process computes the same numbers, so all take the same early-stopping decision
             val = validation_losses(
                 adapted, scheduler, cache, val_rows, device, config.seed, per_process, face, model=model
             )
+            if code_weight:
+                val["expression_code_loss"] = _held_out_code_loss(model, cache, val_rows, device, per_process)
             score = val.get("objective", val["loss"])
             improved = best_loss is None or score < best_loss
             best_loss, stale = (score, 0) if improved else (best_loss, stale + 1)
