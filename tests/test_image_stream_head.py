@@ -121,6 +121,13 @@ def test_untrained_grid_head_adapter_is_exact_no_op(components):
     assert np.abs(after - before).max() <= 1e-5
 
 
+def test_model_card_names_the_code_the_image_stream_was_kept_predictive_of(components, tmp_path):
+    pipe = EmojiDiffPipeline(**components, emoji_adapter=head_adapter(components["unet"]))
+    pipe.save_pretrained(tmp_path / "pipe")
+    card = (tmp_path / "pipe" / "README.md").read_text()
+    assert "8 image-stream tokens (kept predictive of `mean-colour-v1`'s code in training)" in card
+
+
 # ----------------------------------------------------------------------------------------------- stage 1
 pytest.importorskip("accelerate")
 REPO = Path(__file__).resolve().parents[1]

@@ -159,6 +159,8 @@ def emojidiff_model_card(
     detail = ""
     if streams in ("image", "both"):
         detail += f", {config.num_expression_tokens} image-stream tokens"
+        if getattr(config, "expression_code_head", False):
+            detail += f" (kept predictive of `{config.expression_encoder}`'s code in training)"
     if streams in ("code", "both"):
         detail += f", {config.num_expression_code_tokens} code-stream tokens from `{config.expression_encoder}`"
     n_params = sum(p.numel() for p in pipe.emoji_adapter.parameters())
