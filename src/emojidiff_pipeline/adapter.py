@@ -179,7 +179,9 @@ class EmojiDiffAdapter(ModelMixin, ConfigMixin):
             )
             num_exp_tokens += num_expression_tokens
             if expression_code_head:
-                self.expression_code_readout = nn.Linear(num_expression_tokens * cross_attention_dim, expression_code_dim)
+                self.expression_code_readout = nn.Linear(
+                    num_expression_tokens * cross_attention_dim, expression_code_dim
+                )
         if expression_streams in ("code", "both"):
             self.expression_code_proj = ExpressionCodeProjection(
                 expression_code_dim, cross_attention_dim, num_expression_code_tokens, identity_embed_dim * 2
