@@ -339,6 +339,24 @@ def test_stream_rows_recipe_trains_each_stream_with_the_row_1_recipe(tmp_path, m
     trained.clear()
     recipe.main(recipe.parse_args([str(tmp_path / "w2"), str(tmp_path / "o2"), "--streams", "both"]))
     assert [out.name for _, out, _ in trained] == ["code", "both"]  # no code row given: trained here
-    for bad in (["--streams", "imag"], ["--streams", ""], ["--steps", "0"], ["--code_adapter", str(tmp_path)]):
+    trained.clear()  # face losses on a matched pair of stage-1 rows
+    argv = [str(tmp_path / "w3"), str(tmp_path / "o3"), "--streams", "image_aux", "--code_adapter", str(code)]
+    recipe.main(recipe.parse_args([*argv, "--face_losses", "code,image_aux", "--face_loss_steps", "5"]))
+    shipped = json.loads((REPO / "training" / "recipes" / "synthetic_results.json").read_text())
+    (_, _, _), (code_face, out_c, steps_c), (aux_face, out_a, steps_a) = trained
+    assert (out_c.name, steps_c, out_a.name, steps_a) == ("code_face_losses", 5, "image_aux_face_losses", 5)
+    assert code_face.adapter.path == str(code) and aux_face.adapter.path == f"{tmp_path / 'w3' / 'image_aux'}/adapter"
+    for run in (code_face, aux_face):
+        assert run.config.face_losses.expression_weight == shipped["expression_loss_weight"]
+        assert run.config.learning_rate == shipped["face_loss_learning_rate"]
+    assert aux_face.config.expression_code_loss_weight > 0 and aux_face.config.expression_code_pretrain_steps == 0
+    assert code_face.config.expression_code_loss_weight == 0
+    bad_args = (["--streams", "imag"], ["--streams", ""], ["--steps", "0"], ["--code_adapter", str(tmp_path)])
+    bad_args += (
+        ["--face_losses", "image_aux"],
+        ["--face_loss_steps", "3"],
+        ["--face_losses", "code", "--face_loss_steps", "0"],
+    )
+    for bad in bad_args:
         with pytest.raises(SystemExit):
             recipe.parse_args(["w", "o", *bad])

@@ -14,6 +14,9 @@ alone); "both" concatenates its tokens with the code stream's. "image_aux" is th
 (issue 9): grid-pooled, position-preserving queries, a 4-wide token bottleneck, and a head reading the train-side
 expression estimator's code back from the tokens, trained alone for 1,000 steps and then beside the diffusion loss
 (weight 1). The estimator is used in training only: at inference the row takes the template's image alone.
+
+`--face_losses code,image_aux --face_loss_steps 1500` then fine-tunes those rows with the results recipe's face
+losses (row 2b: expression and identity read back from the one-step x0), a matched pair from each stage-1 row.
 """
 
 import argparse
@@ -48,14 +51,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--collection", type=Path, default=REPO / "data" / "collection")
     p.add_argument("--recipe", type=Path, default=results.RECIPE, help="the results driver's recipe file")
     p.add_argument("--steps", type=int, default=None, help="most stage-1 steps per row (default: the recipe's)")
+    p.add_argument("--face_losses", default="", help="comma-separated rows (code or of --streams) to fine-tune")
+    p.add_argument("--face_loss_steps", type=int, default=None, help="face-loss steps (default: the recipe's)")
     args = p.parse_args(argv)
     args.command = "python training/recipes/stream_rows.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     args.streams = [s for s in args.streams.split(",") if s]
     unknown = [s for s in args.streams if s not in STREAMS]
     if unknown or not args.streams:
         p.error(f"--streams takes some of {sorted(STREAMS)}, got {args.streams}")
-    if args.steps is not None and args.steps < 1:
-        p.error(f"--steps must be >= 1, got {args.steps}")
+    for name in ("steps", "face_loss_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    args.face_losses = [s for s in args.face_losses.split(",") if s]
+    if set(args.face_losses) - {"code", *args.streams}:
+        p.error(f"--face_losses takes 'code' and rows of --streams {args.streams}, got {args.face_losses}")
+    if args.face_loss_steps is not None and not args.face_losses:
+        p.error("--face_loss_steps: no --face_losses rows to fine-tune")
     if args.code_adapter is not None and not (Path(args.code_adapter) / "config.json").is_file():
         p.error(f"--code_adapter: {args.code_adapter!r} is not an adapter folder (no config.json)")
     return args
@@ -69,10 +80,22 @@ def main(args: argparse.Namespace) -> dict:
         args.collection, args.work, r["seed"], steps, r["batch_size"], r["learning_rate"], r["lr_warmup_steps"]
     ).replace(config=dict(face_loss_weight=r["face_loss_weight"]))
     rows = {"stage1_same_identity_code": args.code_adapter or results.train(code_row, args.work / "code", steps)}
+    runs = {"code": code_row}
     for stream in args.streams:
         adapter, config = STREAMS[stream]
-        run = code_row.replace(adapter=adapter, config=config)
-        rows[f"stage1_same_identity_{stream}"] = results.train(run, args.work / stream, steps)
+        runs[stream] = code_row.replace(adapter=adapter, config=config)
+        rows[f"stage1_same_identity_{stream}"] = results.train(runs[stream], args.work / stream, steps)
+    for name in args.face_losses:  # the code loss (if any) stays on; its solo warm-up is done
+        face = results.face_loss_run(
+            runs[name].replace(config=dict(expression_code_pretrain_steps=0)),
+            rows[f"stage1_same_identity_{name}"],
+            r["face_loss_learning_rate"],
+            r["expression_loss_weight"],
+            r["identity_loss_weight"],
+            max_timestep=r["face_loss_max_timestep"],
+        )
+        out = args.work / f"{name}_face_losses"
+        rows[f"{name}_face_losses"] = results.train(face, out, args.face_loss_steps or r["face_loss_steps"])
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
     eval_args = evaluate.parse_args([*row_flags, "--out", args.out, *sizes, "--steps", str(r["inference_steps"])])
