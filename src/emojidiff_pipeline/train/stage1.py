@@ -73,8 +73,8 @@ class Stage1Config:
     cache_dir: str | None = None
 
 
-def _check_code_loss(adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, num_processes: int) -> float:
-    """The code loss's weight, after checking that the adapter and cache can train it."""
+def _check_code_loss(adapter: EmojiDiffAdapter, cache: dict, config: Stage1Config, num_processes: int) -> None:
+    """Refuse a code loss the adapter or cache cannot train."""
     weight, pretrain = config.expression_code_loss_weight, config.expression_code_pretrain_steps
     if weight < 0 or pretrain < 0:
         raise ValueError(
@@ -100,7 +100,6 @@ def _check_code_loss(adapter: EmojiDiffAdapter, cache: dict, config: Stage1Confi
             f"({num_processes} processes) cannot all-reduce without the identity branch's gradients; pretrain on "
             "one process and resume from its checkpoint."
         )
-    return weight
 
 
 def _templates(cache: dict, rows: torch.Tensor, device) -> torch.Tensor:
@@ -175,7 +174,8 @@ def train_stage1(
         )
     if adapter.uses_image_stream and "templates" not in cache:
         raise ValueError("The adapter's expression branch has an image stream: prepare the cache with image tokens.")
-    code_weight = _check_code_loss(adapter, cache, config, accelerator.num_processes)
+    _check_code_loss(adapter, cache, config, accelerator.num_processes)
+    code_weight = config.expression_code_loss_weight
     unet.requires_grad_(False)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
