@@ -228,6 +228,63 @@ def train_stage1(
             "config": dataclasses.asdict(config),
         }
         write_text_atomic(output_dir / "run_info.json", json.dumps(info, indent=1))
+    device = accelerator.device
+
+    def training_loss(rows, latents, noise, timesteps, text, pooled, keep_id, keep_exp):
+        """The loss of one batch after the code loss's solo warm-up, and its log record: the (face-weighted)
+        diffusion loss, plus the face losses on the one-step x0 (`face`), plus the image stream's code loss.
+        `rows` (B,) index the cache; `latents`, `noise` (B, C, h, w); `timesteps` (B,); `text` (B, L, D) and
+        `pooled` (B, P) after text dropout; `keep_id`, `keep_exp` (B,) bool branch-dropout masks."""
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        inputs = (text, pooled, keep_id)
+        pred, adapter_out = adapted_prediction(
+            adapted, cache, rows, noisy, timesteps, *inputs, keep_exp, device, model=model, return_adapter_output=True
+        )
+        target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
+        if config.face_loss_weight > 0:
+            weights = face_loss_weights(
+                cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
+            ).to(device)
+            loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
+        else:
+            loss = F.mse_loss(pred.float(), target)
+        record = {}
+        if face is not None:
+            pred_off = None
+            if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
+                read = face_loss_rows(timesteps, face["config"])  # only the rows the face losses read
+                pred_off = torch.zeros_like(pred)
+                with torch.no_grad():
+                    off = [x[read] for x in (rows, noisy, timesteps, *inputs)]
+                    no_exp = torch.zeros_like(keep_exp[read])
+                    prediction = adapted_prediction(adapted, cache, *off, no_exp, device, model=model)
+                    pred_off[read.to(device)] = prediction.to(pred_off.dtype)
+            parts = face_losses(
+                face["vae"],
+                scheduler,
+                noisy,
+                pred,
+                latents,
+                timesteps,
+                cache["target_kps"][rows],
+                face["config"],
+                face["expression_model"],
+                face["identity_model"],
+                prediction_off=pred_off,
+                reference_embeds=cache["identity"][rows][:, 0],
+                target_expression=_rows_of(face.get("target_expression"), rows),
+                target_identity=_rows_of(face.get("target_identity"), rows),
+            )
+            record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
+            record["diffusion_loss"] = loss.item()
+            loss = loss + parts["total"]
+        if code_weight > 0:  # the image stream kept predictive of the code
+            code_loss = _code_loss(adapter_out, cache, rows)
+            record.setdefault("diffusion_loss", loss.item())
+            record["expression_code_loss"] = code_loss.item()
+            loss = loss + code_weight * code_loss
+        return loss, record
+
     null_text = torch.zeros_like(cache["prompt_embeds"][:1])
     null_pooled = torch.zeros_like(cache["pooled"][:1])
     losses = []
@@ -261,7 +318,6 @@ def train_stage1(
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
 
-        device = accelerator.device
         pretraining = step < config.expression_code_pretrain_steps
         # mixed precision (``--mixed_precision``) covers the frozen UNet and VAE too, not only the prepared adapter
         with accelerator.autocast():
@@ -269,73 +325,7 @@ def train_stage1(
                 code_loss = _code_loss(model(expression_image_embeds=_templates(cache, rows, device)), cache, rows)
                 loss, record = code_weight * code_loss, {"expression_code_loss": code_loss.item()}
             else:
-                noisy = scheduler.add_noise(latents, noise, timesteps)
-                pred, adapter_out = adapted_prediction(
-                    adapted,
-                    cache,
-                    rows,
-                    noisy,
-                    timesteps,
-                    text,
-                    pooled,
-                    keep_id,
-                    keep_exp,
-                    device,
-                    model=model,
-                    return_adapter_output=True,
-                )
-                target = diffusion_target(scheduler, latents, noise, timesteps).to(device).float()
-                if config.face_loss_weight > 0:
-                    weights = face_loss_weights(
-                        cache["target_kps"][rows], latents.shape[-2:], resolution, config.face_loss_weight
-                    ).to(device)
-                    loss = (weights * (pred.float() - target) ** 2).mean() / weights.mean()
-                else:
-                    loss = F.mse_loss(pred.float(), target)
-                record = {}
-                if face is not None:
-                    pred_off = None
-                    if face["config"].alignment_weight > 0:  # ICA: the same noise with the expression branch off
-                        read = face_loss_rows(timesteps, face["config"])  # only the rows the face losses read
-                        pred_off = torch.zeros_like(pred)
-                        with torch.no_grad():
-                            pred_off[read.to(device)] = adapted_prediction(
-                                adapted,
-                                cache,
-                                rows[read],
-                                noisy[read],
-                                timesteps[read],
-                                text[read],
-                                pooled[read],
-                                keep_id[read],
-                                torch.zeros_like(keep_exp[read]),
-                                device,
-                                model=model,
-                            ).to(pred_off.dtype)
-                    parts = face_losses(
-                        face["vae"],
-                        scheduler,
-                        noisy,
-                        pred,
-                        latents,
-                        timesteps,
-                        cache["target_kps"][rows],
-                        face["config"],
-                        face["expression_model"],
-                        face["identity_model"],
-                        prediction_off=pred_off,
-                        reference_embeds=cache["identity"][rows][:, 0],
-                        target_expression=_rows_of(face.get("target_expression"), rows),
-                        target_identity=_rows_of(face.get("target_identity"), rows),
-                    )
-                    record = {f"face_{k}": v.item() for k, v in parts.items() if k != "total"}
-                    record["diffusion_loss"] = loss.item()
-                    loss = loss + parts["total"]
-                if config.expression_code_loss_weight > 0:  # the image stream kept predictive of the code
-                    code_loss = _code_loss(adapter_out, cache, rows)
-                    record.setdefault("diffusion_loss", loss.item())
-                    record["expression_code_loss"] = code_loss.item()
-                    loss = loss + code_weight * code_loss
+                loss, record = training_loss(rows, latents, noise, timesteps, text, pooled, keep_id, keep_exp)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
