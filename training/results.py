@@ -205,6 +205,11 @@ def train(run, out: Path, steps: int, ani=None) -> str:
     return str(out / "adapter")
 
 
+def seeded(run, seed: int):
+    """`run` (a TrainingRun) with `seed` for its batch order, its new adapter weights and its training loop."""
+    return run.replace(data=dict(seed=seed), adapter=dict(seed=seed), config=dict(seed=seed))
+
+
 def face_loss_run(
     stage1_run, adapter: str, learning_rate: float, expression_weight: float, identity_weight: float, **losses
 ):
@@ -264,9 +269,6 @@ def main(args: argparse.Namespace) -> dict:
     same_identity = synthetic_stage1_run(
         collection, work, args.seed, args.steps, args.batch_size, args.learning_rate, args.lr_warmup_steps
     ).replace(config=dict(face_loss_weight=args.face_loss_weight))
-
-    def seeded(run: TrainingRun, seed: int) -> TrainingRun:
-        return run.replace(data=dict(seed=seed), adapter=dict(seed=seed), config=dict(seed=seed))
 
     rows = {"base": "base"}
     rows["stage1_same_identity_code"] = train(same_identity, work / "same_identity_code", args.steps)

@@ -69,10 +69,13 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
     spec = importlib.util.spec_from_file_location("base_variant", REPO / "training" / "recipes" / "base_variant.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    trained, evaluated = [], []
-    monkeypatch.setattr(
-        recipe.results, "train", lambda run, out, steps: trained.append((run, out, steps)) or f"{out}/a"
-    )
+    trained, evaluated, anis = [], [], []
+
+    def train(run, out, steps, ani=None):
+        trained.append((run, out, steps)), anis.append(ani)
+        return f"{out}/a"
+
+    monkeypatch.setattr(recipe.results, "train", train)
     monkeypatch.setattr(recipe.evaluate, "main", lambda args: evaluated.append(args) or {})
     base = tmp_path / "base"
     base.mkdir()
@@ -114,6 +117,29 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
     recipe.main(recipe.parse_args([str(base), str(tmp_path / "w3"), str(tmp_path / "o3"), "--face_loss_steps", "5"]))
     assert [(out.name, steps) for _, out, steps in trained] == [("stage1", shipped["steps"]), ("face_losses", 5)]
     for bad in (["--face_loss_steps", "0"], ["--face_loss_steps", "5", "--stage1_only"]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args([str(base), "w", "o", *bad])
+
+    trained.clear(), evaluated.clear(), anis.clear()  # the rest of the embedded default's chain: push, then ICA
+    chain = ["--chain", "--push_steps", "4", "--ica_steps", "3"]
+    recipe.main(recipe.parse_args([str(base), str(tmp_path / "w4"), str(tmp_path / "o4"), *chain]))
+    names = [(out.name, steps) for _, out, steps in trained]
+    assert names == [
+        ("stage1", shipped["steps"]),
+        ("face_losses", shipped["face_loss_steps"]),
+        ("expression_push", 4),
+        ("ica_no_alignment", 3),
+    ]
+    _, face, push, ica = (run for run, _, _ in trained)
+    assert push.adapter.path == f"{tmp_path / 'w4' / 'face_losses'}/a" and push.config.seed == face.config.seed + 1
+    assert push.config.face_losses.expression_weight == shipped["face_loss_push_expression_weight"]
+    assert ica.adapter.path == f"{tmp_path / 'w4' / 'expression_push'}/a" and anis[:3] == [None] * 3
+    assert anis[3] is not None and anis[3].fixed_max_timestep is None  # ICA, its bound chosen by ANI
+    assert ica.config.face_losses.expression_weight == shipped["face_loss_push_expression_weight"]
+    assert ica.config.face_losses.identity_weight == shipped["ica_identity_loss_weight"]
+    assert ica.config.face_losses.alignment_weight == shipped["ica_push_alignment_loss_weight"]
+    assert len(evaluated[0].row) == 4 and all(s.pretrained_model == str(base) for s in (push, ica))
+    for bad in (["--chain", "--stage1_only"], ["--push_steps", "5"], ["--chain", "--ica_steps", "0"]):
         with pytest.raises(SystemExit):
             recipe.parse_args([str(base), "w", "o", *bad])
 

@@ -20,6 +20,14 @@ face-loss steps on each base:
 
     python training/recipes/base_variant.py runs/a16w/pipeline runs/m_a16 \
         docs/results/experiments/attn16_face_losses/attn16 --stage1_steps 3000 --face_loss_steps 2000
+
+`--chain` goes on to the rest of the embedded default's chain on that base (rows 2d and 2e of training/results.py,
+without the continuation): the face-loss row pushed at the recipe's expression weight (`--push_steps`), then ICA
+from the pushed adapter with that weight kept and no alignment term (`--ica_steps`), so a new base can be judged by
+the row that would ship from it (docs/results/experiments/base_chain):
+
+    python training/recipes/base_variant.py runs/a8w/pipeline runs/m_a8 \
+        docs/results/experiments/base_chain --stage1_steps 3000 --face_loss_steps 2000 --chain
 """
 
 import argparse
@@ -45,19 +53,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage1_steps", type=int, default=None, help="stage-1 steps (default: the recipe's)")
     p.add_argument("--face_loss_steps", type=int, default=None, help="face-loss steps (default: the recipe's)")
     p.add_argument("--stage1_only", action="store_true", help="train and evaluate row 1 only")
+    p.add_argument("--chain", action="store_true", help="then the pushed row and ICA from it (rows 2d, 2e)")
+    p.add_argument("--push_steps", type=int, default=None, help="pushed row's steps (default: the recipe's)")
+    p.add_argument("--ica_steps", type=int, default=None, help="ICA steps from the pushed row (default: the recipe's)")
     args = p.parse_args(argv)
     args.command = "python training/recipes/base_variant.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    for name in ("stage1_steps", "face_loss_steps"):
+    for name in ("stage1_steps", "face_loss_steps", "push_steps", "ica_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.stage1_only and args.face_loss_steps is not None:
         p.error("--face_loss_steps: --stage1_only trains no face-loss row")
+    if args.stage1_only and args.chain:
+        p.error("--chain: --stage1_only trains no face-loss row to go on from")
+    if not args.chain and (args.push_steps is not None or args.ica_steps is not None):
+        p.error("--push_steps / --ica_steps: pass --chain to train the pushed and ICA rows")
     if not (Path(args.base) / "model_index.json").is_file():
         p.error(f"base: {args.base!r} is not a pipeline folder (no model_index.json)")
     return args
 
 
 def main(args: argparse.Namespace) -> dict:
+    from emojidiff_pipeline.train.run import AniConfig
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     r = json.loads(Path(args.recipe).read_text())
     steps = args.stage1_steps or r["steps"]
@@ -65,17 +82,43 @@ def main(args: argparse.Namespace) -> dict:
         args.collection, args.work, r["seed"], steps, r["batch_size"], r["learning_rate"], r["lr_warmup_steps"]
     ).replace(pretrained_model=str(args.base), config=dict(face_loss_weight=r["face_loss_weight"]))
     rows = {"stage1_same_identity_code": results.train(stage1, args.work / "stage1", steps)}
+
+    def face_losses(adapter: str, expression_weight: float, identity_weight: float, **losses):
+        return results.face_loss_run(
+            stage1, adapter, r["face_loss_learning_rate"], expression_weight, identity_weight, **losses
+        )
+
     if not args.stage1_only:
-        face = results.face_loss_run(
-            stage1,
+        face = face_losses(
             rows["stage1_same_identity_code"],
-            r["face_loss_learning_rate"],
             r["expression_loss_weight"],
             r["identity_loss_weight"],
             max_timestep=r["face_loss_max_timestep"],
         )
         rows["stage1_same_identity_code_face_losses"] = results.train(
             face, args.work / "face_losses", args.face_loss_steps or r["face_loss_steps"]
+        )
+    if args.chain:  # rows 2d (without the continuation) and 2e of training/results.py
+        push_weight = r["face_loss_push_expression_weight"]
+        push = face_losses(
+            rows["stage1_same_identity_code_face_losses"],
+            push_weight,
+            r["identity_loss_weight"],
+            max_timestep=r["face_loss_max_timestep"],
+        )
+        rows["face_losses_expression_push"] = results.train(
+            results.seeded(push, r["seed"] + 1),
+            args.work / "expression_push",
+            args.push_steps or r["face_loss_push_steps"],
+        )
+        ica = face_losses(
+            rows["face_losses_expression_push"],
+            push_weight,
+            r["ica_identity_loss_weight"],
+            alignment_weight=r["ica_push_alignment_loss_weight"],
+        )
+        rows["stage2_ica_no_alignment"] = results.train(
+            ica, args.work / "ica_no_alignment", args.ica_steps or r["ica_push_steps"], AniConfig(seed=r["seed"])
         )
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
