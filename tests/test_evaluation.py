@@ -56,6 +56,9 @@ def test_copying_the_template_leaks_identity_and_matches_expression(setup):
     per_template = copied["identity_leakage_per_template"]
     assert set(per_template) == {c.template_person for c in cases}
     assert np.mean(list(per_template.values())) == pytest.approx(copied["identity_leakage"])  # one case each here
+    for name in ("expression_error", "identity_similarity"):  # the other per-template means, for paired rows
+        assert set(copied[f"{name}_per_template"]) == set(per_template)
+        assert np.mean(list(copied[f"{name}_per_template"].values())) == pytest.approx(copied[name])
     # the teal template's style shows up where the prompt asked for yellow: 1 of 3 cases leaks
     assert copied["style_leakage"] == pytest.approx(1 / 3)
 

@@ -180,9 +180,12 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         if ok
         else float("nan"),
         "expression_error_per_factor": per_factor,
+        # per-template means, for paired comparisons of rows scored on the same cases (paired_difference)
+        "expression_error_per_template": group_means(exp_err, [cases[i].template_person for i in ok]),
+        "identity_similarity_per_template": group_means(id_sim, id_groups),
         "identity_leakage": mean(leak),
         "identity_leakage_se": standard_error_over(leak, leak_groups),
-        "identity_leakage_per_template": group_means(leak, leak_groups),  # for paired comparisons of rows
+        "identity_leakage_per_template": group_means(leak, leak_groups),
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
         "face_sharpness": mean(sharp),

@@ -1,0 +1,55 @@
+"""training/compare.py: two evaluated rows on the same cases, their differences paired over templates."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_ship import evaluated, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+import compare  # noqa: E402
+
+
+def per_template(row: dict, offsets: list[float]) -> dict:
+    """`row` with per-template means: templates differ a lot (offsets), the mean stays the row's."""
+    out = dict(row)
+    for metric in compare.METRICS:
+        out[f"{metric}_per_template"] = {f"t{k}": row[metric] + o for k, o in enumerate(offsets)}
+    return out
+
+
+def test_paired_rows_cancel_the_templates_spread_and_the_report_is_written(tmp_path):
+    spread = [-0.05, 0.05, -0.02, 0.02]
+    a = write_results(tmp_path / "a.json", {"new": ("runs/new", per_template(evaluated(0.40, 0.075), spread))})
+    b = write_results(tmp_path / "b.json", {"old": ("runs/old", per_template(evaluated(0.41, 0.080), spread))})
+    report = compare.main(compare.parse_args([f"{a}:new", f"{b}:old", "--out", str(tmp_path / "cmp")]))
+    expression = report["metrics"]["expression_error"]
+    assert expression["difference"] == pytest.approx(-0.005) and expression["paired"] and expression["templates"] == 4
+    assert expression["se"] == pytest.approx(0.0, abs=1e-6)  # the same shift on every template: no noise left
+    assert report["metrics"]["identity_similarity"]["difference"] == pytest.approx(-0.01)
+    assert json.loads((tmp_path / "cmp.json").read_text()) == report
+    md = (tmp_path / "cmp.md").read_text()
+    assert "| expression_error | 0.075 | 0.080 | -0.0050 | 0.0000 | yes | 4 |" in md and report["command"] in md
+
+
+def test_rows_without_per_template_means_fall_back_to_the_unpaired_error(tmp_path):
+    a = write_results(tmp_path / "a.json", {"new": ("runs/new", evaluated(0.40, 0.075))})
+    b = write_results(tmp_path / "b.json", {"old": ("runs/old", evaluated(0.41, 0.080, se=0.004))})
+    report = compare.main(compare.parse_args([f"{a}:new", f"{b}:old", "--out", str(tmp_path / "cmp")]))
+    expression = report["metrics"]["expression_error"]
+    assert not expression["paired"] and expression["se"] == pytest.approx(0.005)  # hypot(0.003, 0.004)
+
+
+def test_refuses_other_cases_missing_rows_and_malformed_arguments(tmp_path):
+    a = write_results(tmp_path / "a.json", {"new": ("runs/new", evaluated(0.40, 0.075))})
+    b = write_results(tmp_path / "b.json", {"old": ("runs/old", evaluated(0.41, 0.080))}, neutral=0.09)
+    out = ["--out", str(tmp_path / "cmp")]
+    with pytest.raises(SystemExit, match="same cases"):
+        compare.main(compare.parse_args([f"{a}:new", f"{b}:old", *out]))
+    with pytest.raises(SystemExit, match="no row 'missing'"):
+        compare.main(compare.parse_args([f"{a}:missing", f"{a}:new", *out]))
+    for bad in ([a, f"{a}:new"], [f"{tmp_path}/none.json:new", f"{a}:new"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args([*bad, *out])
