@@ -31,7 +31,7 @@ def test_paired_rows_cancel_the_templates_spread_and_the_report_is_written(tmp_p
     assert report["metrics"]["identity_similarity"]["difference"] == pytest.approx(-0.01)
     assert json.loads((tmp_path / "cmp.json").read_text()) == report
     md = (tmp_path / "cmp.md").read_text()
-    assert "| expression_error | 0.075 | 0.080 | -0.0050 | 0.0000 | yes | 4 |" in md and report["command"] in md
+    assert "| expression_error | 0.0750 | 0.0800 | -0.0050 | 0.0000 | yes | 4 |" in md and report["command"] in md
 
 
 def test_rows_without_per_template_means_fall_back_to_the_unpaired_error(tmp_path):

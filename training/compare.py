@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> dict:
     for metric, s in scores.items():
         n = "" if s["templates"] is None else s["templates"]
         lines.append(
-            f"| {metric} | {s['first']:.3f} | {s['second']:.3f} | {s['difference']:+.4f} | {s['se']:.4f} | "
+            f"| {metric} | {s['first']:.4f} | {s['second']:.4f} | {s['difference']:+.4f} | {s['se']:.4f} | "
             f"{'yes' if s['paired'] else 'no'} | {n} |"
         )
     out = Path(args.out)
