@@ -32,6 +32,8 @@ def test_paired_rows_cancel_the_templates_spread_and_the_report_is_written(tmp_p
     assert json.loads((tmp_path / "cmp.json").read_text()) == report
     md = (tmp_path / "cmp.md").read_text()
     assert "| expression_error | 0.0750 | 0.0800 | -0.0050 | 0.0000 | yes | 4 |" in md and report["command"] in md
+    report = compare.main(compare.parse_args([f"{a}:new", f"{b}:old", "--out", str(tmp_path / "cmp_0.5")]))
+    assert (tmp_path / "cmp_0.5.json").is_file() and (tmp_path / "cmp_0.5.md").is_file()  # a dot in --out is kept
 
 
 def test_rows_without_per_template_means_fall_back_to_the_unpaired_error(tmp_path):
@@ -40,6 +42,19 @@ def test_rows_without_per_template_means_fall_back_to_the_unpaired_error(tmp_pat
     report = compare.main(compare.parse_args([f"{a}:new", f"{b}:old", "--out", str(tmp_path / "cmp")]))
     expression = report["metrics"]["expression_error"]
     assert not expression["paired"] and expression["se"] == pytest.approx(0.005)  # hypot(0.003, 0.004)
+    leakage = report["metrics"]["identity_leakage"]  # these rows hold no leakage standard error: none is made up
+    assert (
+        leakage["se"] is None
+        and "| identity_leakage | 0.0040 | 0.0040 | +0.0000 | n/a | no |  |" in (tmp_path / "cmp.md").read_text()
+    )
+    json.loads((tmp_path / "cmp.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+
+
+def test_too_few_shared_templates_are_not_paired():
+    a = per_template(evaluated(0.40, 0.075), [0.0, 0.1])
+    b = dict(per_template(evaluated(0.41, 0.080), [0.0, 0.1]), expression_error_per_template={"t0": 0.08, "x": 0.08})
+    scores = compare.compare(a, b)
+    assert not scores["expression_error"]["paired"] and scores["identity_similarity"]["paired"]
 
 
 def test_refuses_other_cases_missing_rows_and_malformed_arguments(tmp_path):
@@ -48,8 +63,15 @@ def test_refuses_other_cases_missing_rows_and_malformed_arguments(tmp_path):
     out = ["--out", str(tmp_path / "cmp")]
     with pytest.raises(SystemExit, match="same cases"):
         compare.main(compare.parse_args([f"{a}:new", f"{b}:old", *out]))
-    with pytest.raises(SystemExit, match="no row 'missing'"):
+    with pytest.raises(SystemExit, match="first: .* has no row 'missing'"):
         compare.main(compare.parse_args([f"{a}:missing", f"{a}:new", *out]))
+    cache = tmp_path / "row.json"  # a row cache next to results.json, not an evaluation
+    cache.write_text(json.dumps({"key": "k", "scores": {}}))
+    with pytest.raises(SystemExit, match="second: .* has no 'rows'"):
+        compare.main(compare.parse_args([f"{a}:new", f"{cache}:new", *out]))
+    cache.write_text("{not json")
+    with pytest.raises(SystemExit, match="second: .* not a readable results.json"):
+        compare.main(compare.parse_args([f"{a}:new", f"{cache}:new", *out]))
     for bad in ([a, f"{a}:new"], [f"{tmp_path}/none.json:new", f"{a}:new"]):
         with pytest.raises(SystemExit):
             compare.parse_args([*bad, *out])

@@ -133,6 +133,8 @@ def test_base_variant_recipe_trains_rows_1_and_2b_on_the_given_base(tmp_path, mo
     _, face, push, ica = (run for run, _, _ in trained)
     assert push.adapter.path == f"{tmp_path / 'w4' / 'face_losses'}/a" and push.config.seed == face.config.seed + 1
     assert push.config.face_losses.expression_weight == shipped["face_loss_push_expression_weight"]
+    assert push.data.seed == push.adapter.seed == face.data.seed + 1
+    assert push.config.face_losses.max_timestep == shipped["face_loss_max_timestep"]
     assert ica.adapter.path == f"{tmp_path / 'w4' / 'expression_push'}/a" and anis[:3] == [None] * 3
     assert anis[3] is not None and anis[3].fixed_max_timestep is None  # ICA, its bound chosen by ANI
     assert ica.config.face_losses.expression_weight == shipped["face_loss_push_expression_weight"]

@@ -1,6 +1,7 @@
 """Rows 1 and 2b of training/results.py (stage 1 on same-identity pairs with the code stream, then its face-loss
-fine-tuning) on another synthetic base model, with the shipped recipe's settings, then the 16 x 64 harness on both
-rows with that base. Resumable: a finished row is skipped, an interrupted one continues from its latest checkpoint.
+fine-tuning; with --chain also the pushed row and ICA from it) on another synthetic base model, with the shipped
+recipe's settings, then the 16 x 64 harness on those rows with that base. Resumable: a finished row is skipped, an
+interrupted one continues from its latest checkpoint.
 
     python training/recipes/base_variant.py runs/base_attn16/pipeline runs/attn16 docs/results/experiments/attn16
 
@@ -46,7 +47,7 @@ import results  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("base", help="the base pipeline folder the rows train and evaluate on")
-    p.add_argument("work", type=Path, help="run folder (stage1/, face_losses/)")
+    p.add_argument("work", type=Path, help="run folder (stage1/, face_losses/; with --chain expression_push/, ica_*/)")
     p.add_argument("out", help="evaluation folder (results.md, results.json)")
     p.add_argument("--collection", type=Path, default=REPO / "data" / "collection")
     p.add_argument("--recipe", type=Path, default=results.RECIPE, help="the results driver's recipe file")
@@ -117,8 +118,9 @@ def main(args: argparse.Namespace) -> dict:
             r["ica_identity_loss_weight"],
             alignment_weight=r["ica_push_alignment_loss_weight"],
         )
-        rows["stage2_ica_no_alignment"] = results.train(
-            ica, args.work / "ica_no_alignment", args.ica_steps or r["ica_push_steps"], AniConfig(seed=r["seed"])
+        name = "ica_no_alignment" if r["ica_push_alignment_loss_weight"] == 0 else "ica_from_push"
+        rows[f"stage2_{name}"] = results.train(
+            ica, args.work / name, args.ica_steps or r["ica_push_steps"], AniConfig(seed=r["seed"])
         )
     sizes = ["--num_identities", str(r["eval_identities"]), "--num_templates", str(r["eval_templates"])]
     row_flags = [a for name, path in rows.items() for a in ("--row", f"{name}={path}")]
