@@ -63,6 +63,24 @@ def test_copying_the_template_leaks_identity_and_matches_expression(setup):
     assert copied["style_leakage"] == pytest.approx(1 / 3)
 
 
+def test_an_unread_expression_drops_only_that_case_from_the_expression_scores(setup):
+    face, cases, people, inst = setup
+    scorer = colour_scorer()
+
+    def blind_on_the_first(images, kps):  # NaN where it finds no face: the first generated image here
+        out = scorer(images, kps)
+        out[0] = np.nan
+        return out
+
+    generated = [c.template for c in cases]
+    full = score_row(generated, cases, inst)
+    row = score_row(generated, cases, Instruments(face, blind_on_the_first, inst.style))
+    assert row["expression_unread_rate"] == pytest.approx(1 / 3)
+    assert set(row["expression_error_per_template"]) == {"p2", "p3"}
+    # sharpness does not need the expression: all three faces, grouped by their own templates
+    assert row["face_sharpness"] == full["face_sharpness"] and row["face_sharpness_se"] == full["face_sharpness_se"]
+
+
 def test_paired_difference_removes_the_groups_own_spread():
     from emojidiff_pipeline.evaluation import paired_difference
 

@@ -120,7 +120,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
     people = {**ref_emb, **tpl_emb}
     id_sim, leak, exp_err, style_leak, style_follow, failures = [], [], [], [], [], 0
     id_groups, leak_groups, exp_abs = [], [], np.zeros((0, 0))
-    gen_kps, sharp, features = [], [], []
+    gen_kps, sharp, sharp_groups, features = [], [], [], []
     for g, c in zip(generated, cases):
         faces = inst.face.detect(g, "generated")
         if not faces:
@@ -131,6 +131,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         gen_kps.append(kps)
         e = inst.face.identity_embedding(g, "generated", kps=kps)
         sharp.append(face_sharpness(g, kps))
+        sharp_groups.append(c.template_person)
         features.append(e)
         if ref_emb[c.reference_person] is not None:
             id_sim.append(float(e @ ref_emb[c.reference_person]))
@@ -189,9 +190,7 @@ def score_row(generated: Sequence[np.ndarray], cases: Sequence[Case], inst: Inst
         "style_leakage": mean(style_leak),
         "style_following": mean(style_follow),
         "face_sharpness": mean(sharp),
-        "face_sharpness_se": standard_error_over(sharp, [cases[i].template_person for i in ok])
-        if ok
-        else float("nan"),
+        "face_sharpness_se": standard_error_over(sharp, sharp_groups) if sharp else float("nan"),
         "frechet_to_real": (
             frechet_distance(np.stack(features), inst.real_identity_features)
             if inst.real_identity_features is not None and len(features) > 1
