@@ -32,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "training"))
+import compare  # noqa: E402
 import evaluate  # noqa: E402
 import results  # noqa: E402
 
@@ -108,29 +109,26 @@ def filter_statistics(round_dir: Path, thresholds=EXPRESSION_THRESHOLDS) -> dict
 
 def compare_rows(rows: dict[str, dict], row: str, against: str) -> dict:
     """`row` against the row `against` (evaluated rows' scores on the same cases): identity leakage difference with
-    its standard error (paired over templates when both rows hold per-template leakage, else that of two
-    independent means), expression error ratio, and the IDI target (leakage lower, at no more than +10 %
-    expression error)."""
-    from emojidiff_pipeline.evaluation import paired_difference
-
+    its standard error (``compare.compare``: paired over templates when both rows hold per-template leakage, else
+    that of two independent means), expression error ratio, and the IDI target (leakage lower, at no more than
+    +10 % expression error)."""
     a, b = rows[row], rows[against]
-    difference = a["identity_leakage"] - b["identity_leakage"]
-    paired = "identity_leakage_per_template" in a and "identity_leakage_per_template" in b
-    if paired:
-        _, se, _ = paired_difference(a["identity_leakage_per_template"], b["identity_leakage_per_template"])
-    else:
-        se = float(np.hypot(a.get("identity_leakage_se", np.nan), b.get("identity_leakage_se", np.nan)))
-    ratio = a["expression_error"] / b["expression_error"]
+    scores = compare.compare(a, b)
+    leakage, ratio = scores["identity_leakage"], a["expression_error"] / b["expression_error"]
     return {
         "row": row,
         "against": against,
-        "identity_leakage_difference": round(difference, 4),
-        "identity_leakage_difference_se": round(se, 4),
-        "leakage_se_paired": paired,
+        "identity_leakage_difference": leakage["difference"],
+        "identity_leakage_difference_se": leakage["se"],
+        "leakage_se_paired": leakage["paired"],
         "expression_error_ratio": round(ratio, 4),
-        "identity_similarity_difference": round(a["identity_similarity"] - b["identity_similarity"], 4),
-        "target_met": bool(difference < 0 and ratio <= 1.1),
+        "identity_similarity_difference": scores["identity_similarity"]["difference"],
+        "target_met": bool(a["identity_leakage"] < b["identity_leakage"] and ratio <= 1.1),
     }
+
+
+def _se_text(se: float | None) -> str:
+    return "n/a" if se is None else f"{se:.4f}"
 
 
 def write_report(summary: dict, out: Path) -> None:
@@ -171,7 +169,7 @@ def write_report(summary: dict, out: Path) -> None:
     for c in comparisons:
         lines.append(
             f"| {c['row']} | {c['against']} | {c['identity_leakage_difference']:+.4f} +- "
-            f"{c['identity_leakage_difference_se']:.4f}{' (paired)' if c['leakage_se_paired'] else ''} | "
+            f"{_se_text(c['identity_leakage_difference_se'])}{' (paired)' if c['leakage_se_paired'] else ''} | "
             f"{c['expression_error_ratio']:.3f} | "
             f"{c['identity_similarity_difference']:+.4f} | {'yes' if c['target_met'] else 'no'} |"
         )
