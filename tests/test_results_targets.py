@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import results  # noqa: E402
@@ -94,14 +96,16 @@ def test_training_summary_reads_the_run_logs(tmp_path):
     assert "| row | 20 | 2.0 | 10 | 0.4000 | +10.00% | +2.00% | 2 |" in (tmp_path / "training.md").read_text()
 
 
-def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("other_base", [False, True])
+def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch, other_base):
     """The driver's rows call the library's stage runs with the recipe's settings: each face-loss row starts from the
     one before it, the continuation and the push order their batches with another seed, and the push weighs
-    expression up."""
+    expression up. With --base every row trains and is evaluated on that base, and the pick goes to --export."""
     import emojidiff_pipeline.train.run as run_module
     import emojidiff_synthetic.oracle
+    from emojidiff_synthetic.load import BASE_DIR, EMOJIDIFF_DIR
 
-    calls, anis = {}, {}
+    calls, anis, evaluated = {}, {}, []
 
     def fake_stage(run, ani=None):  # records the TrainingRun and leaves a finished run folder
         calls[Path(run.output_dir).name] = run
@@ -114,6 +118,7 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
         (out / "triplets.jsonl").write_text("")
 
     def fake_evaluate(eval_args):
+        evaluated.append(eval_args)
         names = [spec.split("=", 1)[0] for spec in eval_args.row]
         return {
             "rows": {
@@ -127,11 +132,17 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(emojidiff_synthetic.oracle, "build_oracle_triplets", fake_oracle)
     monkeypatch.setattr(results.evaluate, "main", fake_evaluate)
     exported = []
-    monkeypatch.setattr(results, "export", lambda adapter, folder: exported.append(adapter))
+    monkeypatch.setattr(results, "export", lambda adapter, folder: exported.append((adapter, folder)))
     monkeypatch.setattr(results, "write_training_summary", lambda *a: None)
-    work = tmp_path / "work"
+    work, base = tmp_path / "work", tmp_path / "base"
     folders = ["--work", str(work), "--out", str(tmp_path / "out")]
+    if other_base:
+        base.mkdir()
+        (base / "model_index.json").write_text("{}")
+        folders += ["--base", str(base), "--export", str(tmp_path / "export")]
     results.main(results.parse_args([*folders, *"--seed 3 --face_loss_push_expression_weight 5".split()]))
+    assert {r.pretrained_model for r in calls.values()} == {str(base if other_base else BASE_DIR)}
+    assert evaluated[0].pretrained_model == (str(base) if other_base else None)  # None: evaluate's shipped base
 
     face, cont, push = (
         calls[n] for n in ("same_identity_code_face_losses", "face_losses_continued", "face_losses_expression_push")
@@ -150,8 +161,21 @@ def test_recipe_chains_the_face_loss_rows(tmp_path, monkeypatch):
     assert from_push.config.face_losses.alignment_weight == 0.0 and from_push.config.face_losses.identity_weight == 1
     assert from_push.config.face_losses.expression_weight == 5.0 and ani_from_push.fixed_max_timestep is None
     assert anis["same_identity_code"] is None and calls["same_identity_code"].adapter.path is None
-    assert exported == [str(work / "face_losses_expression_push" / "adapter")]  # the lowest expression error ships
+    pick = str(work / "face_losses_expression_push" / "adapter")  # the lowest expression error ships
+    assert exported == [(pick, tmp_path / "export" if other_base else EMOJIDIFF_DIR)]
     assert json.loads((tmp_path / "out" / "targets.json").read_text())["targets"][0]["measured"] == 0.05
+
+
+def test_another_base_must_be_a_pipeline_and_export_elsewhere(tmp_path, capsys):
+    """--base that is not a pipeline folder, or without --export (the embedded default runs on the shipped base),
+    is refused naming the flag and what was given."""
+    with pytest.raises(SystemExit):
+        results.parse_args(["--base", str(tmp_path), "--export", str(tmp_path / "e")])
+    assert f"--base {str(tmp_path)!r} is not a pipeline folder (no model_index.json)" in capsys.readouterr().err
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        results.parse_args(["--base", str(tmp_path)])
+    assert f"--base {str(tmp_path)!r} needs --export" in capsys.readouterr().err
 
 
 def test_recipe_file_holds_the_driver_settings_and_flags_override_it(tmp_path):

@@ -2,6 +2,11 @@
 
     python training/results.py --collection data/collection --work runs/r9 [--idi_rounds 2 --stream_rows image,both]
 
+On another base (`--base`, a pipeline folder), every row trains and is evaluated on it and the pick is exported to
+`--export` (the embedded default runs on the shipped base, so a new base ships by replacing both assets):
+
+    python training/results.py --work runs/r10 --out docs/results/next --base runs/b8w/pipeline --export runs/r10/ship
+
 The recipe (step counts, learning rates, loss weights, filters, evaluation sizes, seed) is a config file,
 training/recipes/synthetic_results.json (or --recipe); a flag given on the command line overrides its value.
 
@@ -125,9 +130,15 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--eval_identities", type=int)
     p.add_argument("--eval_templates", type=int)
     p.add_argument("--inference_steps", type=int)
+    p.add_argument(
+        "--base",
+        default=None,
+        help="the base pipeline folder every row trains and evaluates on (default: the shipped synthetic base); "
+        "another base needs --export, since the embedded default runs on the shipped base",
+    )
     p.add_argument("--export", default=None, help="folder for the embedded default (default: the package asset)")
     p.add_argument("--seed", type=int)
-    paths = {"help", "recipe", "collection", "work", "out", "export"}
+    paths = {"help", "recipe", "collection", "work", "out", "base", "export"}
     known = {a.dest for a in p._actions} - paths
     recipe_path = p.parse_known_args(input_args)[0].recipe
     try:
@@ -144,6 +155,11 @@ def parse_args(input_args=None) -> argparse.Namespace:
     for name in positive.split():
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.base is not None:
+        if not (Path(args.base) / "model_index.json").is_file():
+            p.error(f"--base {args.base!r} is not a pipeline folder (no model_index.json)")
+        if args.export is None:
+            p.error(f"--base {args.base!r} needs --export: the embedded default runs on the shipped base")
     args.stream_rows = [x for x in args.stream_rows.split(",") if x]
     if set(args.stream_rows) - {"image", "both"}:
         p.error(f"--stream_rows takes 'image' and/or 'both', got {args.stream_rows}")
@@ -158,8 +174,10 @@ def synthetic_stage1_run(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     lr_warmup_steps: int = 100,
+    base: str | Path | None = None,
 ):
-    """Stage 1 in the synthetic world as the results rows run it (a TrainingRun): same-identity pairs from
+    """Stage 1 in the synthetic world as the results rows run it (a TrainingRun) on `base` (a pipeline folder;
+    default the shipped synthetic base): same-identity pairs from
     ``<collection>/train.jsonl``, the code stream (the train-side expression estimator), the expression-sensitive
     preset, the train-side recognizer, captions without expression words, 64 px, checkpoints every 250 steps, 256
     held-out triplets checked every 250 steps, stopping after 6 checks without a better loss."""
@@ -169,7 +187,7 @@ def synthetic_stage1_run(
     from emojidiff_synthetic.load import BASE_DIR
 
     return TrainingRun(
-        pretrained_model=str(BASE_DIR),
+        pretrained_model=str(BASE_DIR if base is None else base),
         output_dir=str(output_dir),
         resolution=64,
         data=TripletSource(
@@ -267,7 +285,7 @@ def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work, collection = Path(args.work), Path(args.collection)
     same_identity = synthetic_stage1_run(
-        collection, work, args.seed, args.steps, args.batch_size, args.learning_rate, args.lr_warmup_steps
+        collection, work, args.seed, args.steps, args.batch_size, args.learning_rate, args.lr_warmup_steps, args.base
     ).replace(config=dict(face_loss_weight=args.face_loss_weight))
 
     rows = {"base": "base"}
@@ -349,7 +367,8 @@ def main(args: argparse.Namespace) -> dict:
     row_flags = [a for name, spec in rows.items() for a in ("--row", f"{name}={spec}")]
     eval_sizes = f"--num_identities {args.eval_identities} --num_templates {args.eval_templates}"
     eval_sizes += f" --steps {args.inference_steps}"
-    eval_args = evaluate.parse_args([*row_flags, "--out", args.out, *eval_sizes.split()])
+    base_flag = [] if args.base is None else ["--pretrained_model", str(args.base)]
+    eval_args = evaluate.parse_args([*row_flags, *base_flag, "--out", args.out, *eval_sizes.split()])
     done = Path(args.out) / "results.json"
     eval_command = "python training/evaluate.py " + " ".join(shlex.quote(a) for a in eval_args.argv)
     if done.exists() and json.loads(done.read_text()).get("command") == eval_command:
