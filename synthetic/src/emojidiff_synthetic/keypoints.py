@@ -228,7 +228,7 @@ def _resize_to_model(images: np.ndarray) -> np.ndarray:
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) float32 in [-1, 1], channels-last memory."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.array(images, order="C")).permute(0, 3, 1, 2).float()  # a copy: read-only input is fine
     return (x / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
 
 
