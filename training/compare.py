@@ -77,6 +77,11 @@ def compare(a: dict, b: dict) -> dict:
     return out
 
 
+def se_text(se: float | None) -> str:
+    """A standard error as the reports print it: four decimals, or n/a where none could be given."""
+    return "n/a" if se is None else f"{se:.4f}"
+
+
 def _load_row(name: str, path: Path, row: str) -> tuple[dict, dict]:
     """(the results file, the row's scores) for argument `name`, or exit naming the argument and what was there."""
     try:
@@ -113,7 +118,7 @@ def main(args: argparse.Namespace) -> dict:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for metric, s in scores.items():
-        se = "n/a" if s["se"] is None else f"{s['se']:.4f}"
+        se = se_text(s["se"])
         n = "" if s["templates"] is None else s["templates"]
         lines.append(
             f"| {metric} | {s['first']:.4f} | {s['second']:.4f} | {s['difference']:+.4f} | {se} | "

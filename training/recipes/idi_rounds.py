@@ -127,10 +127,6 @@ def compare_rows(rows: dict[str, dict], row: str, against: str) -> dict:
     }
 
 
-def _se_text(se: float | None) -> str:
-    return "n/a" if se is None else f"{se:.4f}"
-
-
 def write_report(summary: dict, out: Path) -> None:
     """idi_rounds.json and idi_rounds.md: the filters, each round's yield and pre-filter scores, and every round row
     against the generator and the matched control."""
@@ -169,7 +165,7 @@ def write_report(summary: dict, out: Path) -> None:
     for c in comparisons:
         lines.append(
             f"| {c['row']} | {c['against']} | {c['identity_leakage_difference']:+.4f} +- "
-            f"{_se_text(c['identity_leakage_difference_se'])}{' (paired)' if c['leakage_se_paired'] else ''} | "
+            f"{compare.se_text(c['identity_leakage_difference_se'])}{' (paired)' if c['leakage_se_paired'] else ''} | "
             f"{c['expression_error_ratio']:.3f} | "
             f"{c['identity_similarity_difference']:+.4f} | {'yes' if c['target_met'] else 'no'} |"
         )
