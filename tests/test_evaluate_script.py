@@ -253,9 +253,9 @@ def test_generate_row_passes_the_specs_scales_to_the_pipeline(monkeypatch):
     assert all("identity_scale" not in c and "identity_image" not in c for c in calls)
 
 
-def test_row_cache_key_follows_weights_settings_and_scoring_code(tmp_path, monkeypatch):
-    """A cached row is reused only for the same weights, settings and scoring code (a row scored before a metric
-    existed is scored again, not reused without it)."""
+def test_row_cache_key_follows_weights_base_settings_and_scoring_code(tmp_path, monkeypatch):
+    """A cached row is reused only for the same weights, base, settings and scoring code (a row scored before a
+    metric existed is scored again, not reused without it)."""
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
@@ -266,6 +266,7 @@ def test_row_cache_key_follows_weights_settings_and_scoring_code(tmp_path, monke
     args.steps += 1
     assert evaluate.row_key(str(adapter), args) != key
     args.steps -= 1
+    assert evaluate.row_key(str(adapter), args, "base digest") != key  # the base replaced in place
     (adapter / "diffusion_pytorch_model.safetensors").write_bytes(b"xy")  # retrained weights
     key = evaluate.row_key(str(adapter), args)
     monkeypatch.setattr(evaluate, "scoring_fingerprint", lambda: "other scoring code")

@@ -100,9 +100,37 @@ def test_no_face_is_counted_and_report_is_written(setup, tmp_path):
     pairs = [(people["p0"].image, people["p0"].image, None, None)]
     assert same_person_similarity(pairs, face) == pytest.approx(1.0, abs=1e-5)
     md = write_report(
-        {"copy": score_row([c.reference for c in cases], cases, inst)}, {"note": 1}, tmp_path, "cmd", "T"
+        {"copy": score_row([c.reference for c in cases], cases, inst)},
+        {"note": 1, "base_model": {"pretrained_model": "b", "digest": "d"}},
+        tmp_path,
+        "cmd",
+        "T",
     )
     assert "| copy |" in md.read_text() and json.loads((tmp_path / "results.json").read_text())["command"] == "cmd"
+    assert "- base_model: pretrained_model b, digest d" in md.read_text()
+
+
+def test_folder_digest_follows_the_content_not_the_place(tmp_path):
+    """A copy digests the same, any changed byte or renamed file differently; hidden bookkeeping (a Hub cache's
+    .cache/) is skipped; a name that is no local folder (a Hub id) has none."""
+    import shutil
+
+    from emojidiff_pipeline.evaluation import base_record, folder_digest
+
+    (tmp_path / "a" / "unet").mkdir(parents=True)
+    (tmp_path / "a" / "model_index.json").write_text("{}")
+    (tmp_path / "a" / "unet" / "w.safetensors").write_bytes(b"weights")
+    digest = folder_digest(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / ".cache").mkdir()
+    (tmp_path / "b" / ".cache" / "x").write_text("lock")
+    assert folder_digest(tmp_path / "b") == digest
+    (tmp_path / "b" / "unet" / "w.safetensors").write_bytes(b"weighty")
+    assert folder_digest(tmp_path / "b") != digest
+    (tmp_path / "b" / "unet" / "w.safetensors").rename(tmp_path / "b" / "unet" / "v.safetensors")
+    (tmp_path / "b" / "unet" / "v.safetensors").write_bytes(b"weights")
+    assert folder_digest(tmp_path / "b") != digest
+    assert base_record("owner/sdxl") == {"pretrained_model": "owner/sdxl", "digest": None}
 
 
 def test_ridge_probe_reads_a_linear_signal_on_held_out_groups():

@@ -64,6 +64,8 @@ def cache_world(tmp_path, monkeypatch):
     paths = [write_png(images / f"{k}.png", 40 * k) for k in range(3)]
     recognizer = tmp_path / "arcface.onnx"
     recognizer.write_bytes(b"weights-v1")
+    (tmp_path / "base" / "unet").mkdir(parents=True)  # the base pipeline folder
+    (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"old weights")
     world = SimpleNamespace(
         root=tmp_path,
         paths=paths,
@@ -73,7 +75,7 @@ def cache_world(tmp_path, monkeypatch):
             Triplet(str(paths[1]), [str(paths[2])], str(paths[1]), "p"),
         ],
         pipe=SimpleNamespace(
-            name_or_path="base",
+            name_or_path=str(tmp_path / "base"),
             image_encoder=SimpleNamespace(config=CLIPVisionConfig(hidden_size=32, num_attention_heads=4)),
             feature_extractor=SimpleNamespace(to_dict=lambda: {"crop_size": 32}),
         ),
@@ -137,6 +139,10 @@ def pipeline_name(world):
     world.pipe.name_or_path = "another-base"
 
 
+def base_replaced_in_place(world):
+    (world.root / "base" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"new weights")
+
+
 def face_settings(world):
     world.face.det_size = (128, 128)
 
@@ -152,6 +158,7 @@ CACHE_CASES = [
     ("image encoder config", encoder_config),
     ("feature extractor config", feature_extractor),
     ("pipeline name", pipeline_name),
+    ("base folder replaced in place", base_replaced_in_place),
     ("face front-end settings", face_settings),
 ]
 

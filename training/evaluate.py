@@ -210,7 +210,14 @@ def main_user(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     from emojidiff_pipeline import EmojiDiffPipeline
-    from emojidiff_pipeline.evaluation import Instruments, plot_rows, same_person_similarity, score_row, write_report
+    from emojidiff_pipeline.evaluation import (
+        Instruments,
+        base_record,
+        plot_rows,
+        same_person_similarity,
+        score_row,
+        write_report,
+    )
     from emojidiff_pipeline.hooks import load_factory
     from emojidiff_synthetic.cases import save_grid
 
@@ -295,6 +302,7 @@ def main_user(args: argparse.Namespace) -> dict:
     if pairs:
         ceiling = round(same_person_similarity(pairs, eval_face), 4)
     extra = {
+        "base_model": base_record(args.pretrained_model),
         "same_person_identity_similarity": ceiling,
         "cases": described,
         "eval_instruments": f"faces {eval_face!r}; expression {args.eval_expression_estimator}",
@@ -360,6 +368,7 @@ def synthetic_benchmark(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> dict:
     from emojidiff_pipeline.evaluation import (
+        base_record,
         same_person_similarity,
         score_row,
         template_use_probe,
@@ -367,12 +376,14 @@ def main(args: argparse.Namespace) -> dict:
         write_report,
     )
     from emojidiff_synthetic.cases import save_grid
+    from emojidiff_synthetic.load import BASE_DIR
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if getattr(args, "references", None) is not None:
         return main_user(args)
     world, pipe, cases, pairs, lines, inst, encoder = synthetic_benchmark(args)
     out = Path(args.out)
+    base = base_record(args.pretrained_model or BASE_DIR)  # rows are scored again when the base's files change
     # reference lines: what ignoring the template scores, what a perfect output scores, and what the perfect output
     # scores after the base model's VAE (the ceiling of any adapter on this base: detail the latent cannot hold)
     references = {
@@ -385,7 +396,7 @@ def main(args: argparse.Namespace) -> dict:
     rows, probes = {}, {}
     for spec in args.row:
         name, row_spec = spec.split("=", 1)
-        key = row_key(row_spec, args)
+        key = row_key(row_spec, args, base["digest"])
         cached = read_row_cache(out, name, key)
         if cached is not None:  # this row, with these weights and settings, was already scored (deterministic)
             logger.info("row %s (%s): reusing its earlier result", name, row_spec)
@@ -405,6 +416,7 @@ def main(args: argparse.Namespace) -> dict:
         write_row_cache(out, name, key, rows[name], probes.get(name))
         logger.info("row %s: %s %s", name, rows[name], probes.get(name, ""))
     extra = {
+        "base_model": base,
         "same_person_identity_similarity": round(same_person_similarity(pairs, world.eval_face), 4),
         "cases": f"{args.num_identities} held-out identities x {args.num_templates} held-out templates "
         "(44 single-factor templates covering all 11 factors, the rest random)",
@@ -440,9 +452,10 @@ def scoring_fingerprint() -> str:
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (scores, probes))).hexdigest()[:16]
 
 
-def row_key(row_spec: str, args: argparse.Namespace) -> str:
-    """What a row's scores depend on: its spec, the adapter's weight file (size and mtime), the case settings and
-    the scoring code."""
+def row_key(row_spec: str, args: argparse.Namespace, base_digest: str | None = None) -> str:
+    """What a row's scores depend on: its spec, the adapter's weight file (size and mtime), the base pipeline's
+    files (`base_digest`, :func:`~emojidiff_pipeline.evaluation.folder_digest`), the case settings and the scoring
+    code."""
     import hashlib
 
     folder, _ = parse_row_spec(row_spec)
@@ -452,6 +465,7 @@ def row_key(row_spec: str, args: argparse.Namespace) -> str:
         row_spec,
         stamp,
         args.pretrained_model,
+        base_digest,
         args.num_identities,
         args.num_templates,
         args.steps,

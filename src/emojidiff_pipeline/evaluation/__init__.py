@@ -6,9 +6,11 @@
 - :mod:`.rows`: row specs on a pipeline and their generated images, and the VAE round trip of reference images;
 - :mod:`.user_data`: cases from a user's reference and template folders;
 - :mod:`.probes`: the controlled template-use probe and the ridge probe of the expression tokens;
-- :mod:`.report`: results.json, results.md and the bar plot.
+- :mod:`.report`: results.json, results.md and the bar plot;
+- :mod:`.base_identity`: which base pipeline a result was measured on (a digest of its folder).
 """
 
+from .base_identity import base_record, folder_digest
 from .probes import ridge_probe, template_use_probe
 from .report import PLOT_METRICS, plot_rows, write_report
 from .rows import (
@@ -33,6 +35,8 @@ from .scores import (
 from .user_data import IMAGE_SUFFIXES, load_image, user_cases
 
 __all__ = [
+    "base_record",
+    "folder_digest",
     "IMAGE_SUFFIXES",
     "PLOT_METRICS",
     "Case",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..train.atomic import write_text_atomic
+
 
 def _cell(row: dict, col: str, not_measured: Sequence[str]) -> str:
     value = row.get(col, float("nan"))
@@ -35,9 +37,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps({"rows": rows, **extra, "command": command}, indent=1))
-    tmp.replace(out_dir / "results.json")
+    write_text_atomic(out_dir / "results.json", json.dumps({"rows": rows, **extra, "command": command}, indent=1))
     references = extra.get("reference_lines", {})
     everything = {**{f"*{k}*": v for k, v in references.items()}, **rows}
     cols = [
@@ -96,8 +96,9 @@ def write_report(
     lines.append("")
     for k, v in extra.items():
         if k not in ("reference_lines", "template_probe"):
+            v = ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else v
             lines.append(f"- {k}: {v}")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "results.md", "\n".join(lines) + "\n")
     return out_dir / "results.md"
 
 

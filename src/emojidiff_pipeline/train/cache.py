@@ -229,9 +229,13 @@ def load_or_prepare_cache(
     template_crop: str = "arcface",
 ) -> dict:
     """The main process encodes and writes ``cache-<hash>.safetensors``; the others wait and read it. The hash covers
-    the triplets and their images' size and mtime, the resolution, the pipeline's name, the image encoder, the face
-    front-end (recognizer and detector) and the expression encoder, so a change to any of them re-encodes."""
-    extra = (getattr(pipe, "name_or_path", "") or "") + ("|target_kps" if with_target_kps else "")
+    the triplets and their images' size and mtime, the resolution, the pipeline's name and (a local folder) its
+    files' digest, the image encoder, the face front-end (recognizer and detector) and the expression encoder, so a
+    change to any of them (a base replaced in place included) re-encodes."""
+    from ..evaluation.base_identity import folder_digest
+
+    name = getattr(pipe, "name_or_path", "") or ""
+    extra = f"{name}|base={folder_digest(name) if name else None}" + ("|target_kps" if with_target_kps else "")
     extra += f"|codes={getattr(expression_encoder, 'name', None)}|image_tokens={with_image_tokens}"
     extra += "" if template_crop == "arcface" else f"|crop={template_crop}"
     extra += "|" + cache_dependencies(pipe, face_analyzer, with_image_tokens)
