@@ -21,7 +21,13 @@ def evaluated(identity, expression, se=0.003):
     }
 
 
-def write_results(path: Path, rows: dict[str, tuple[str, dict]], neutral: float = 0.081) -> str:
+def write_results(
+    path: Path, rows: dict[str, tuple[str, dict]], neutral: float = 0.081, base: Path | None = None
+) -> str:
+    """A results.json as evaluate.py writes it; with `base`, scored on that pipeline folder (recorded as
+    evaluate.py records it), else an older file's way: no record, the command names no base (the package's)."""
+    from emojidiff_pipeline.evaluation import base_record
+
     command = "python training/evaluate.py " + " ".join(f"--row {n}={spec}" for n, (spec, _) in rows.items())
     res = {
         "rows": {n: r for n, (_, r) in rows.items()},
@@ -30,6 +36,9 @@ def write_results(path: Path, rows: dict[str, tuple[str, dict]], neutral: float 
         "reference_lines": {"ref_neutral_face": evaluated(0.891, neutral)},
         "command": command + " --out x --num_identities 16",
     }
+    if base is not None:
+        res["base_model"] = base_record(base)
+        res["command"] += f" --pretrained_model {base}"
     path.write_text(json.dumps(res))
     return str(path)
 
@@ -98,3 +107,73 @@ def test_ship_compares_the_reference_lines_both_files_have(tmp_path):
     new_path.write_text(json.dumps(res))
     with pytest.raises(ValueError, match="not scored on the same cases"):
         ship.merge_results([old, str(new_path)])
+
+
+def fake_base(folder: Path, unet_bytes: bytes) -> Path:
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(unet_bytes)
+    return folder
+
+
+def test_ship_refuses_rows_scored_on_two_bases(tmp_path):
+    fake_base(tmp_path / "b1", b"old unet")
+    fake_base(tmp_path / "b2", b"new unet")
+    a = write_results(tmp_path / "a.json", {"pushed": ("runs/p", evaluated(0.37, 0.077))}, base=tmp_path / "b1")
+    b = write_results(tmp_path / "b.json", {"ica": ("runs/i", evaluated(0.41, 0.079))}, base=tmp_path / "b2")
+    with pytest.raises(ValueError, match=r"b\.json was scored on base .*b2.* but .*a\.json on .*b1"):
+        ship.merge_results([a, b])
+    same = write_results(tmp_path / "c.json", {"ica": ("runs/i", evaluated(0.41, 0.079))}, base=tmp_path / "b1")
+    assert ship.merge_results([a, same])[0]["base_model"]["pretrained_model"] == str(tmp_path / "b1")
+
+
+def test_an_older_results_file_is_on_the_base_its_command_names(tmp_path):
+    """Files written before evaluate.py recorded its base: the command's --pretrained_model, else the package's."""
+    from emojidiff_pipeline.evaluation import folder_digest
+    from emojidiff_synthetic import load
+
+    fake_base(tmp_path / "b1", b"unet")
+    named = {"command": f"python training/evaluate.py --row a=x --pretrained_model={tmp_path / 'b1'}"}
+    assert ship.results_base(named)["digest"] == folder_digest(tmp_path / "b1")
+    assert ship.results_base({"command": "python training/evaluate.py --row a=x"})["digest"] == folder_digest(
+        load.BASE_DIR
+    )
+
+
+def test_shipping_rows_of_another_base_to_the_package_needs_ship_base_and_replaces_the_base(tmp_path, monkeypatch):
+    from tiny_models import tiny_adapter, tiny_components
+
+    from emojidiff_pipeline.evaluation import folder_digest
+    from emojidiff_synthetic import load
+
+    package = fake_base(tmp_path / "package" / "base", b"old unet")
+    monkeypatch.setattr(load, "BASE_DIR", package)
+    monkeypatch.setattr(load, "EMOJIDIFF_DIR", tmp_path / "package" / "emojidiff")
+    new = fake_base(tmp_path / "runs" / "pipeline", b"new unet")
+    (new / ".cache").mkdir()  # a Hub cache's bookkeeping: neither digested nor copied
+    adapter_dir = tmp_path / "ica" / "adapter"
+    tiny_adapter(tiny_components()["unet"]).save_pretrained(adapter_dir)
+    a = write_results(tmp_path / "a.json", {"ica": (str(adapter_dir), evaluated(0.41, 0.079))}, base=new)
+    out = ["--out", str(tmp_path / "docs")]
+    with pytest.raises(ValueError, match="pass --ship_base"):
+        ship.main(ship.parse_args(["--results", a, *out]))
+    assert folder_digest(package) != folder_digest(new) and not load.EMOJIDIFF_DIR.exists()
+    ship.main(ship.parse_args(["--results", a, "--ship_base", "--dry_run", *out]))
+    assert folder_digest(package) != folder_digest(new)  # a dry run changes nothing
+    assert ship.main(ship.parse_args(["--results", a, "--ship_base", *out])) == str(adapter_dir)
+    assert folder_digest(package) == folder_digest(new) and not (package / ".cache").exists()
+    assert (load.EMOJIDIFF_DIR / "emoji_adapter" / "config.json").is_file()
+    record = json.loads((tmp_path / "docs" / "shipped.json").read_text())
+    assert record["base_model"] == {"pretrained_model": str(new), "digest": folder_digest(new)}
+    # now the package's base is the rows' base: no --ship_base needed
+    ship.main(ship.parse_args(["--results", a, *out]))
+    (new / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"retrained")
+    fake_base(tmp_path / "other", b"other")
+    b = write_results(tmp_path / "b.json", {"ica": (str(adapter_dir), evaluated(0.41, 0.079))}, base=new)
+    res = json.loads(Path(b).read_text())
+    res["base_model"]["digest"] = folder_digest(tmp_path / "other")  # scored before the retraining
+    Path(b).write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="changed since the rows were scored"):
+        ship.main(ship.parse_args(["--results", b, "--ship_base", *out]))
+    with pytest.raises(SystemExit):
+        ship.parse_args(["--results", a, "--ship_base", "--export", str(tmp_path / "x")])
