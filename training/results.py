@@ -77,6 +77,12 @@ def load_recipe(path: str | Path, known: set[str]) -> dict:
     return recipe
 
 
+def refuse_non_pipeline(p: argparse.ArgumentParser, flag: str, folder: str) -> None:
+    """`p.error` unless `folder` is a diffusers pipeline folder (it has a model_index.json)."""
+    if not (Path(folder) / "model_index.json").is_file():
+        p.error(f"{flag} {folder!r} is not a pipeline folder (no model_index.json)")
+
+
 def parse_args(input_args=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -156,8 +162,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.base is not None:
-        if not (Path(args.base) / "model_index.json").is_file():
-            p.error(f"--base {args.base!r} is not a pipeline folder (no model_index.json)")
+        refuse_non_pipeline(p, "--base", args.base)
         if args.export is None:
             p.error(f"--base {args.base!r} needs --export: the embedded default runs on the shipped base")
     args.stream_rows = [x for x in args.stream_rows.split(",") if x]

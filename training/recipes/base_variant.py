@@ -68,8 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--chain: --stage1_only trains no face-loss row to go on from")
     if not args.chain and (args.push_steps is not None or args.ica_steps is not None):
         p.error("--push_steps / --ica_steps: pass --chain to train the pushed and ICA rows")
-    if not (Path(args.base) / "model_index.json").is_file():
-        p.error(f"base: {args.base!r} is not a pipeline folder (no model_index.json)")
+    results.refuse_non_pipeline(p, "base:", args.base)
     return args
 
 
