@@ -1,6 +1,7 @@
 """training/ship.py picks the embedded default from evaluated results files by the driver's rule and exports it."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,6 +124,14 @@ def test_ship_refuses_rows_scored_on_two_bases(tmp_path):
     b = write_results(tmp_path / "b.json", {"ica": ("runs/i", evaluated(0.41, 0.079))}, base=tmp_path / "b2")
     with pytest.raises(ValueError, match=r"b\.json was scored on base .*b2.* but .*a\.json on .*b1"):
         ship.merge_results([a, b])
+    run = subprocess.run(  # the command line says it in one line, without a traceback
+        [sys.executable, str(REPO / "training" / "ship.py"), "--results", a, "--results", b, "--dry_run"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        run.returncode == 1 and run.stderr.startswith("ship.py: error: --results:") and "Traceback" not in run.stderr
+    )
     same = write_results(tmp_path / "c.json", {"ica": ("runs/i", evaluated(0.41, 0.079))}, base=tmp_path / "b1")
     assert ship.merge_results([a, same])[0]["base_model"]["pretrained_model"] == str(tmp_path / "b1")
 

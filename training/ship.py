@@ -226,4 +226,7 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except ValueError as err:  # a refusal of the inputs: one line naming the argument, not a traceback
+        sys.exit(f"ship.py: error: {err}")
