@@ -131,6 +131,7 @@ def test_folder_digest_follows_the_content_not_the_place(tmp_path):
     (tmp_path / "b" / "unet" / "v.safetensors").write_bytes(b"weights")
     assert folder_digest(tmp_path / "b") != digest
     assert base_record("owner/sdxl") == {"pretrained_model": "owner/sdxl", "digest": None}
+    assert folder_digest("") is None  # not the working directory
 
 
 def test_ridge_probe_reads_a_linear_signal_on_held_out_groups():

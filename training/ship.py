@@ -197,9 +197,9 @@ def replace_package_base(base: dict) -> None:
     from emojidiff_synthetic import load
 
     source = Path(base["pretrained_model"])
-    if folder_digest(source) != base["digest"]:
+    if (now := folder_digest(source)) != base["digest"]:
         raise ValueError(
-            f"--ship_base: {source} changed since the rows were scored on it (digest {folder_digest(source)}, "
+            f"--ship_base: {source} changed since the rows were scored on it (digest {now}, "
             f"scored {base['digest']}); evaluate again"
         )
     with atomic_path(load.BASE_DIR) as tmp:

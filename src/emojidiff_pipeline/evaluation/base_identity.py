@@ -13,11 +13,11 @@ from pathlib import Path
 
 def folder_digest(folder: str | os.PathLike) -> str | None:
     """sha256 (16 hex digits) over the relative path and bytes of every file under `folder` (hidden files and
-    folders skipped: a Hub cache's bookkeeping), or None when `folder` is not a local folder (a Hub id).
+    folders skipped: a Hub cache's bookkeeping), or None when `folder` is empty or not a local folder (a Hub id).
 
     Reads every byte (about 5 s for an SDXL folder, milliseconds for the synthetic base)."""
     root = Path(folder).expanduser()
-    if not root.is_dir():
+    if not str(folder) or not root.is_dir():  # "" would be the working directory
         return None
     digest = hashlib.sha256()
     files = sorted(

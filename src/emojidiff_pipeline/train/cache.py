@@ -235,7 +235,7 @@ def load_or_prepare_cache(
     from ..evaluation.base_identity import folder_digest
 
     name = getattr(pipe, "name_or_path", "") or ""
-    extra = f"{name}|base={folder_digest(name) if name else None}" + ("|target_kps" if with_target_kps else "")
+    extra = f"{name}|base={folder_digest(name)}" + ("|target_kps" if with_target_kps else "")
     extra += f"|codes={getattr(expression_encoder, 'name', None)}|image_tokens={with_image_tokens}"
     extra += "" if template_crop == "arcface" else f"|crop={template_crop}"
     extra += "|" + cache_dependencies(pipe, face_analyzer, with_image_tokens)
