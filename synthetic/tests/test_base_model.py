@@ -17,6 +17,7 @@ from emojidiff_pipeline.train.checkpoints import list_checkpoints
 from emojidiff_pipeline.train.diffusion import BatchSampler
 from emojidiff_synthetic import base_model as bm
 from emojidiff_synthetic.base_model.image_encoder import _similarity
+from emojidiff_synthetic.base_model.report import training_summary, training_table
 from emojidiff_synthetic.base_model.tokenizer import tokenize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,6 +364,10 @@ def test_unet_stage_starts_from_a_trained_base(tiny_collection, tiny_run, tmp_pa
         a, b = load_file(source / name / weights), load_file(tmp_path / "r" / "unet" / "final" / name / weights)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    # the base report says which stages this run trained and where the warm start came from
+    table = "\n".join(training_table(training_summary(tmp_path / "r")))
+    assert "| vae | not trained in this run |" in table and "| image_encoder | not trained in this run |" in table
+    assert f"| unet | 1 (warm-started from `{source}`) | 1 |" in table
     with pytest.raises(ValueError, match="--stage unet"):
         train_base.parse_args(_args(tiny_collection, tmp_path / "s", "--stage", "vae", "--init_from", str(source)))
     with pytest.raises(FileNotFoundError, match="no unet folder"):

@@ -65,6 +65,31 @@ def training_summary(run_dir: Path) -> dict:
     return out
 
 
+def training_table(tr: dict) -> list[str]:
+    """Markdown lines of the training table from ``training_summary``'s dict: one row per stage, the stages this run
+    did not train (finished stages copied in, as a warm start keeps them) marked as such, a warm-started stage with
+    the folder it started from; then the total wall-clock of the stages trained here."""
+    lines = ["| stage | steps | sessions | wall-clock | loss (mean of last 100 steps) |", "|---|---|---|---|---|"]
+    total = 0.0
+    for stage in STAGES:
+        if stage not in tr:
+            lines.append(f"| {stage} | not trained in this run | | | |")
+            continue
+        st = tr[stage]
+        total += st["wall_clock_s"]
+        init = st.get("run_info", {}).get("init_from")
+        lines.append(
+            f"| {stage} | {st['steps']}{f' (warm-started from `{init}`)' if init else ''} | {st['sessions']} | "
+            f"{st['wall_clock_s'] / 60:.1f} min | {st['final_loss_mean_last_100']:.4f} |"
+        )
+    return lines + [
+        "",
+        f"Total training wall-clock {total / 60:.1f} min on 2 CPU cores shared with other jobs (no GPU), from the "
+        "loss logs (time to the last kept step of each session; the latent cache and checkpoint loading add about "
+        "a minute).",
+    ]
+
+
 def render_markdown(r: dict) -> str:
     h = r["headline"]
     rows = [
@@ -142,22 +167,7 @@ def render_markdown(r: dict) -> str:
         "",
     ]
     tr = r["training"]
-    lines += ["| stage | steps | sessions | wall-clock | loss (mean of last 100 steps) |", "|---|---|---|---|---|"]
-    total = 0.0
-    for stage in STAGES:
-        st = tr.get(stage, {})
-        total += st.get("wall_clock_s", 0.0)
-        loss = st.get("final_loss_mean_last_100", float("nan"))
-        lines.append(
-            f"| {stage} | {st.get('steps', 0)} | {st.get('sessions', 0)} | "
-            f"{st.get('wall_clock_s', 0.0) / 60:.1f} min | {loss:.4f} |"
-        )
-    lines += [
-        "",
-        f"Total training wall-clock {total / 60:.1f} min on 2 CPU cores shared with other jobs (no GPU), from the "
-        "loss logs (time to the last kept step of each session; the latent cache and checkpoint loading add about "
-        "a minute).",
-    ]
+    lines += training_table(tr)
     if tr.get("notes"):
         lines += ["", "## Notes", "", tr["notes"].strip()]
     lines += [
